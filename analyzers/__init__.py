@@ -1,0 +1,1 @@
+"""Step-time bottleneck analysis: ingest -> frames -> breakdown -> features -> verdicts -> report."""

@@ -1,0 +1,1 @@
+"""Per-node Prometheus exporter (`fmdiag exporter`): one collector per source behind one interface."""

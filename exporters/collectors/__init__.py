@@ -1,0 +1,1 @@
+"""One module per source (efa, lustre, host, steps, ...); each registers itself by name."""
