@@ -39,7 +39,11 @@ class Families:
         if fam is None:
             # prometheus_client strips `_total` from counter family names and re-adds it on
             # the sample, so the family is named without it; DCGM counters carry no `_total`.
-            base = name[: -len("_total")] if spec.type is MetricType.COUNTER and name.endswith("_total") else name
+            base = (
+                name[: -len("_total")]
+                if spec.type is MetricType.COUNTER and name.endswith("_total")
+                else name
+            )
             fam = Metric(base, spec.help, _PROM_TYPE[spec.type], unit="")
             self._families[name] = fam
         return fam, spec

@@ -11,8 +11,14 @@ from fmdiag import catalog as cat
 
 
 @click.command("catalog")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "json", "names"]), default="names",
-              show_default=True, help="names: one per line; markdown: docs/metrics.md; json: every field.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "json", "names"]),
+    default="names",
+    show_default=True,
+    help="names: one per line; markdown: docs/metrics.md; json: every field.",
+)
 @click.option("--subsystem", type=click.Choice(list(cat.SUBSYSTEMS)), help="Only this subsystem.")
 def catalog(fmt: str, subsystem: str | None) -> None:
     """Every metric fmdiag's exporters emit: name, type, unit, help, labels."""

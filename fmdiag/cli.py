@@ -38,13 +38,20 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fmdiag")
-@click.option("--log.level", "log_level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warn", "error"]), help="Log verbosity.")
+@click.option(
+    "--log.level",
+    "log_level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warn", "error"]),
+    help="Log verbosity.",
+)
 def cli(log_level: str) -> None:
     """Observability and bottleneck diagnosis for foundation-model training clusters."""
     level = {"warn": "WARNING"}.get(log_level, log_level.upper())
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def main() -> None:

@@ -48,7 +48,9 @@ class LustreTargetState:
     """A client's view of one OST (osc) or MDT (mdc)."""
 
     index: int
-    stats: dict[str, OpStat] = field(default_factory=dict)  # ost_read, ost_write, req_waittime, read_bytes, ...
+    stats: dict[str, OpStat] = field(
+        default_factory=dict
+    )  # ost_read, ost_write, req_waittime, read_bytes, ...
     read_rpcs_in_flight: int = 0
     write_rpcs_in_flight: int = 0
     pending_read_pages: int = 0
@@ -140,7 +142,9 @@ class ProcessState:
 @dataclass
 class HostState:
     #: /proc/stat "cpu" line modes, in seconds summed over CPUs.
-    cpu_seconds: dict[str, float] = field(default_factory=dict)  # user nice system idle iowait irq softirq steal
+    cpu_seconds: dict[str, float] = field(
+        default_factory=dict
+    )  # user nice system idle iowait irq softirq steal
     ncpus: int = 192
     #: /proc/pressure/<resource> "some"/"full" total= values, microseconds.
     pressure_us: dict[str, dict[str, int]] = field(default_factory=dict)

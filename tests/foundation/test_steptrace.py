@@ -1,0 +1,168 @@
+"""The step writer: whole lines, nothing completed lost to SIGKILL, never blocking on slow storage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fmdiag import steptrace
+from fmdiag.steprecord import read_file
+
+
+def test_identity_comes_from_torchrun_and_slurm_variables() -> None:
+    env = {
+        "TORCHELASTIC_RUN_ID": "none",
+        "SLURM_JOB_ID": "4242",
+        "RANK": "17",
+        "LOCAL_RANK": "1",
+        "SLURMD_NODENAME": "p5-017",
+    }
+    assert steptrace.identity(env=env) == ("4242", 17, 1, "p5-017")
+    assert steptrace.identity(job="mine", rank=2, local_rank=0, node="x", env=env) == (
+        "mine",
+        2,
+        0,
+        "x",
+    )
+    job, rank, local_rank, node = steptrace.identity(env={})
+    assert (job, rank, local_rank) == ("local", 0, None) and node
+
+
+def test_a_non_integer_rank_variable_is_named() -> None:
+    with pytest.raises(ValueError, match="RANK='abc'"):
+        steptrace.identity(env={"RANK": "abc"})
+
+
+def test_spool_dir_from_argument_env_or_default() -> None:
+    assert steptrace.spool_dir("/a", env={"FMDIAG_SPOOL_DIR": "/b"}) == Path("/a")
+    assert steptrace.spool_dir(None, env={"FMDIAG_SPOOL_DIR": "/b"}) == Path("/b")
+    assert steptrace.spool_dir(None, env={}) == Path(steptrace.DEFAULT_SPOOL_DIR)
+
+
+def test_records_phases_and_fields(tmp_path: Path) -> None:
+    with steptrace.StepTracer(tmp_path, job="llama/70b", rank=5, local_rank=5, node="n0") as tracer:
+        for _ in range(3):
+            with tracer.step(tokens=1024, samples=4) as step:
+                with step.phase("data_wait"):
+                    time.sleep(0.002)
+                with step.phase("forward"):
+                    pass
+                with step.phase("data_wait"):
+                    time.sleep(0.002)
+    assert tracer.path.name == "llama_70b.rank00005.jsonl"
+    result = read_file(tracer.path)
+    assert not result.errors and not result.partial_tail
+    assert [r.step for r in result.records] == [0, 1, 2]
+    first = result.records[0]
+    assert first.job == "llama/70b" and first.local_rank == 5 and first.tokens == 1024
+    assert first.phases["data_wait"] >= 0.004  # both data_wait blocks add up
+    assert first.duration_s >= first.phases["data_wait"]
+
+
+def test_unknown_phase_and_misuse_are_refused(tmp_path: Path) -> None:
+    with steptrace.StepTracer(tmp_path, job="j", rank=0) as tracer:
+        step = tracer.begin_step()
+        with pytest.raises(ValueError, match="unknown phase 'fwd'"):
+            step.add_phase("fwd", 1.0)
+        with pytest.raises(RuntimeError, match="has not ended"):
+            tracer.begin_step()
+        tracer.end_step()
+        with pytest.raises(RuntimeError, match="without begin_step"):
+            tracer.end_step()
+
+
+def test_a_step_that_raises_is_not_recorded(tmp_path: Path) -> None:
+    with steptrace.StepTracer(tmp_path, job="j", rank=0) as tracer:
+        with pytest.raises(ZeroDivisionError), tracer.step():
+            1 / 0  # noqa: B018
+        with tracer.step(step=10):
+            pass
+    assert [r.step for r in read_file(tracer.path).records] == [10]
+
+
+def test_a_crash_fragment_is_ended_so_the_next_record_is_whole(tmp_path: Path) -> None:
+    path = tmp_path / steptrace.file_name("j", 0)
+    path.write_text('{"v":1,"job":"j","ran')  # a previous writer died mid-line
+    with steptrace.StepTracer(tmp_path, job="j", rank=0) as tracer, tracer.step(step=1):
+        pass
+    result = read_file(path)
+    assert [r.step for r in result.records] == [1]
+    assert len(result.errors) == 1 and result.errors[0].line == 1
+
+
+def test_torch_is_not_imported() -> None:
+    code = (
+        "import sys; from fmdiag import steptrace; "
+        "steptrace.StepTracer('/tmp/fmdiag-t', job='j').close(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_slow_storage_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    """A FIFO with no reader blocks the writer thread's open(), like a hung filesystem."""
+    fifo = tmp_path / steptrace.file_name("j", 0)
+    os.mkfifo(fifo)
+    tracer = steptrace.StepTracer(tmp_path, job="j", rank=0, buffer_size=4, handoff_timeout=0.01)
+    t0 = time.monotonic()
+    for _ in range(40):
+        with tracer.step():
+            pass
+    elapsed = time.monotonic() - t0
+    # 40 steps cost at most a bounded wait each, however long storage hangs.
+    assert elapsed < 40 * 1.0
+    assert tracer.dropped >= 40 - 4 - 1  # queue holds 4, the writer holds one more
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(open(fifo, "rb").read().splitlines()))
+    reader.start()  # storage comes back
+    deadline = time.monotonic() + 10
+    while tracer.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with tracer.step():
+        pass
+    tracer.close()
+    reader.join(10)
+    assert lines, "queued records reach storage once it answers"
+    assert b'"dropped":' in lines[-1]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from fmdiag import steptrace
+    tracer = steptrace.StepTracer(sys.argv[1], job="kill", rank=0, node="n")
+    step = 0
+    while True:
+        tracer.begin_step(step)
+        time.sleep(0.001)
+        tracer.end_step(tokens=step)
+        print(step, flush=True)   # reported only after end_step returned
+        step += 1
+    """
+)
+
+
+def test_sigkill_mid_run_keeps_every_completed_step(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    completed = -1
+    for line in proc.stdout:
+        completed = int(line)
+        if completed >= 300:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = read_file(tmp_path / steptrace.file_name("kill", 0))
+    steps = [r.step for r in result.records]
+    assert not result.errors, "no torn line"
+    assert steps == list(range(len(steps))), "in order, none missing"
+    assert steps[-1] >= completed, "every step reported complete is on disk"
+    assert all(r.tokens == r.step for r in result.records)
