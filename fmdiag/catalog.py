@@ -262,6 +262,9 @@ def _lustre_stats(target: str, labels: tuple[str, ...], what: str) -> tuple[Metr
         _m(f"fmdiag_lustre_{target}_operation_latency_max_seconds", G, "seconds",
            f"Longest single {what} operation since the stats were last cleared.",
            (*labels, "operation"), "lustre", src),
+        _m(f"fmdiag_lustre_{target}_operation_latency_min_seconds", G, "seconds",
+           f"Shortest single {what} operation since the stats were last cleared (a rising floor means every request got slower).",
+           (*labels, "operation"), "lustre", src),
         _m(f"fmdiag_lustre_{target}_read_bytes_total", C, "bytes", f"Bytes read through {what} (read_bytes sum).", labels, "lustre", src),
         _m(f"fmdiag_lustre_{target}_write_bytes_total", C, "bytes", f"Bytes written through {what} (write_bytes sum).", labels, "lustre", src),
     )
@@ -274,15 +277,15 @@ LUSTRE: tuple[Metric, ...] = (
     + (
         _m("fmdiag_lustre_llite_read_ahead_hits_total", C, "", "Read-ahead page hits.", LLITE_LABELS, "lustre", "llite.*.read_ahead_stats"),
         _m("fmdiag_lustre_llite_read_ahead_misses_total", C, "", "Read-ahead page misses.", LLITE_LABELS, "lustre", "llite.*.read_ahead_stats"),
-        _m("fmdiag_lustre_llite_read_ahead_events_total", C, "", "Other read-ahead events, by reason as read_ahead_stats spells it.",
+        _m("fmdiag_lustre_llite_read_ahead_events_total", C, "", "Other read-ahead events, by read_ahead_stats reason in snake_case (2.14.52+ spelling on every release).",
            (*LLITE_LABELS, "reason"), "lustre", "llite.*.read_ahead_stats"),
-        _m("fmdiag_lustre_osc_rpcs_in_flight", G, "", "RPCs in flight to this OST now.", (*OSC_LABELS, "direction"), "lustre", "osc.*.rpc_stats"),
+        _m("fmdiag_lustre_osc_rpcs_in_flight", G, "", "RPCs in flight to this OST now (direction read, write, and dio on newer clients).", (*OSC_LABELS, "direction"), "lustre", "osc.*.rpc_stats"),
         _m("fmdiag_lustre_osc_pending_pages", G, "", "Pages waiting to be sent to this OST.", (*OSC_LABELS, "direction"), "lustre", "osc.*.rpc_stats"),
-        _m("fmdiag_lustre_osc_pages_per_rpc", H, "", "Pages per RPC (the rpc_stats histogram; the le bound is the row's upper page count).",
+        _m("fmdiag_lustre_osc_pages_per_rpc", H, "", "Pages per RPC (the rpc_stats histogram; le is the row label, an exact upper page bound; no _sum).",
            (*OSC_LABELS, "direction"), "lustre", "osc.*.rpc_stats"),
-        _m("fmdiag_lustre_client_info", G, "", "A mounted Lustre client instance and the layout its stats were read from (proc, debugfs, lctl).",
+        _m("fmdiag_lustre_client_info", G, "", "A mounted Lustre client instance and the layout its stats were read from (proc, debugfs, lctl; sysfs: mounted, stats unreadable).",
            (*LLITE_LABELS, "layout"), "lustre", "llite.*"),
-        _m("fmdiag_lustre_filesystems", G, "", "Lustre client filesystems mounted on this node.", (), "lustre", "llite.*"),
+        _m("fmdiag_lustre_filesystems", G, "", "Lustre client mounts (llite instances) on this node.", (), "lustre", "llite.*"),
     )
 )
 
@@ -294,7 +297,7 @@ HOST: tuple[Metric, ...] = (
     _m("fmdiag_host_cpus", G, "", "Logical CPUs online.", (), "host", "psutil.cpu_count"),
     _m("fmdiag_host_pressure_stall_seconds_total", C, "seconds", "Pressure stall time (PSI) by resource (cpu, memory, io) and kind (some, full).",
        ("resource", "kind"), "host", "/proc/pressure/*"),
-    _m("fmdiag_host_training_processes", G, "", "Training processes found (GPU users, else the --collector.host.process-pattern match).",
+    _m("fmdiag_host_training_processes", G, "", "Training processes found (GPU users plus --collector.host.process-pattern matches), before the --collector.host.max-processes bound.",
        (), "host", "psutil.process_iter"),
     _m("fmdiag_process_cpu_seconds_total", C, "seconds", "CPU time of a training process, by mode (user, system, iowait).",
        (*PROCESS_LABELS, "mode"), "host", "psutil.Process.cpu_times"),

@@ -1,0 +1,560 @@
+"""NVIDIA GPUs through NVML (pynvml), under dcgm-exporter's metric names and labels.
+
+What it does that dcgm-exporter does not:
+
+* A GPU that answers ``NVML_ERROR_GPU_IS_LOST`` stays visible as ``fmdiag_gpu_lost 1`` with the
+  identity it had, and every other GPU is still exported (dcgm-exporter drops it silently).
+* A call a GPU does not support is tried once, counted, and skipped on later scrapes, so a
+  mixed fleet costs no repeated failing calls; any other NVML error is counted per call in
+  ``fmdiag_gpu_nvml_errors_total`` and never fails the scrape.
+* Clock event (throttle) reasons are exported as the raw bitmask *and* one series per active
+  reason, and XIDs are counted per code with NVIDIA's resolution bucket, so alerts need no
+  bit arithmetic or lookup tables.
+* Profiling ratios come from NVML's GPM API (Hopper and newer) without DCGM: a GPM sample is
+  kept from one scrape to the next and the metrics are the averages over the interval between
+  them, so there is no background sampling thread.
+
+The only background state is the XID listener (NVML delivers XIDs as events) and the GPM
+samples; both are released by :meth:`GpuCollector.close`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pynvml
+from prometheus_client.core import Metric
+
+from fmdiag.exporters.collector import Collector, CollectorContext, register
+from fmdiag.exporters.collectors import host
+from fmdiag.exporters.families import Families
+
+log = logging.getLogger("fmdiag.exporter.gpu")
+T = TypeVar("T")
+MIB = 1 << 20
+
+#: nvmlClocksEventReason* bits -> the reason label of fmdiag_gpu_clocks_event_active.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+#: NVIDIA's XID catalogue resolution buckets (as mirrored by NVSentinel).
+_XID_BUCKETS: dict[str, tuple[int, ...]] = {
+    "reset_gpu": (46, 62, 64, 95, 109, 110, 119, 120, 136, 140, 143, 155, 156, 158),
+    "reboot_node": (79, 160),
+    "workflow": (45, 48, 74),
+    "restart_app": (13, 31, 94),
+    "ignore": (43, 63, 92),
+    "report": (61,),
+}
+XID_ACTIONS: dict[int, str] = {xid: action for action, xids in _XID_BUCKETS.items() for xid in xids}
+
+#: GPM metric id -> (DCGM field, scale from NVML's unit to DCGM's).
+_GPM_METRICS: tuple[tuple[int, str, float], ...] = (
+    (pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", 0.01),
+    (pynvml.NVML_GPM_METRIC_SM_UTIL, "DCGM_FI_PROF_SM_ACTIVE", 0.01),
+    (pynvml.NVML_GPM_METRIC_SM_OCCUPANCY, "DCGM_FI_PROF_SM_OCCUPANCY", 0.01),
+    (pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", 0.01),
+    (pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL, "DCGM_FI_PROF_DRAM_ACTIVE", 0.01),
+    (pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC, "DCGM_FI_PROF_PCIE_TX_BYTES", MIB),
+    (pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC, "DCGM_FI_PROF_PCIE_RX_BYTES", MIB),
+    (pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC, "DCGM_FI_PROF_NVLINK_TX_BYTES", MIB),
+    (pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC, "DCGM_FI_PROF_NVLINK_RX_BYTES", MIB),
+)
+
+#: (DCGM field, NVML error type, NVML counter type) for the ECC totals.
+_ECC: tuple[tuple[str, int, int], ...] = (
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC),
+    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC),
+    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_AGGREGATE_ECC),
+)
+
+#: (DCGM field, NVML perf policy) for throttle durations; NVML counts ns, DCGM reports us.
+_VIOLATIONS: tuple[tuple[str, int], ...] = (
+    ("DCGM_FI_DEV_POWER_VIOLATION", pynvml.NVML_PERF_POLICY_POWER),
+    ("DCGM_FI_DEV_THERMAL_VIOLATION", pynvml.NVML_PERF_POLICY_THERMAL),
+    ("DCGM_FI_DEV_SYNC_BOOST_VIOLATION", pynvml.NVML_PERF_POLICY_SYNC_BOOST),
+    ("DCGM_FI_DEV_BOARD_LIMIT_VIOLATION", pynvml.NVML_PERF_POLICY_BOARD_LIMIT),
+    ("DCGM_FI_DEV_LOW_UTIL_VIOLATION", pynvml.NVML_PERF_POLICY_LOW_UTILIZATION),
+    ("DCGM_FI_DEV_RELIABILITY_VIOLATION", pynvml.NVML_PERF_POLICY_RELIABILITY),
+)
+
+
+class GpuLostError(Exception):
+    """NVML answered GPU_IS_LOST: stop reading this GPU for this scrape."""
+
+
+def error_name(exc: pynvml.NVMLError) -> str:
+    """``NVMLError_NotSupported`` -> ``NotSupported``: a stable, low-cardinality label."""
+    name = type(exc).__name__
+    return name.removeprefix("NVMLError_") if name != "NVMLError" else f"code_{exc.value}"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def pci_switch(sysfs: Path, bus_id: str) -> str:
+    """The PCI address of the bridge above the GPU's upstream port: EFAs behind it share it.
+
+    NVML's bus id has an 8-digit domain (``00000000:18:00.0``); sysfs uses 4 digits.
+    """
+    domain, _, rest = bus_id.lower().partition(":")
+    address = f"{domain[-4:]}:{rest}"
+    try:
+        real = (sysfs / "bus" / "pci" / "devices" / address).resolve(strict=True)
+    except OSError:
+        return ""
+    bridges = [p for p in real.parents if ":" in p.name and "." in p.name]
+    return bridges[1].name if len(bridges) > 1 else (bridges[0].name if bridges else "")
+
+
+@dataclass
+class _Gpu:
+    """What is known about one GPU index across scrapes."""
+
+    labels: dict[str, str]
+    info: dict[str, str]
+    unsupported: set[str] = field(default_factory=set)
+    gpm_sample: Any = None
+    gpm_supported: bool | None = None
+
+
+class XidListener(threading.Thread):
+    """Waits on NVML XID events and keeps per-GPU counts for the collector to export."""
+
+    def __init__(self, handles: dict[int, Any], window_s: float) -> None:
+        super().__init__(name="fmdiag-gpu-xid", daemon=True)
+        self.window_s = window_s
+        self._handles = {self._key(h): i for i, h in handles.items()}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self.last: dict[int, int] = {}
+        self.totals: dict[tuple[int, int], int] = {}
+        self.recent: deque[tuple[float, int, int]] = deque(maxlen=10_000)
+        self._set = pynvml.nvmlEventSetCreate()
+        for handle in handles.values():
+            try:
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._set)
+            except pynvml.NVMLError as exc:
+                log.warning("XID events unavailable on a GPU: %s", exc)
+
+    @staticmethod
+    def _key(handle: Any) -> Any:
+        try:
+            return ctypes.cast(handle, ctypes.c_void_p).value
+        except (ctypes.ArgumentError, TypeError):
+            return id(handle)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                data = pynvml.nvmlEventSetWait_v2(self._set, 500)
+            except pynvml.NVMLError_Timeout:
+                continue
+            except pynvml.NVMLError as exc:
+                log.warning("XID event wait failed, retrying: %s", exc)
+                self._halt.wait(5.0)
+                continue
+            index = self._handles.get(self._key(data.device))
+            if index is None or not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                continue
+            xid = int(data.eventData)
+            with self._lock:
+                self.last[index] = xid
+                self.totals[(index, xid)] = self.totals.get((index, xid), 0) + 1
+                self.recent.append((time.monotonic(), index, xid))
+
+    def snapshot(self) -> tuple[dict[int, int], dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+        """(last XID per GPU, totals per (GPU, XID), counts within the window per (GPU, XID))."""
+        horizon = time.monotonic() - self.window_s
+        with self._lock:
+            while self.recent and self.recent[0][0] < horizon:
+                self.recent.popleft()
+            windowed: dict[tuple[int, int], int] = {}
+            for _, index, xid in self.recent:
+                windowed[(index, xid)] = windowed.get((index, xid), 0) + 1
+            return dict(self.last), dict(self.totals), windowed
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2.0)
+        try:
+            pynvml.nvmlEventSetFree(self._set)
+        except pynvml.NVMLError:
+            pass
+
+
+@register
+class GpuCollector(Collector):
+    name = "gpu"
+    option_help: ClassVar[dict[str, str]] = {
+        "xid-window": "Window in seconds of DCGM_EXP_XID_ERRORS_COUNT (default 300, as dcgm-exporter).",
+        "events": "Listen for XID events: on or off (default on).",
+        "simulated-state": "Serve GPUs from a `fmdiag simulate` GPU state file instead of the driver "
+        "(demos and tests; nodes/<host>/nvml/state.json).",
+    }
+
+    def __init__(self, ctx: CollectorContext) -> None:
+        super().__init__(ctx)
+        self.hostname = ctx.hostname or socket.gethostname()
+        self.xid_window_s = float(ctx.options.get("xid-window", "300"))
+        self.events = ctx.options.get("events", "on") != "off"
+        self._fake: Any = None
+        state = ctx.options.get("simulated-state")
+        if state:
+            from fmdiag.simulate import fake_nvml  # noqa: PLC0415 - only in simulation mode
+
+            self._fake = fake_nvml.install(Path(state))
+        self._lock = threading.Lock()
+        self._initialised = False
+        self._next_init = 0.0
+        self._init_error = ""
+        self._gpus: dict[int, _Gpu] = {}
+        self._driver = ""
+        self._xid: XidListener | None = None
+        self._errors: dict[tuple[str, str, str], int] = {}
+        self._processes: dict[int, str] = {}
+        host.set_gpu_process_provider(self.gpu_processes)
+
+    # -- NVML plumbing -------------------------------------------------------------------------
+    def _init(self) -> bool:
+        """Initialise NVML, retrying at most once a minute: a driver may load after boot."""
+        if self._initialised:
+            return True
+        now = time.monotonic()
+        if now < self._next_init:
+            return False
+        self._next_init = now + 60.0
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            self._count_error("", "nvmlInit", exc)
+            if error_name(exc) != self._init_error:
+                log.warning("NVML unavailable (%s): exporting fmdiag_gpu_devices 0", exc)
+                self._init_error = error_name(exc)
+            return False
+        self._initialised = True
+        self._driver = self._try(lambda: _text(pynvml.nvmlSystemGetDriverVersion()), "")
+        return True
+
+    def _count_error(self, gpu: str, call: str, exc: pynvml.NVMLError) -> None:
+        key = (gpu, call, error_name(exc))
+        self._errors[key] = self._errors.get(key, 0) + 1
+
+    @staticmethod
+    def _try(fn: Callable[[], T], default: T) -> T:
+        try:
+            return fn()
+        except pynvml.NVMLError:
+            return default
+
+    def _call(self, index: int, gpu: _Gpu, call: str, fn: Callable[[], T]) -> T | None:
+        """One NVML call: None when unsupported or failing (counted); GpuLostError propagates."""
+        if call in gpu.unsupported:
+            return None
+        try:
+            return fn()
+        except pynvml.NVMLError_GpuIsLost:
+            raise GpuLostError from None
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound) as exc:
+            gpu.unsupported.add(call)
+            self._count_error(str(index), call, exc)
+        except pynvml.NVMLError as exc:
+            self._count_error(str(index), call, exc)
+        return None
+
+    def _identify(self, index: int, handle: Any) -> _Gpu:
+        uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        known = self._gpus.get(index)
+        if known is not None and known.labels["UUID"] == uuid:
+            return known
+        bus_id = _text(pynvml.nvmlDeviceGetPciInfo_v3(handle).busId)
+        minor = self._try(lambda: int(pynvml.nvmlDeviceGetMinorNumber(handle)), index)
+        labels = {
+            "gpu": str(index),
+            "UUID": uuid,
+            "pci_bus_id": bus_id,
+            "device": f"nvidia{minor}",
+            "modelName": _text(pynvml.nvmlDeviceGetName(handle)),
+            "Hostname": self.hostname,
+        }
+        info = {
+            "driver_version": self._driver,
+            "vbios_version": self._try(lambda: _text(pynvml.nvmlDeviceGetVbiosVersion(handle)), ""),
+            "numa_node": str(self._try(lambda: int(pynvml.nvmlDeviceGetNumaNodeId(handle)), -1)),
+            "pci_switch": pci_switch(self.ctx.paths.sysfs, bus_id),
+        }
+        gpu = _Gpu(labels=labels, info=info)
+        self._gpus[index] = gpu
+        return gpu
+
+    # -- the scrape ----------------------------------------------------------------------------
+    def collect(self) -> Iterable[Metric]:
+        fam = Families()
+        with self._lock:
+            self._collect(fam)
+        return fam
+
+    def _collect(self, fam: Families) -> None:
+        if not self._init():
+            fam.add("fmdiag_gpu_devices", 0)
+            self._emit_errors(fam)
+            return
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        except pynvml.NVMLError as exc:
+            self._count_error("", "nvmlDeviceGetCount", exc)
+            self.report("nvmlDeviceGetCount", exc)
+            self._emit_errors(fam)
+            return
+        fam.add("fmdiag_gpu_devices", count)
+        handles: dict[int, Any] = {}
+        processes: dict[int, set[str]] = {}
+        for index in range(count):
+            known = self._gpus.get(index)
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                gpu = self._identify(index, handle)
+                self._read(fam, index, gpu, handle, processes)
+            except (GpuLostError, pynvml.NVMLError_GpuIsLost):
+                self._emit_lost(fam, index, known)
+                continue
+            except pynvml.NVMLError as exc:
+                self._count_error(str(index), "identify", exc)
+                self.report(f"GPU {index}", exc)
+                continue
+            fam.add("fmdiag_gpu_lost", 0, _lost_labels(gpu.labels))
+            handles[index] = handle
+        self._processes = {pid: ",".join(sorted(g, key=int)) for pid, g in processes.items()}
+        self._emit_xids(fam, handles)
+        self._emit_errors(fam)
+
+    def _emit_lost(self, fam: Families, index: int, known: _Gpu | None) -> None:
+        labels = (
+            known.labels
+            if known
+            else {"gpu": str(index), "UUID": "", "pci_bus_id": "", "Hostname": self.hostname}
+        )
+        fam.add("fmdiag_gpu_lost", 1, _lost_labels(labels))
+        self._count_error(str(index), "device", pynvml.NVMLError_GpuIsLost())
+        self.report(f"GPU {index} ({labels['UUID'] or 'unknown UUID'})", "NVML_ERROR_GPU_IS_LOST")
+
+    def _read(self, fam: Families, index: int, gpu: _Gpu, h: Any, processes: dict[int, set[str]]) -> None:
+        lab = gpu.labels
+
+        def put(metric: str, call: str, fn: Callable[[], float | int | None]) -> None:
+            value = self._call(index, gpu, call, fn)
+            if value is not None:
+                fam.add(metric, value, lab)
+
+        fam.add("fmdiag_gpu_info", 1, {**lab, **gpu.info})
+        put(
+            "DCGM_FI_DEV_SM_CLOCK", "clock_sm", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+        )
+        put(
+            "DCGM_FI_DEV_MEM_CLOCK",
+            "clock_mem",
+            lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+        )
+        put(
+            "DCGM_FI_DEV_MAX_SM_CLOCK",
+            "max_clock_sm",
+            lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+        )
+        put(
+            "DCGM_FI_DEV_GPU_TEMP",
+            "temperature",
+            lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+        )
+        put(
+            "DCGM_FI_DEV_MEMORY_TEMP", "memory_temperature", lambda: _field(h, pynvml.NVML_FI_DEV_MEMORY_TEMP)
+        )
+        put("DCGM_FI_DEV_POWER_USAGE", "power", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
+        put(
+            "DCGM_FI_DEV_POWER_MGMT_LIMIT",
+            "power_limit",
+            lambda: pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
+        )
+        put(
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "energy",
+            lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+        )
+        put(
+            "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "pcie_replay", lambda: pynvml.nvmlDeviceGetPcieReplayCounter(h)
+        )
+        util = self._call(index, gpu, "utilization", lambda: pynvml.nvmlDeviceGetUtilizationRates(h))
+        if util is not None:
+            fam.add("DCGM_FI_DEV_GPU_UTIL", util.gpu, lab)
+            fam.add("DCGM_FI_DEV_MEM_COPY_UTIL", util.memory, lab)
+        put("DCGM_FI_DEV_ENC_UTIL", "encoder", lambda: pynvml.nvmlDeviceGetEncoderUtilization(h)[0])
+        put("DCGM_FI_DEV_DEC_UTIL", "decoder", lambda: pynvml.nvmlDeviceGetDecoderUtilization(h)[0])
+        mem = self._call(
+            index, gpu, "memory", lambda: pynvml.nvmlDeviceGetMemoryInfo(h, pynvml.nvmlMemory_v2)
+        )
+        if mem is not None:
+            fam.add("DCGM_FI_DEV_FB_FREE", mem.free // MIB, lab)
+            fam.add("DCGM_FI_DEV_FB_USED", mem.used // MIB, lab)
+            fam.add("DCGM_FI_DEV_FB_RESERVED", getattr(mem, "reserved", 0) // MIB, lab)
+        reasons = self._call(index, gpu, "clocks_event_reasons", lambda: _clock_reasons(h))
+        if reasons is not None:
+            fam.add("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", reasons, lab)
+            for bit, reason in CLOCK_EVENT_REASONS.items():
+                fam.add(
+                    "fmdiag_gpu_clocks_event_active", 1 if reasons & bit else 0, {**lab, "reason": reason}
+                )
+        for metric, err_type, counter_type in _ECC:
+            put(metric, metric, partial(pynvml.nvmlDeviceGetTotalEccErrors, h, err_type, counter_type))
+        rows = self._call(index, gpu, "remapped_rows", lambda: pynvml.nvmlDeviceGetRemappedRows(h))
+        if rows is not None:
+            fam.add("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", rows[0], lab)
+            fam.add("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", rows[1], lab)
+            fam.add("DCGM_FI_DEV_ROW_REMAP_FAILURE", 1 if rows[3] else 0, lab)
+        for metric, policy in _VIOLATIONS:
+            put(metric, metric, partial(_violation_us, h, policy))
+        procs = self._call(index, gpu, "processes", lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+        for proc in procs or ():
+            processes.setdefault(int(proc.pid), set()).add(str(index))
+            used = proc.usedGpuMemory
+            if used is not None:
+                fam.add(
+                    "fmdiag_gpu_process_memory_bytes",
+                    used,
+                    {"gpu": str(index), "UUID": lab["UUID"], "pid": str(proc.pid)},
+                )
+        self._gpm(fam, index, gpu, h)
+
+    def _gpm(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> None:
+        """Profiling ratios between this scrape's GPM sample and the previous scrape's."""
+        if gpu.gpm_supported is None:
+            support = self._call(index, gpu, "gpm_support", lambda: pynvml.nvmlGpmQueryDeviceSupport(h))
+            gpu.gpm_supported = bool(support is not None and support.isSupportedDevice)
+        if not gpu.gpm_supported:
+            return
+        sample = self._call(index, gpu, "gpm_sample", pynvml.nvmlGpmSampleAlloc)
+        if sample is None:
+            return
+        if self._call(index, gpu, "gpm_sample", lambda: pynvml.nvmlGpmSampleGet(h, sample)) is None:
+            pynvml.nvmlGpmSampleFree(sample)
+            return
+        previous, gpu.gpm_sample = gpu.gpm_sample, sample
+        if previous is None:
+            return  # the first scrape only starts the interval
+        try:
+            request = pynvml.c_nvmlGpmMetricsGet_t()
+            request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+            request.numMetrics = len(_GPM_METRICS)
+            request.sample1, request.sample2 = previous, sample
+            for i, (metric_id, _, _) in enumerate(_GPM_METRICS):
+                request.metrics[i].metricId = metric_id
+            result = self._call(index, gpu, "gpm_metrics", lambda: pynvml.nvmlGpmMetricsGet(request))
+            if result is None:
+                return
+            for i, (_, metric, scale) in enumerate(_GPM_METRICS):
+                entry = result.metrics[i]
+                if entry.nvmlReturn == pynvml.NVML_SUCCESS:
+                    fam.add(metric, entry.value * scale, gpu.labels)
+        finally:
+            self._try(lambda: pynvml.nvmlGpmSampleFree(previous), None)
+
+    def _emit_xids(self, fam: Families, handles: dict[int, Any]) -> None:
+        if self.events and self._xid is None and handles:
+            try:
+                self._xid = XidListener(handles, self.xid_window_s)
+                self._xid.start()
+            except pynvml.NVMLError as exc:
+                self._count_error("", "nvmlEventSetCreate", exc)
+                self.events = False
+        if self._xid is None:
+            return
+        last, totals, windowed = self._xid.snapshot()
+        window = str(int(self.xid_window_s * 1000))
+        for index, gpu in self._gpus.items():
+            if index in handles:
+                fam.add("DCGM_FI_DEV_XID_ERRORS", last.get(index, 0), gpu.labels)
+        for (index, xid), count in totals.items():
+            seen = self._gpus.get(index)
+            if seen is None:
+                continue
+            action = XID_ACTIONS.get(xid, "unknown")
+            fam.add("fmdiag_gpu_xid_errors_total", count, {**seen.labels, "xid": str(xid), "action": action})
+            fam.add(
+                "DCGM_EXP_XID_ERRORS_COUNT",
+                windowed.get((index, xid), 0),
+                {**seen.labels, "xid": str(xid), "window_size_in_ms": window},
+            )
+
+    def _emit_errors(self, fam: Families) -> None:
+        for (gpu, call, error), count in self._errors.items():
+            fam.add("fmdiag_gpu_nvml_errors_total", count, {"gpu": gpu, "call": call, "error": error})
+
+    def gpu_processes(self) -> dict[int, str]:
+        """pid -> GPU indices, for the host collector's training-process metrics."""
+        return dict(self._processes)
+
+    def close(self) -> None:
+        host.set_gpu_process_provider(None)
+        if self._xid is not None:
+            self._xid.stop()
+            self._xid = None
+        for gpu in self._gpus.values():
+            if gpu.gpm_sample is not None:
+                self._try(lambda s=gpu.gpm_sample: pynvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
+                gpu.gpm_sample = None
+        if self._initialised:
+            self._try(pynvml.nvmlShutdown, None)
+            self._initialised = False
+        if self._fake is not None:
+            self._fake.uninstall()
+            self._fake = None
+
+
+def _lost_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {k: labels[k] for k in ("gpu", "UUID", "pci_bus_id", "Hostname")}
+
+
+def _field(handle: Any, field_id: int) -> float:
+    value = pynvml.nvmlDeviceGetFieldValues(handle, [field_id])[0]
+    if value.nvmlReturn != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(value.nvmlReturn)
+    kind = value.valueType
+    if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
+        return float(value.value.dVal)
+    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
+        return float(value.value.ullVal)
+    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG:
+        return float(value.value.sllVal)
+    return float(value.value.uiVal)
+
+
+def _violation_us(handle: Any, policy: int) -> int:
+    """Throttle time under ``policy``: NVML counts nanoseconds, DCGM reports microseconds."""
+    return int(pynvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime) // 1000
+
+
+def _clock_reasons(handle: Any) -> int:
+    """The current bitmask, under its newer name when the driver's pynvml has it."""
+    getter = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+    if getter is None:
+        getter = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+    return int(getter(handle))

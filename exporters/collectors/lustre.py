@@ -1,0 +1,409 @@
+"""Lustre client collector: per-mount (llite), per-OST (osc) and per-MDT (mdc) statistics.
+
+Reads, fresh on every scrape, whichever layout the node has at that moment:
+
+* ``proc``: Lustre <= 2.11, ``<procfs>/fs/lustre/{llite,osc,mdc}/<instance>/``;
+* ``debugfs``: 2.12+, ``<debugfs>/lustre/{llite,osc,mdc}/<instance>/`` (root only, debugfs
+  mounted) plus the files some releases leave in /proc (osc ``rpc_stats`` in 2.12-2.14),
+  with the mounts also listed under ``<sysfs>/fs/lustre/llite/``;
+* ``lctl``: one ``lctl get_param`` run with a fixed argument list (no shell) and a timeout,
+  for nodes where only that is allowed.
+
+With ``source=auto`` both file layouts are searched on each scrape and every instance is
+read from wherever its files are, so filesystems mounting, unmounting or a client upgrade
+between scrapes need no restart. A file that is unreadable or garbled costs that file (or
+its bad lines), is counted and logged through :meth:`Collector.report`, and the rest of
+the scrape goes on. A file that vanished between listing and reading is a normal unmount
+race and is skipped silently. Parsing lives in :mod:`fmdiag.exporters.lustre_formats`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from prometheus_client.core import Metric
+
+from fmdiag.exporters.collector import Collector, CollectorContext, register
+from fmdiag.exporters.families import Families
+from fmdiag.exporters.lustre_formats import (
+    TIME_UNITS,
+    Instance,
+    LineError,
+    StatsFile,
+    parse_instance,
+    parse_lctl_output,
+    parse_read_ahead_stats,
+    parse_rpc_stats,
+    parse_stats,
+)
+
+SOURCES = ("auto", "proc", "debugfs", "lctl")
+KINDS = ("llite", "osc", "mdc")
+#: The files read per device kind (the same names are the ``lctl get_param`` parameters).
+PARAMS: dict[str, tuple[str, ...]] = {
+    "llite": ("stats", "read_ahead_stats"),
+    "osc": ("stats", "rpc_stats"),
+    "mdc": ("stats",),
+}
+#: The fixed ``lctl`` arguments: one process per scrape reads every parameter we use.
+LCTL_ARGS: tuple[str, ...] = (
+    "get_param",
+    *(f"{kind}.*.{param}" for kind in KINDS for param in PARAMS[kind]),
+)
+DEFAULT_LCTL_TIMEOUT_S = 5.0
+#: A Lustre parameter is a few KiB; anything past this is not one and is not read further.
+MAX_FILE_BYTES = 1 << 20
+#: Pages-per-RPC buckets always exposed (1..1024 pages = 4 KiB..4 MiB RPCs with 4 KiB
+#: pages), so the series set does not change as larger RPCs start; larger rows extend it.
+_FIXED_PAGE_BOUNDS = tuple(1 << i for i in range(11))
+_GONE = (errno.ENOENT, errno.ENODEV, errno.ESTALE)
+_LCTL_NO_MATCH = ("No such file or directory", "not found")
+
+
+@dataclass
+class _Target:
+    """One client device found this scrape, and the raw text of each of its parameters."""
+
+    inst: Instance
+    layout: str
+    #: parameter -> (where it came from, for error reports; its text)
+    texts: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _read_text(path: str) -> str:
+    """The text of a proc/debugfs file (its size is 0 there, so read to EOF, bounded).
+
+    Opened non-blocking and checked to be a regular file, so a FIFO or device planted in
+    the tree cannot hang the scrape; a directory raises IsADirectoryError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES} bytes; not a Lustre parameter")
+    finally:
+        os.close(fd)
+    # A bad byte becomes U+FFFD, which no parser accepts: it costs its line, not the file.
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+@register
+class LustreCollector(Collector):
+    name = "lustre"
+    option_help: ClassVar[dict[str, str]] = {
+        "source": "where to read Lustre client stats: auto (the /proc layout of <= 2.10, else "
+        "2.12+ debugfs, chosen per scrape), proc, debugfs, or lctl (run lctl get_param)",
+        "lctl-path": "lctl executable for source=lctl (default: lctl on PATH, else /usr/sbin/lctl)",
+        "lctl-timeout": f"seconds before a hanging lctl is killed (default {DEFAULT_LCTL_TIMEOUT_S:g}; "
+        "keep it below the scrape deadline)",
+    }
+
+    def __init__(self, ctx: CollectorContext) -> None:
+        super().__init__(ctx)
+        unknown = sorted(set(ctx.options) - set(self.option_help))
+        if unknown:
+            raise ValueError(
+                f"--collector.lustre: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.option_help))}"
+            )
+        self.source = ctx.options.get("source", "auto")
+        if self.source not in SOURCES:
+            raise ValueError(
+                f"--collector.lustre.source={self.source!r}: expected one of {', '.join(SOURCES)}"
+            )
+        raw_timeout = ctx.options.get("lctl-timeout", str(DEFAULT_LCTL_TIMEOUT_S))
+        try:
+            self.lctl_timeout_s = float(raw_timeout)
+        except ValueError:
+            self.lctl_timeout_s = -1.0
+        if not 0 < self.lctl_timeout_s <= 600:
+            raise ValueError(f"--collector.lustre.lctl-timeout={raw_timeout!r}: expected seconds in (0, 600]")
+        self.lctl_path = ctx.options.get("lctl-path") or shutil.which("lctl") or "/usr/sbin/lctl"
+
+    # -- the scrape ---------------------------------------------------------------------------
+    def collect(self) -> Iterable[Metric]:
+        fams = Families()
+        try:
+            targets = self._targets_from_lctl() if self.source == "lctl" else self._targets_from_files()
+        except Exception as exc:  # a bug must cost this scrape's Lustre metrics, not the scrape
+            self.report("lustre collector", f"internal error, nothing collected: {exc!r}")
+            return []
+        if targets is not None:
+            mounts = 0
+            for target in targets:
+                mounts += target.inst.kind == "llite"
+                try:
+                    self._emit(fams, target)
+                except Exception as exc:  # a bug in one device's handling must not cost the rest
+                    self.report(target.inst.name, f"internal error, device skipped: {exc!r}")
+            fams.add("fmdiag_lustre_filesystems", mounts)
+        return list(fams)
+
+    # -- files (proc / debugfs) ---------------------------------------------------------------
+    def _roots(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(layout, root) pairs: those whose device directories are listed, and those each
+        device's files are looked up in, in order.
+
+        2.12+ moved most files to debugfs but, depending on the release, left some (osc
+        ``rpc_stats`` in 2.12-2.14) in /proc, so the 2.12+ layout looks in both.
+        """
+        paths = self.ctx.paths
+        debugfs = ("debugfs", os.path.join(paths.debugfs, "lustre"))
+        proc = ("proc", os.path.join(paths.procfs, "fs", "lustre"))
+        if self.source == "proc":
+            return [proc], [proc]
+        if self.source == "debugfs":
+            return [debugfs], [debugfs, proc]
+        return [debugfs, proc], [debugfs, proc]
+
+    def _list_names(self, base: str, failures: list[str]) -> list[str]:
+        """The subdirectories of ``base``; a missing ``base`` is simply empty."""
+        found: list[str] = []
+        try:
+            with os.scandir(base) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir():
+                            found.append(entry.name)
+                    except OSError:
+                        continue  # vanished while listing
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            failures.append(f"{base}: {_why(exc)}")
+        return found
+
+    def _targets_from_files(self) -> list[_Target]:
+        failures: list[str] = []
+        listed, lookup = self._roots()
+        found: dict[tuple[str, str], _Target] = {}
+        for kind in KINDS:
+            for layout, root in listed:
+                for name in self._list_names(os.path.join(root, kind), failures):
+                    if (kind, name) in found:
+                        continue
+                    inst = parse_instance(kind, name)
+                    if inst is not None:  # other entries (e.g. server-side devices) are not ours
+                        found[(kind, name)] = _Target(inst, layout)
+        for target in found.values():
+            kind, name = target.inst.kind, target.inst.name
+            self._read_target(target, [(lay, os.path.join(root, kind, name)) for lay, root in lookup])
+        targets = list(found.values())
+        if self.source != "proc":
+            targets += self._sysfs_only_mounts(found, failures)
+        return targets
+
+    def _read_target(self, target: _Target, dirs: Sequence[tuple[str, str]]) -> None:
+        for param in PARAMS[target.inst.kind]:
+            for layout, directory in dirs:
+                path = os.path.join(directory, param)
+                try:
+                    text = _read_text(path)
+                except OSError as exc:
+                    if exc.errno in _GONE:
+                        continue  # not in this layout, or unmounted since the listing
+                    self.report(path, f"unreadable: {_why(exc)}")
+                    break
+                target.texts[param] = (path, text)
+                if param == "stats":
+                    target.layout = layout
+                break
+
+    def _sysfs_only_mounts(self, found: dict[tuple[str, str], _Target], failures: list[str]) -> list[_Target]:
+        """Mounts that 2.12+ lists in sysfs but whose stats were not found (debugfs missing
+        or not readable): shown with layout "sysfs" and reported, so a mount is never
+        silently invisible. Nothing is reported on nodes without Lustre."""
+        sysfs_llite = os.path.join(self.ctx.paths.sysfs, "fs", "lustre", "llite")
+        out: list[_Target] = []
+        for name in self._list_names(sysfs_llite, []):
+            inst = parse_instance("llite", name)
+            if inst is None or ("llite", name) in found:
+                continue
+            stats = os.path.join(self.ctx.paths.debugfs, "lustre", "llite", name, "stats")
+            why = "; ".join(failures) if failures else "no such file"
+            self.report(
+                stats,
+                f"mounted (listed in {sysfs_llite}) but its stats are not readable ({why}): "
+                "mount debugfs and run the exporter as root, or use --collector.lustre.source=lctl",
+            )
+            out.append(_Target(inst, "sysfs"))
+        return out
+
+    # -- lctl ---------------------------------------------------------------------------------
+    def _run_lctl(self) -> str | None:
+        """lctl's stdout, or None (reported) when it could not be run or did not finish."""
+        argv = [self.lctl_path, *LCTL_ARGS]
+        where = " ".join(argv[:2])
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group, so a timeout kills all of it
+                env={**os.environ, "LC_ALL": "C"},
+            )
+        except OSError as exc:
+            self.report(self.lctl_path, f"cannot run lctl: {_why(exc)}")
+            return None
+        try:
+            out, err = proc.communicate(timeout=self.lctl_timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.communicate(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass  # a descendant left the group and holds the pipe; do not wait for it
+            self.report(where, f"no answer within {self.lctl_timeout_s:g} s; killed")
+            return None
+        stderr = err.decode("utf-8", errors="replace")
+        if proc.returncode != 0:
+            # lctl exits non-zero when a pattern matches nothing (no mdc, nothing mounted):
+            # normal. Anything else it says is worth a report; what it printed is still used.
+            other = [
+                line
+                for line in stderr.splitlines()
+                if line.strip() and not any(s in line for s in _LCTL_NO_MATCH)
+            ]
+            if other or (not out and not stderr.strip()):
+                detail = other[0] if other else "no output"
+                self.report(where, f"exit status {proc.returncode}: {detail}")
+                if not out.strip():
+                    return None  # it failed and said nothing usable: the mounts are unknown
+        return out.decode("utf-8", errors="replace")
+
+    def _targets_from_lctl(self) -> list[_Target] | None:
+        text = self._run_lctl()
+        if text is None:
+            return None
+        parsed = parse_lctl_output(text)
+        self._report_lines("lctl get_param output", parsed.errors)
+        targets: dict[tuple[str, str], _Target] = {}
+        for p in parsed.params:
+            if p.param not in PARAMS.get(p.kind, ()):
+                continue
+            inst = parse_instance(p.kind, p.instance)
+            if inst is None:
+                continue
+            target = targets.setdefault((p.kind, p.instance), _Target(inst, "lctl"))
+            where = f"lctl get_param {p.kind}.{p.instance}.{p.param}"
+            if p.param in target.texts:
+                self.report(where, "printed twice; the first copy was used")
+                continue
+            target.texts[p.param] = (where, p.text)
+        return list(targets.values())
+
+    # -- emission -----------------------------------------------------------------------------
+    def _report_lines(self, where: str, errors: Sequence[LineError]) -> None:
+        """One report per file: its first bad line, and how many more there were."""
+        if errors:
+            more = f" (and {len(errors) - 1} more bad lines)" if len(errors) > 1 else ""
+            self.report(where, f"skipped {errors[0]}{more}")
+
+    def _emit(self, fams: Families, target: _Target) -> None:
+        inst = target.inst
+        labels = {"fs": inst.fs, "mount_id": inst.mount_id}
+        if inst.kind == "osc":
+            labels["ost"] = inst.target
+        elif inst.kind == "mdc":
+            labels["mdt"] = inst.target
+        else:
+            fams.add("fmdiag_lustre_client_info", 1, {**labels, "layout": target.layout})
+        if "stats" in target.texts:
+            where, text = target.texts["stats"]
+            stats = parse_stats(text)
+            self._report_lines(where, stats.errors)
+            _emit_stats(fams, inst.kind, labels, stats)
+        if "read_ahead_stats" in target.texts:
+            where, text = target.texts["read_ahead_stats"]
+            ra = parse_read_ahead_stats(text)
+            self._report_lines(where, ra.errors)
+            events = dict(ra.events)
+            for reason, family in (("hits", "hits_total"), ("misses", "misses_total")):
+                # Lustre omits zero counters, so a clean file without the line means 0; a
+                # file with bad lines might have lost it, so then nothing is claimed.
+                value = events.pop(reason, None if ra.errors else 0)
+                if value is not None:
+                    fams.add(f"fmdiag_lustre_llite_read_ahead_{family}", value, labels)
+            for reason, value in events.items():
+                fams.add("fmdiag_lustre_llite_read_ahead_events_total", value, {**labels, "reason": reason})
+        if "rpc_stats" in target.texts:
+            where, text = target.texts["rpc_stats"]
+            rpc = parse_rpc_stats(text)
+            self._report_lines(where, rpc.errors)
+            for direction, value in rpc.in_flight.items():
+                fams.add("fmdiag_lustre_osc_rpcs_in_flight", value, {**labels, "direction": direction})
+            for direction, value in rpc.pending_pages.items():
+                fams.add("fmdiag_lustre_osc_pending_pages", value, {**labels, "direction": direction})
+            for direction, rows in rpc.pages_per_rpc.items():
+                buckets, count = pages_per_rpc_buckets(rows)
+                fams.add_histogram(
+                    "fmdiag_lustre_osc_pages_per_rpc",
+                    {**labels, "direction": direction},
+                    buckets,
+                    count,
+                    None,  # no _sum: a row says "at most N pages", not how many
+                )
+
+
+def _emit_stats(fams: Families, kind: str, labels: dict[str, str], stats: StatsFile) -> None:
+    prefix = f"fmdiag_lustre_{kind}_"
+    for line in stats.lines.values():
+        op = {**labels, "operation": line.name}
+        fams.add(prefix + "operations_total", line.count, op)
+        if line.sum is None or line.max is None:
+            continue
+        per_second = TIME_UNITS.get(line.unit)
+        if per_second is not None:
+            fams.add(prefix + "operation_latency_seconds_total", line.sum / per_second, op)
+            fams.add(prefix + "operation_latency_max_seconds", line.max / per_second, op)
+            if line.min is not None:
+                fams.add(prefix + "operation_latency_min_seconds", line.min / per_second, op)
+        elif line.name == "read_bytes":
+            fams.add(prefix + "read_bytes_total", line.sum, labels)
+        elif line.name == "write_bytes":
+            fams.add(prefix + "write_bytes_total", line.sum, labels)
+
+
+def pages_per_rpc_buckets(rows: Sequence[tuple[int, int]]) -> tuple[list[tuple[float, float]], int]:
+    """Cumulative (le, count) buckets and the total from rpc_stats rows (label, RPCs).
+
+    A row labelled N holds the RPCs of more than the previous label and at most N pages
+    (``lprocfs_oh_tally_log2``), so ``le = N`` is exact. Bounds are the fixed 1..1024 set
+    plus any larger row, so the series set is stable across scrapes.
+    """
+    total = sum(n for _, n in rows)
+    bounds = sorted(set(_FIXED_PAGE_BOUNDS) | {label for label, _ in rows})
+    buckets: list[tuple[float, float]] = []
+    cum = 0
+    i = 0
+    for bound in bounds:
+        while i < len(rows) and rows[i][0] <= bound:
+            cum += rows[i][1]
+            i += 1
+        buckets.append((float(bound), float(cum)))
+    return buckets, total

@@ -1,0 +1,256 @@
+"""Step collector: step time per (job, rank) from the steptrace spool, tailed incrementally.
+
+This collector keeps state between scrapes on purpose: file offsets (each scrape reads only
+what was appended, see :mod:`fmdiag.exporters.spool_tail`) and running aggregates (the
+histogram and counters cannot be rebuilt from a tail). Records are validated by
+:func:`fmdiag.steprecord.parse_line`, the same function ``fmdiag analyze`` uses, so the
+exporter and the analyzer accept exactly the same lines.
+
+Cardinality is bounded per node: at most ``max-ranks`` (job, rank) pairs are exported
+(33 series each at most, see exporters/deploy/README.md); records of further pairs are
+counted in ``fmdiag_step_series_dropped_total``. A pair is forgotten when its newest step
+ended more than ``stale-after`` ago or when every file it came from is gone, which frees its
+slot for a new job.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from fmdiag.exporters.collector import Collector, CollectorContext, register
+from fmdiag.exporters.families import Families
+from fmdiag.exporters.spool_tail import Chunk, FileKey, SpoolTail
+from prometheus_client.core import Metric
+
+from fmdiag import steptrace
+from fmdiag.catalog import STEP_DURATION_BUCKETS, STEP_PHASES
+from fmdiag.steprecord import MAX_LINE_BYTES, StepRecord, StepRecordError, parse_line
+
+DEFAULT_MAX_RANKS = 64
+DEFAULT_STALE_AFTER_S = 3600.0
+DEFAULT_MAX_FILES = 1024
+DEFAULT_MAX_READ_BYTES = 256 * 1024
+
+#: Bad lines per file and scrape reported under their own file:line (the rest under the file).
+_LOGGED_LINES = 5
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a Prometheus-style duration (``90s``, ``1h``, ``1h30m``) or a bare number."""
+    s = text.strip()
+    try:
+        value = float(s)
+    except ValueError:
+        parts = _DURATION.findall(s)
+        if not parts or "".join(n + u for n, u in parts) != s:
+            raise ValueError(f"{text!r} is not a duration (e.g. 30m, 1h, 90s)") from None
+        value = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return value
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--collector.steps.{name}: {text!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"--collector.steps.{name}: must be at least 1, got {value}")
+    return value
+
+
+@dataclass
+class RankSeries:
+    """Running aggregates of one (job, rank): what the exported series are built from."""
+
+    job: str
+    rank: int
+    buckets: list[int] = field(default_factory=lambda: [0] * len(STEP_DURATION_BUCKETS))
+    count: int = 0
+    total_s: float = 0.0
+    last_step: int = 0
+    last_duration_s: float = 0.0
+    last_end_ns: int = -1
+    phases: dict[str, float] = field(default_factory=dict)
+    tokens: int | None = None
+    samples: int | None = None
+    #: Per source file: (dropped counted from earlier writer processes, writer's current count).
+    dropped_by_file: dict[FileKey, tuple[int, int]] = field(default_factory=dict)
+    #: Dropped counts of files that are gone (a counter never goes down).
+    dropped_retired: int = 0
+
+    def add(self, record: StepRecord, source: FileKey) -> None:
+        duration = record.duration_s
+        index = bisect.bisect_left(STEP_DURATION_BUCKETS, duration)
+        if index < len(self.buckets):
+            self.buckets[index] += 1
+        self.count += 1
+        self.total_s += duration
+        if record.end_ns >= self.last_end_ns:
+            self.last_end_ns = record.end_ns
+            self.last_step = record.step
+            self.last_duration_s = duration
+        for phase, seconds in record.phases.items():
+            self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        if record.tokens is not None:
+            self.tokens = (self.tokens or 0) + record.tokens
+        if record.samples is not None:
+            self.samples = (self.samples or 0) + record.samples
+        base, last = self.dropped_by_file.get(source, (0, 0))
+        if record.dropped < last:  # a new writer process started counting from zero
+            base += last
+        self.dropped_by_file[source] = (base, record.dropped)
+
+    def forget_file(self, source: FileKey) -> None:
+        base, last = self.dropped_by_file.pop(source, (0, 0))
+        self.dropped_retired += base + last
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_retired + sum(b + last for b, last in self.dropped_by_file.values())
+
+
+@register
+class StepsCollector(Collector):
+    """Step durations, phases and throughput per (job, rank) from the steptrace spool."""
+
+    name = "steps"
+    option_help: ClassVar[dict[str, str]] = {
+        "spool-dir": (
+            f"Directory the training jobs' steptrace writes to [default: ${steptrace.ENV_SPOOL_DIR} "
+            f"or {steptrace.DEFAULT_SPOOL_DIR}]."
+        ),
+        "max-ranks": (
+            "Most (job, rank) pairs exported per node; records of more are counted as dropped "
+            f"[default: {DEFAULT_MAX_RANKS}]."
+        ),
+        "stale-after": "Forget a (job, rank) whose newest step ended longer ago than this [default: 1h].",
+        "max-files": f"Most step files followed [default: {DEFAULT_MAX_FILES}].",
+        "max-read-bytes": (
+            "Most bytes read per file per scrape; a longer backlog is read over several scrapes, and a "
+            "file already longer than this when the exporter starts is joined at its tail "
+            f"[default: {DEFAULT_MAX_READ_BYTES}]."
+        ),
+    }
+
+    def __init__(self, ctx: CollectorContext) -> None:
+        super().__init__(ctx)
+        opts = ctx.options
+        self.spool_dir = Path(opts["spool-dir"]) if opts.get("spool-dir") else steptrace.spool_dir()
+        self.max_ranks = _positive_int("max-ranks", opts.get("max-ranks", str(DEFAULT_MAX_RANKS)))
+        try:
+            self.stale_after_s = parse_duration(opts.get("stale-after", str(DEFAULT_STALE_AFTER_S)))
+        except ValueError as exc:
+            raise ValueError(f"--collector.steps.stale-after: {exc}") from None
+        self.tail = SpoolTail(
+            self.spool_dir,
+            max_files=_positive_int("max-files", opts.get("max-files", str(DEFAULT_MAX_FILES))),
+            read_budget=_positive_int(
+                "max-read-bytes", opts.get("max-read-bytes", str(DEFAULT_MAX_READ_BYTES))
+            ),
+            max_line=MAX_LINE_BYTES,
+        )
+        self.series: dict[tuple[str, int], RankSeries] = {}
+        #: Which pairs each followed file has fed, to forget them when the file goes.
+        self._pairs_of_file: dict[FileKey, set[tuple[str, int]]] = {}
+        self.series_dropped = 0
+        #: Scrapes may overlap when one overruns its deadline; state changes one at a time.
+        self._lock = threading.Lock()
+        self.clock = time.time
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            self._update()
+            return list(self._families())
+
+    def _update(self) -> None:
+        now_ns = int(self.clock() * 1e9)
+        self._expire(now_ns)  # first, so a finished job's slots are free for this scrape's records
+        result = self.tail.poll()
+        for where, error in result.errors:
+            self.report(where, error)
+        for chunk in result.chunks:
+            self._ingest(chunk, now_ns)
+        for key in result.vanished:
+            for pair in self._pairs_of_file.pop(key, set()):
+                series = self.series.get(pair)
+                if series is not None:
+                    series.forget_file(key)
+                    if not series.dropped_by_file:
+                        del self.series[pair]
+
+    def _expire(self, now_ns: int) -> None:
+        stale_before = now_ns - int(self.stale_after_s * 1e9)
+        for pair in [p for p, s in self.series.items() if s.last_end_ns < stale_before]:
+            del self.series[pair]
+
+    def _ingest(self, chunk: Chunk, now_ns: int) -> None:
+        stale_before = now_ns - int(self.stale_after_s * 1e9)
+        pairs = self._pairs_of_file.setdefault(chunk.key, set())
+        bad = 0
+        for number, line in chunk.lines:
+            if line is None:
+                error = f"line is over the {MAX_LINE_BYTES}-byte limit"
+            else:
+                try:
+                    record = parse_line(line, source=str(chunk.path), line=number)
+                    error = ""
+                except StepRecordError as exc:
+                    error = f"field {exc.field_name!r} {exc.reason}" if exc.field_name else exc.reason
+            if error:
+                # Each bad line is counted; past a few per file and scrape they share one
+                # log key (the file), so a garbage file cannot flood the log.
+                bad += 1
+                line_no = f"{number}" if chunk.numbered_from_start else f"+{number}"
+                where = f"{chunk.path}:{line_no}" if bad <= _LOGGED_LINES else str(chunk.path)
+                self.report(where, error if bad <= _LOGGED_LINES else f"line {line_no}: {error}")
+                continue
+            pair = (record.job, record.rank)
+            series = self.series.get(pair)
+            if series is None:
+                if record.end_ns < stale_before:
+                    continue  # history of a finished job: not worth a series
+                if len(self.series) >= self.max_ranks:
+                    self.series_dropped += 1
+                    continue
+                series = self.series[pair] = RankSeries(record.job, record.rank)
+            series.add(record, chunk.key)
+            pairs.add(pair)
+
+    def _families(self) -> Iterable[Metric]:
+        fam = Families()
+        for series in sorted(self.series.values(), key=lambda s: (s.job, s.rank)):
+            labels = {"job": series.job, "rank": str(series.rank)}
+            cumulative, running = [], 0
+            for bound, n in zip(STEP_DURATION_BUCKETS, series.buckets, strict=True):
+                running += n
+                cumulative.append((bound, float(running)))
+            fam.add_histogram(
+                "fmdiag_step_duration_seconds", labels, cumulative, series.count, series.total_s
+            )
+            fam.add("fmdiag_step_last", series.last_step, labels)
+            fam.add("fmdiag_step_last_duration_seconds", series.last_duration_s, labels)
+            fam.add("fmdiag_step_last_end_timestamp_seconds", series.last_end_ns / 1e9, labels)
+            for phase in STEP_PHASES:
+                if phase in series.phases:
+                    fam.add(
+                        "fmdiag_step_phase_seconds_total", series.phases[phase], {**labels, "phase": phase}
+                    )
+            if series.tokens is not None:
+                fam.add("fmdiag_step_tokens_total", series.tokens, labels)
+            if series.samples is not None:
+                fam.add("fmdiag_step_samples_total", series.samples, labels)
+            fam.add("fmdiag_step_records_dropped_total", series.dropped, labels)
+        fam.add("fmdiag_step_series_dropped_total", self.series_dropped)
+        fam.add("fmdiag_step_spool_files", len(self.tail.files))
+        return fam
