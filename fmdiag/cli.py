@@ -18,6 +18,8 @@ from fmdiag import __version__
 #: name -> "module:attribute" of a click command.
 SUBCOMMANDS: dict[str, str] = {
     "catalog": "fmdiag.catalog_cli:catalog",
+    "exporter": "fmdiag.exporters.cli:exporter",
+    "simulate": "fmdiag.simulate.cli:simulate",
     "steps": "fmdiag.steps_cli:steps",
 }
 

@@ -1,0 +1,188 @@
+"""The scenarios `fmdiag simulate` can inject, as data: one :class:`Scenario` per scenario.
+
+A scenario is a list of faults, each active over a fraction of the run (so ``mixed`` is just
+several faults one after another). A fault changes how hardware behaves — a slower EFA
+device, an OST with high latency, a GPU at a lower clock — and the cluster model turns that
+into step times and counters; nothing here says what the symptoms are, so symptoms and the
+ground truth both follow from the same physics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FaultKind(StrEnum):
+    #: Every EFA path congested: lower bandwidth and some retransmits on all nodes.
+    FABRIC = "fabric"
+    #: Some EFA devices of one node impaired: low bandwidth, retransmits, impaired connections.
+    EFA_NODE = "efa-node"
+    #: One OST of the data filesystem slow: low bandwidth, high RPC latency.
+    OST_SLOW = "ost-slow"
+    #: The checkpoint filesystem accepts writes slowly.
+    CHECKPOINT_SLOW = "checkpoint-slow"
+    #: Dataloader samples cost far more CPU (heavy decoding/augmentation): CPU-bound input.
+    LOADER_CPU = "loader-cpu"
+    #: One GPU in hardware thermal slowdown.
+    GPU_THERMAL = "gpu-thermal"
+    #: One GPU power-braked.
+    GPU_POWER = "gpu-power"
+
+
+#: The verdict class each fault produces when it binds (DESIGN.md's verdict classes).
+FAULT_CLASS: dict[FaultKind, str] = {
+    FaultKind.FABRIC: "network",
+    FaultKind.EFA_NODE: "network",
+    FaultKind.OST_SLOW: "io",
+    FaultKind.CHECKPOINT_SLOW: "io",
+    FaultKind.LOADER_CPU: "host",
+    FaultKind.GPU_THERMAL: "straggler",
+    FaultKind.GPU_POWER: "straggler",
+}
+
+#: nvmlClocksEventReason bits: HW slowdown, HW thermal slowdown, HW power brake.
+HW_SLOWDOWN, HW_THERMAL, HW_POWER_BRAKE, GPU_IDLE = 0x8, 0x40, 0x80, 0x1
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    #: Active from this fraction of the run's steps up to (not including) ``end``.
+    start: float = 0.0
+    end: float = 1.0
+    #: Multiplies the bandwidth of what the fault hits (EFA device, OST, checkpoint writes).
+    bandwidth_factor: float = 1.0
+    #: Multiplies the RPC latency of the hit OST.
+    latency_factor: float = 1.0
+    #: Multiplies the CPU cost of one sample in the dataloader.
+    cpu_factor: float = 1.0
+    #: SM clock of the hit GPU while throttled (MHz), and the clock event reasons it reports.
+    sm_clock_mhz: int = 0
+    clocks_event_reasons: int = 0
+    #: Fraction of packets retransmitted on the hit EFA devices.
+    retrans_rate: float = 0.0
+    #: How many EFA devices of the hit node are impaired (EFA_NODE).
+    devices: int = 1
+
+    @property
+    def verdict_class(self) -> str:
+        return FAULT_CLASS[self.kind]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    faults: tuple[Fault, ...] = ()
+    #: Overrides the workload's checkpoint cadence (None: keep it).
+    checkpoint_every: int | None = None
+
+
+_THERMAL = Fault(
+    FaultKind.GPU_THERMAL,
+    sm_clock_mhz=1260,
+    clocks_event_reasons=HW_SLOWDOWN | HW_THERMAL,
+)
+_POWER = Fault(
+    FaultKind.GPU_POWER,
+    sm_clock_mhz=1050,
+    clocks_event_reasons=HW_SLOWDOWN | HW_POWER_BRAKE,
+)
+_EFA_NODE = Fault(FaultKind.EFA_NODE, bandwidth_factor=0.12, retrans_rate=0.04, devices=1)
+_OST_SLOW = Fault(FaultKind.OST_SLOW, bandwidth_factor=0.01, latency_factor=40.0)
+_LOADER = Fault(FaultKind.LOADER_CPU, cpu_factor=50.0)
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "healthy",
+            (
+                "Compute-bound: kernels back to back, data prefetched in time, all-reduce well within the "
+                "fabric's capacity."
+            ),
+        ),
+        Scenario(
+            "network-degraded",
+            "Fabric-wide congestion: every EFA path at 30% of its bandwidth with retransmits; no late rank.",
+            (Fault(FaultKind.FABRIC, bandwidth_factor=0.3, retrans_rate=0.01),),
+        ),
+        Scenario(
+            "network-node",
+            (
+                "One node's EFA device impaired (12% bandwidth, retransmits, impaired connections): "
+                "every rank waits in the all-reduce."
+            ),
+            (_EFA_NODE,),
+        ),
+        Scenario(
+            "io-lustre",
+            (
+                "One OST of the data filesystem slow (1% bandwidth, 40x RPC latency): the dataloader cannot "
+                "keep up, data_wait grows."
+            ),
+            (_OST_SLOW,),
+        ),
+        Scenario(
+            "checkpoint-stall",
+            (
+                "Checkpoint every 10 steps to a filesystem accepting writes at 8% of its bandwidth: periodic "
+                "long checkpoint phases."
+            ),
+            (Fault(FaultKind.CHECKPOINT_SLOW, bandwidth_factor=0.08),),
+            checkpoint_every=10,
+        ),
+        Scenario(
+            "host-dataloader",
+            (
+                "CPU-starved input pipeline (50x CPU per sample, node CPUs saturated), no Lustre pressure: "
+                "data_wait grows."
+            ),
+            (_LOADER,),
+        ),
+        Scenario(
+            "straggler-thermal",
+            (
+                "One GPU in HW thermal slowdown (clock event reasons 0x48, SM clock 1260 MHz): its rank "
+                "computes slower and every other rank waits."
+            ),
+            (_THERMAL,),
+        ),
+        Scenario(
+            "straggler-power",
+            (
+                "One GPU power-braked (clock event reasons 0x88, SM clock 1050 MHz): a straggler with a "
+                "hardware cause."
+            ),
+            (_POWER,),
+        ),
+        Scenario(
+            "mixed",
+            (
+                "The bottleneck changes over time: healthy, then a slow OST, then an impaired EFA device, "
+                "then a thermally throttled GPU, then a CPU-bound dataloader (a fifth of the run each)."
+            ),
+            (
+                Fault(FaultKind.OST_SLOW, 0.2, 0.4, bandwidth_factor=0.01, latency_factor=40.0),
+                Fault(FaultKind.EFA_NODE, 0.4, 0.6, bandwidth_factor=0.12, retrans_rate=0.04),
+                Fault(
+                    FaultKind.GPU_THERMAL,
+                    0.6,
+                    0.8,
+                    sm_clock_mhz=1260,
+                    clocks_event_reasons=HW_SLOWDOWN | HW_THERMAL,
+                ),
+                Fault(FaultKind.LOADER_CPU, 0.8, 1.0, cpu_factor=50.0),
+            ),
+        ),
+    )
+}
+
+
+def get(name: str) -> Scenario:
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        known = ", ".join(SCENARIOS)
+        raise KeyError(f"unknown scenario {name!r}; known: {known}") from None
