@@ -27,7 +27,10 @@ from fmdiag.simulate.model import NS, Chunk, ClusterModel
 from fmdiag.simulate.nodestate import (
     FB_RESERVED_MIB,
     FB_TOTAL_MIB,
+    LLITE_OPS,
+    MDC_OPS,
     MIB,
+    OSC_OPS,
     POWER_LIMIT_MW,
     PROCESS_OVERHEAD_MIB,
     RSS_BYTES,
@@ -80,19 +83,6 @@ _DCGM_SIGNALS: dict[str, str | float] = {
     "DCGM_FI_DEV_LOW_UTIL_VIOLATION": 0.0,
     "DCGM_FI_DEV_RELIABILITY_VIOLATION": 0.0,
 }
-_OSC_LINES = ("req_waittime", "req_active", "read_bytes", "write_bytes", "ost_read", "ost_write", "ost_punch")
-_MDC_LINES = ("req_waittime", "req_active", "mds_getattr", "mds_close", "ldlm_ibits_enqueue")
-_LLITE_LINES = (
-    "read_bytes",
-    "write_bytes",
-    "read",
-    "write",
-    "open",
-    "close",
-    "getattr",
-    "inode_permission",
-    "statfs",
-)
 _BYTES_LINES = ("read_bytes", "write_bytes")
 #: ptlrpc lines counted in requests, not time (the renderer prints them as [reqs]).
 _COUNT_LINES = ("req_active", "ldlm_ibits_enqueue")
@@ -297,7 +287,7 @@ def _lustre(table: _Table, model: ClusterModel, snap: Snapshot) -> None:
             "ost": [f"OST{o:04X}" for _ in range(N) for o in range(fs.osts)],
         }
         osc = snap.osc[fs.index]
-        _stats(table, "osc", osc, _OSC_LINES, osc_lab)
+        _stats(table, "osc", osc, tuple(OSC_OPS), osc_lab)
         for direction in ("read", "write"):
             lab = {**osc_lab, "direction": direction}
             table.add("fmdiag_lustre_osc_rpcs_in_flight", osc[f"{direction}_rpcs_in_flight"], lab)
@@ -313,7 +303,7 @@ def _lustre(table: _Table, model: ClusterModel, snap: Snapshot) -> None:
             table.add("fmdiag_lustre_osc_pages_per_rpc_bucket", count, {**lab, "le": "+Inf"})
             table.add("fmdiag_lustre_osc_pages_per_rpc_count", count, lab)
         lli = snap.llite[fs.index]
-        lines = tuple(x for x in _LLITE_LINES if not (ver == "2.10" and x in ("read", "write")))
+        lines = tuple(x for x in LLITE_OPS if not (ver == "2.10" and x in ("read", "write")))
         _stats(table, "llite", lli, lines, base, counts_only=ver == "2.10")
         table.add("fmdiag_lustre_llite_read_ahead_hits_total", lli["read_ahead.hits"], base)
         table.add("fmdiag_lustre_llite_read_ahead_misses_total", lli["read_ahead.misses"], base)
@@ -325,7 +315,7 @@ def _lustre(table: _Table, model: ClusterModel, snap: Snapshot) -> None:
             )
         table.add("fmdiag_lustre_client_info", np.ones((len(table.times), N)), {**base, "layout": layout})
         mdc_lab = {**base, "mdt": "MDT0000"}
-        _stats(table, "mdc", snap.mdc[fs.index], _MDC_LINES, mdc_lab)
+        _stats(table, "mdc", snap.mdc[fs.index], tuple(MDC_OPS), mdc_lab)
     table.add("fmdiag_lustre_filesystems", np.full((len(table.times), N), float(len(topo.filesystems))), {})
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmdiag.simulate.signals import EFA_DEVICE_FILES, EFA_PORT_FILES, EFA_SRD_FILES, Signals, Snapshot, op_bounds
+from fmdiag.simulate.signals import (
+    EFA_DEVICE_FILES,
+    EFA_PORT_FILES,
+    EFA_SRD_FILES,
+    Signals,
+    Snapshot,
+    op_bounds,
+)
 from fmdiag.simulate.state import (
     EfaDeviceState,
     GpuProcess,
@@ -29,7 +36,7 @@ RSS_BYTES = 28 * (1 << 30)
 #: Framebuffer the driver and context keep beyond what the rank's process allocates.
 PROCESS_OVERHEAD_MIB = 420
 #: Lustre stats lines per target kind: name -> unit (2.14 spelling; 2.10 says "usec").
-_OSC_OPS = {
+OSC_OPS = {
     "req_waittime": "usecs",
     "req_active": "reqs",
     "read_bytes": "bytes",
@@ -38,14 +45,14 @@ _OSC_OPS = {
     "ost_write": "usecs",
     "ost_punch": "usecs",
 }
-_MDC_OPS = {
+MDC_OPS = {
     "req_waittime": "usecs",
     "req_active": "reqs",
     "mds_getattr": "usecs",
     "mds_close": "usecs",
     "ldlm_ibits_enqueue": "usecs",
 }
-_LLITE_OPS = (
+LLITE_OPS = (
     "read_bytes",
     "write_bytes",
     "read",
@@ -144,7 +151,9 @@ def node_state(sig: Signals, snap: Snapshot, start_ns: int, node: int, i: int = 
                 nvlink_rx_bytes_per_s=float(g["nvlink_rx"][k]),
                 power_violation_us=_i(g["power_violation_us"][k]),
                 thermal_violation_us=_i(g["thermal_violation_us"][k]),
-                processes=[GpuProcess(topo.pid(info.index), _i(g["fb_used"][k] - PROCESS_OVERHEAD_MIB) * MIB)],
+                processes=[
+                    GpuProcess(topo.pid(info.index), _i(g["fb_used"][k] - PROCESS_OVERHEAD_MIB) * MIB)
+                ],
                 numa_node=info.numa_node,
             )
         )
@@ -177,7 +186,7 @@ def node_state(sig: Signals, snap: Snapshot, start_ns: int, node: int, i: int = 
             osts.append(
                 LustreTargetState(
                     index=o,
-                    stats={op: _op(osc, op, k3, unit, ver) for op, unit in _OSC_OPS.items()},
+                    stats={op: _op(osc, op, k3, unit, ver) for op, unit in OSC_OPS.items()},
                     read_rpcs_in_flight=_i(osc["read_rpcs_in_flight"][k3]),
                     write_rpcs_in_flight=_i(osc["write_rpcs_in_flight"][k3]),
                     pending_read_pages=_i(osc["pending_read_pages"][k3]),
@@ -188,7 +197,7 @@ def node_state(sig: Signals, snap: Snapshot, start_ns: int, node: int, i: int = 
             )
         k2 = (i, node)
         llite = {}
-        for op in _LLITE_OPS:
+        for op in LLITE_OPS:
             if op in ("read", "write") and ver == "2.10":
                 continue
             if op.endswith("_bytes"):
@@ -208,7 +217,7 @@ def node_state(sig: Signals, snap: Snapshot, start_ns: int, node: int, i: int = 
                 osts=osts,
                 mdts=[
                     LustreTargetState(
-                        index=0, stats={op: _op(mdc, op, k2, unit, ver) for op, unit in _MDC_OPS.items()}
+                        index=0, stats={op: _op(mdc, op, k2, unit, ver) for op, unit in MDC_OPS.items()}
                     )
                 ],
             )
