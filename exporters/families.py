@@ -7,9 +7,10 @@ so the catalog stays the single source of truth for what is exposed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import Metric
+from prometheus_client.samples import Sample
 
 from fmdiag import catalog
 from fmdiag.catalog import MetricType
@@ -29,12 +30,7 @@ class Families:
         self._families: dict[str, Metric] = {}
 
     def _family(self, name: str, labels: Mapping[str, str]) -> tuple[Metric, catalog.Metric]:
-        spec = catalog.get(name)
-        allowed = spec.all_labels
-        missing = [k for k in spec.labels if k not in labels]
-        extra = [k for k in labels if k not in allowed]
-        if missing or extra:
-            raise ValueError(f"{name}: labels missing {missing}, not catalogued {extra}")
+        spec = _check(name, tuple(labels))
         fam = self._families.get(name)
         if fam is None:
             # prometheus_client strips `_total` from counter family names and re-adds it on
@@ -55,6 +51,28 @@ class Families:
         if spec.type not in (MetricType.COUNTER, MetricType.GAUGE):
             raise ValueError(f"{name} is a {spec.type}; use add_histogram")
         fam.add_sample(name, labels, float(value))
+
+    def adder(self, name: str, label_names: Sequence[str]) -> Callable[[dict[str, str], float], None]:
+        """A fast path for hot loops (thousands of sysfs counters per scrape).
+
+        Checks ``name`` with exactly ``label_names`` against the catalog once and returns a
+        function ``add(labels, value)`` that appends a sample without re-checking: every
+        ``labels`` passed must have exactly those keys, and must not be changed afterwards
+        (one dict may be shared by many samples, which also lets the exposition format it once).
+        """
+        fam, spec = self._family(name, dict.fromkeys(label_names, ""))
+        if spec.type not in (MetricType.COUNTER, MetricType.GAUGE):
+            raise ValueError(f"{name} is a {spec.type}; use add_histogram")
+        append = fam.samples.append
+        new = tuple.__new__  # Sample's own __new__ is a Python-level wrapper; skip it in the hot path
+
+        def add(labels: dict[str, str], value: float) -> None:
+            # Integers stay integers: exact in the exposition even beyond 2**53 (u64 counters).
+            append(
+                new(Sample, (name, labels, value if type(value) is int else float(value), None, None, None))
+            )
+
+        return add
 
     def add_histogram(
         self,
@@ -77,7 +95,28 @@ class Families:
             fam.add_sample(f"{name}_sum", labels, float(total))
 
     def __iter__(self) -> Iterator[Metric]:
-        return iter(self._families.values())
+        # A family made by adder() may have stayed empty; an empty family is not exposed.
+        return (fam for fam in self._families.values() if fam.samples)
+
+
+#: (name, label keys) pairs already checked against the catalog: a scrape adds thousands of
+#: samples with a handful of distinct label sets, so each set is validated once per process.
+_CHECKED: dict[tuple[str, tuple[str, ...]], catalog.Metric] = {}
+
+
+def _check(name: str, keys: tuple[str, ...]) -> catalog.Metric:
+    spec = _CHECKED.get((name, keys))
+    if spec is not None:
+        return spec
+    spec = catalog.get(name)
+    allowed = spec.all_labels
+    missing = [k for k in spec.labels if k not in keys]
+    extra = [k for k in keys if k not in allowed]
+    if missing or extra:
+        raise ValueError(f"{name}: labels missing {missing}, not catalogued {extra}")
+    if len(_CHECKED) < 100_000:  # label key sets are few; bound it against a misbehaving caller
+        _CHECKED[(name, keys)] = spec
+    return spec
 
 
 def _le(bound: float) -> str:

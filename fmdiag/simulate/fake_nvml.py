@@ -163,7 +163,8 @@ class FakeNvml:
         self._lock = threading.RLock()
         self._refcount = 0
         self._cache: tuple[bytes, gpustate.GpuStateDoc] | None = None
-        self._buffers: list[ctypes.Array[ctypes.c_char]] = []
+        #: address -> the buffer behind an opaque handle; freed samples and event sets drop theirs.
+        self._buffers: dict[int, ctypes.Array[ctypes.c_char]] = {}
         self._handles: dict[int, Any] = {}  # GPU index -> c_nvmlDevice_t
         self._handle_index: dict[int, int] = {}  # handle address -> GPU index
         self._event_sets: dict[int, _EventSet] = {}
@@ -174,7 +175,7 @@ class FakeNvml:
     def _opaque(self, ptr_type: Any) -> tuple[Any, int]:
         """A fresh opaque handle of pynvml's pointer type ``ptr_type``, and its address."""
         buf = ctypes.create_string_buffer(8)
-        self._buffers.append(buf)
+        self._buffers[ctypes.addressof(buf)] = buf
         ptr = ctypes.cast(buf, ptr_type)
         return ptr, ctypes.addressof(buf)
 
@@ -558,6 +559,7 @@ class FakeNvml:
             addr = _address(eventSet)
             if addr is not None:
                 self._event_sets.pop(addr, None)
+                self._buffers.pop(addr, None)
 
     # -- GPM (profiling metrics from two samples) ----------------------------------------------
 
@@ -589,6 +591,7 @@ class FakeNvml:
             addr = _address(gpmSample)
             if addr is not None:
                 self._samples.pop(addr, None)
+                self._buffers.pop(addr, None)
 
     def nvmlGpmSampleGet(self, device: Any, gpmSample: Any) -> Any:
         gpu = self._device(device, "nvmlGpmSampleGet")

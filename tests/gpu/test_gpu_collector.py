@@ -182,3 +182,17 @@ def test_pci_switch_is_the_bridge_above_the_upstream_port(tmp_path: Path) -> Non
     (devices / "0000:18:00.0").symlink_to(chain)
     assert gpu_collector.pci_switch(tmp_path, "00000000:18:00.0") == "0000:11:00.0"
     assert gpu_collector.pci_switch(tmp_path, "00000000:99:00.0") == ""
+
+
+def test_scrapes_do_not_accumulate_nvml_buffers(state_file: Path) -> None:
+    """GPM samples are allocated and freed every scrape; neither side may keep them."""
+    with fake_nvml.install(state_file) as fake:
+        c = GpuCollector(CollectorContext(hostname="h"))
+        try:
+            samples(c)
+            after_first = len(fake._buffers)
+            for _ in range(50):
+                samples(c)
+            assert len(fake._buffers) <= after_first + 4
+        finally:
+            c.close()

@@ -1,0 +1,206 @@
+"""Runs the enabled collectors for one scrape: concurrently, under a deadline, each isolated.
+
+A collector that raises or misses the deadline is marked failed for that scrape
+(``fmdiag_exporter_collector_success 0``, and ``..._timeouts_total`` +1 for a miss); the
+others' families are served as usual. A collector still stuck in a previous scrape is not
+started again (so a hung filesystem cannot pile up threads); it counts as another miss.
+
+Concurrent HTTP requests share scrapes, but never stale ones: a request is answered by the
+first scrape that *started after it arrived*. Fifty scrapers hitting one node therefore
+cause about one source read per scrape duration instead of fifty, every answer is fresh,
+and the rendered bytes of a scrape are built once per format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from prometheus_client.core import Metric
+
+from fmdiag import __version__
+from fmdiag.exporters.collector import Collector, ErrorReporter
+from fmdiag.exporters.exposition import Format, render
+from fmdiag.exporters.families import Families
+
+log = logging.getLogger("fmdiag.exporter")
+
+_FAILURE_LOG_INTERVAL_S = 60.0
+
+
+@dataclass
+class CollectorOutcome:
+    name: str
+    families: list[Metric]
+    success: bool
+    duration_s: float
+
+
+@dataclass
+class Snapshot:
+    """One scrape's families; renders each format at most once however many requests share it."""
+
+    families: list[Metric]
+    outcomes: list[CollectorOutcome]
+    _rendered: dict[Format, bytes] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def render(self, fmt: Format) -> bytes:
+        with self._lock:
+            body = self._rendered.get(fmt)
+            if body is None:
+                body = render(self.families, fmt)
+                self._rendered[fmt] = body
+            return body
+
+
+def _run(collector: Collector) -> tuple[list[Metric], float]:
+    start = time.perf_counter()
+    families = list(collector.collect())
+    return families, time.perf_counter() - start
+
+
+class Scraper:
+    """Owns the collectors and their thread pool; :meth:`scrape` is safe to call from any thread."""
+
+    def __init__(self, collectors: Sequence[Collector], errors: ErrorReporter, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"scrape timeout must be positive, got {timeout_s}")
+        self.collectors = list(collectors)
+        self.errors = errors
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, len(self.collectors)), thread_name_prefix="collector"
+        )
+        self._inflight: dict[str, Future[tuple[list[Metric], float]]] = {}
+        self._timeouts: dict[str, int] = {c.name: 0 for c in self.collectors}
+        self._last_failure_log: dict[str, float] = {}
+        # Single-flight state, guarded by _cond.
+        self._cond = threading.Condition()
+        self._started = 0
+        self._done = 0
+        self._running = False
+        self._latest: Snapshot | None = None
+        self._closed = False
+
+    # -- public -----------------------------------------------------------------------------
+    def scrape(self) -> Snapshot:
+        """A snapshot whose sources were all read after this call began."""
+        with self._cond:
+            need = self._started + 1
+            while self._done < need:
+                if not self._running:
+                    self._running = True
+                    self._started += 1
+                    number = self._started
+                    self._cond.release()
+                    try:
+                        snap = self._scrape_once()
+                    finally:
+                        self._cond.acquire()
+                        self._running = False
+                        self._cond.notify_all()
+                    self._latest = snap
+                    self._done = number
+                else:
+                    self._cond.wait()
+            assert self._latest is not None
+            return self._latest
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for c in self.collectors:
+            try:
+                c.close()
+            except Exception:
+                log.exception("collector %s: error while closing", c.name)
+
+    # -- one scrape -------------------------------------------------------------------------
+    def _scrape_once(self) -> Snapshot:
+        start = time.perf_counter()
+        futures: dict[str, Future[tuple[list[Metric], float]]] = {}
+        for c in self.collectors:
+            previous = self._inflight.get(c.name)
+            if previous is not None and not previous.done():
+                continue  # still stuck in an earlier scrape: not started twice
+            submitted = self._pool.submit(_run, c)
+            futures[c.name] = submitted
+            self._inflight[c.name] = submitted
+        if futures:
+            wait(list(futures.values()), timeout=self.timeout_s)
+
+        outcomes: list[CollectorOutcome] = []
+        families: list[Metric] = []
+        for c in self.collectors:
+            fut = futures.get(c.name)
+            if fut is None or not fut.done():
+                self._timeouts[c.name] += 1
+                why = (
+                    "still running from an earlier scrape"
+                    if fut is None
+                    else f"missed the {self.timeout_s:g} s scrape deadline"
+                )
+                self._log_failure(c.name, why, None)
+                outcomes.append(CollectorOutcome(c.name, [], False, time.perf_counter() - start))
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                self._log_failure(c.name, "raised during collect", exc)
+                outcomes.append(CollectorOutcome(c.name, [], False, time.perf_counter() - start))
+                continue
+            fams, duration = fut.result()
+            families.extend(fams)
+            outcomes.append(CollectorOutcome(c.name, fams, True, duration))
+        families.extend(self._self_metrics(outcomes))
+        return Snapshot(families, outcomes)
+
+    def _log_failure(self, name: str, why: str, exc: BaseException | None) -> None:
+        now = time.monotonic()
+        last = self._last_failure_log.get(name)
+        if last is not None and now - last < _FAILURE_LOG_INTERVAL_S:
+            return
+        self._last_failure_log[name] = now
+        log.error("collector %s failed: %s", name, why, exc_info=exc)
+
+    def _self_metrics(self, outcomes: Sequence[CollectorOutcome]) -> list[Metric]:
+        fams = Families()
+        for o in outcomes:
+            labels = {"collector": o.name}
+            fams.add("fmdiag_exporter_collector_success", 1.0 if o.success else 0.0, labels)
+            fams.add("fmdiag_exporter_collector_duration_seconds", o.duration_s, labels)
+            fams.add("fmdiag_exporter_collector_parse_errors_total", self.errors.count(o.name), labels)
+            fams.add("fmdiag_exporter_collector_timeouts_total", self._timeouts[o.name], labels)
+        rss = _resident_bytes()
+        if rss is not None:
+            fams.add("fmdiag_exporter_resident_memory_bytes", rss)
+        t = os.times()
+        fams.add("fmdiag_exporter_cpu_seconds_total", t.user + t.system)
+        fams.add(
+            "fmdiag_exporter_build_info",
+            1.0,
+            {"version": __version__, "python_version": platform.python_version()},
+        )
+        return list(fams)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_bytes() -> int | None:
+    """The exporter's own RSS, from /proc/self/statm (None where there is no procfs)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            fields = f.read().split()
+        return int(fields[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None

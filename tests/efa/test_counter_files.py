@@ -1,0 +1,105 @@
+"""Kept counter descriptors (CounterFiles): values stay fresh, changes to the tree are seen,
+nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from fmdiag.exporters.collector import CollectorContext, ErrorReporter, Paths
+from fmdiag.exporters.collectors.efa import CounterFiles, EfaCollector
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "efa" / "nitro_v4" / "sys"
+PAST_NS = 1_600_000_000 * 10**9
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def settle(sysfs: Path) -> None:
+    """Date every directory in the past, as on a node booted long ago (sysfs never changes)."""
+    for dirpath, _dirs, _files in os.walk(sysfs):
+        os.utime(dirpath, ns=(PAST_NS, PAST_NS))
+    time.sleep(0.06)  # utime itself sets ctime to now; let it age past the 50 ms guard
+
+
+def scrape(c: EfaCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in c.collect() for s in f.samples}
+
+
+def tx(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], dev: str = "rdmap79s0") -> float | None:
+    return values.get(("fmdiag_efa_tx_bytes_total", (("device", dev), ("port", "1"))))
+
+
+def test_kept_descriptors_read_fresh_values_and_follow_changes(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIXTURE, sysfs, symlinks=True)
+    settle(sysfs)
+    errors = ErrorReporter()
+    c = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs), errors=errors))
+    before = open_fds()
+    assert tx(scrape(c)) == 1_001_111
+    kept = c.files.open_fds
+    assert kept == 2 * (23 + 13)  # both EFAs' port and device hw_counters files, lifespan included
+    assert open_fds() == before + kept
+
+    counters = sysfs / "class" / "infiniband" / "rdmap79s0" / "ports" / "1" / "hw_counters"
+    # Rewritten in place (what sysfs does on every read): the kept descriptor sees it.
+    (counters / "tx_bytes").write_text("5\n")
+    assert tx(scrape(c)) == 5
+    assert c.files.open_fds == kept
+
+    # Replaced by rename, as the simulator writes: the directory changed, files are reopened.
+    (tmp_path / "new").write_text("6\n")
+    os.replace(tmp_path / "new", counters / "tx_bytes")
+    assert tx(scrape(c)) == 6
+    assert tx(scrape(c)) == 6
+
+    # Replaced by a directory: counted as an error, the other counters are still there.
+    (counters / "tx_bytes").unlink()
+    (counters / "tx_bytes").mkdir()
+    values = scrape(c)
+    assert tx(values) is None
+    assert values[("fmdiag_efa_rx_bytes_total", (("device", "rdmap79s0"), ("port", "1")))] == 1_003_333
+    assert errors.count("efa") == 1
+
+    # The device goes away: its descriptors are closed at the end of the scrape.
+    shutil.rmtree(os.path.realpath(sysfs / "class" / "infiniband" / "rdmap79s0"))
+    (sysfs / "class" / "infiniband" / "rdmap79s0").unlink()
+    values = scrape(c)
+    assert values[("fmdiag_efa_devices", ())] == 1
+    assert 0 < c.files.open_fds < kept
+    assert open_fds() == before + c.files.open_fds
+
+    c.close()
+    assert c.files.open_fds == 0
+    assert open_fds() == before
+
+
+def test_no_descriptors_kept_for_a_directory_just_modified(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIXTURE, sysfs, symlinks=True)  # every directory was just written
+    c = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs)))
+    assert tx(scrape(c)) == 1_001_111
+    assert c.files.open_fds == 0
+    c.close()
+
+
+def test_budget_bounds_kept_descriptors(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIXTURE, sysfs, symlinks=True)
+    settle(sysfs)
+    c = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs)))
+    c.files = CounterFiles(budget=30)
+    before = open_fds()
+    for _ in range(3):
+        values = scrape(c)
+        assert values[("fmdiag_efa_devices", ())] == 2
+        assert tx(values) == 1_001_111 and tx(values, "rdmap151s0") == 2_001_111
+        assert c.files.open_fds <= 30
+    assert open_fds() == before + c.files.open_fds
+    c.close()
+    assert open_fds() == before

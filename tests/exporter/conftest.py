@@ -1,0 +1,126 @@
+"""Fixtures for exporter tests: real exporter subprocesses on loopback ports, writable EFA trees."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _load(name: str) -> ModuleType:
+    module_name = f"fmdiag_test_helpers_{name}"
+    if module_name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "integration" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+exporter_proc = _load("exporter_proc")
+
+
+@pytest.fixture
+def helpers() -> ModuleType:
+    """tests/integration/exporter_proc.py: ExporterProcess, samples(), value(), cpu_seconds()."""
+    return exporter_proc
+
+
+@pytest.fixture
+def start_exporter() -> Iterator[Callable[..., Any]]:
+    """Start `python -m fmdiag exporter ARGS...` on 127.0.0.1:<free>; stopped after the test."""
+    started: list[Any] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Any:
+        proc = exporter_proc.ExporterProcess(list(args), env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def efa_tree(tmp_path: Path) -> Callable[[str], Path]:
+    """A writable copy of tests/fixtures/efa/<name>/sys (symlinks kept), for fault injection."""
+
+    def copy(name: str) -> Path:
+        dest = tmp_path / name / "sys"
+        shutil.copytree(FIXTURES / "efa" / name / "sys", dest, symlinks=True)
+        return dest
+
+    return copy
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A self-signed server certificate for 127.0.0.1, and a client CA with one client cert."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fmdiag test client CA",
+        cwd=d,
+    )
+    _openssl(
+        "req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=prometheus", cwd=d
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        cwd=d,
+    )
+    return {name: d / name for name in ("server.crt", "server.key", "ca.crt", "client.crt", "client.key")}
