@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import psutil
+from prometheus_client.core import Metric
+
 from fmdiag.exporters.collector import Collector, CollectorContext, register
 from fmdiag.exporters.families import Families
-from prometheus_client.core import Metric
 
 DEFAULT_PROCESS_PATTERN = r"python.*(train|torchrun|deepspeed|megatron)"
 DEFAULT_MAX_PROCESSES = 64

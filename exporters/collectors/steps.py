@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from fmdiag.exporters.collector import Collector, CollectorContext, register
-from fmdiag.exporters.families import Families
-from fmdiag.exporters.spool_tail import Chunk, FileKey, SpoolTail
 from prometheus_client.core import Metric
 
 from fmdiag import steptrace
 from fmdiag.catalog import STEP_DURATION_BUCKETS, STEP_PHASES
+from fmdiag.exporters.collector import Collector, CollectorContext, register
+from fmdiag.exporters.families import Families
+from fmdiag.exporters.spool_tail import Chunk, FileKey, SpoolTail
 from fmdiag.steprecord import MAX_LINE_BYTES, StepRecord, StepRecordError, parse_line
 
 DEFAULT_MAX_RANKS = 64

@@ -105,7 +105,9 @@ def test_gpm_ratios_need_two_scrapes(collector: GpuCollector) -> None:
     assert value(second, "DCGM_FI_PROF_PCIE_TX_BYTES", gpu="0") == pytest.approx(3 * MIB)
 
 
-def test_a_lost_gpu_is_reported_and_the_others_still_served(collector: GpuCollector, state_file: Path) -> None:
+def test_a_lost_gpu_is_reported_and_the_others_still_served(
+    collector: GpuCollector, state_file: Path
+) -> None:
     samples(collector)  # learn identities while healthy
     gpus = make_gpus()
     gpus[3].lost = True
@@ -175,7 +177,15 @@ def test_xid_actions_follow_the_catalogue() -> None:
 
 
 def test_pci_switch_is_the_bridge_above_the_upstream_port(tmp_path: Path) -> None:
-    chain = tmp_path / "devices" / "pci0000:10" / "0000:10:01.0" / "0000:11:00.0" / "0000:12:02.0" / "0000:18:00.0"
+    chain = (
+        tmp_path
+        / "devices"
+        / "pci0000:10"
+        / "0000:10:01.0"
+        / "0000:11:00.0"
+        / "0000:12:02.0"
+        / "0000:18:00.0"
+    )
     chain.mkdir(parents=True)
     devices = tmp_path / "bus" / "pci" / "devices"
     devices.mkdir(parents=True)

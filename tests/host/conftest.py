@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from fmdiag.exporters.collector import CollectorContext, ErrorReporter, Paths
 from fmdiag.exporters.collectors import host
 

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from fmdiag.exporters.collectors import host
 
 from .conftest import FIXTURES, make, one, pick, pids, scrape

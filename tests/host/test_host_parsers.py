@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fmdiag.exporters.collectors.host import cmdline_text, parse_pressure, parse_proc_stat
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fmdiag.exporters.collectors.host import cmdline_text, parse_pressure, parse_proc_stat
 
 # Linux 5.x+: ten columns (guest, guest_nice included in user/nice already).
 STAT_5X = """cpu  6783 10 1240 156311 405 0 35 2 0 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from fmdiag.exporters.collectors.host import CPU_MODES
 
 from .conftest import make, one, pick, pids, scrape

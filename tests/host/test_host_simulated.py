@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fmdiag.exporters.collectors import host
 
+from fmdiag.exporters.collectors import host
 from fmdiag.simulate.nodetree import render_node
 from fmdiag.simulate.state import GpuProcess, GpuState, HostState, NodeState, ProcessState
 

@@ -154,7 +154,9 @@ def test_2_14_debugfs(node_214: Node) -> None:
     assert s[k(lat, **ll, operation="open")] == 3.393651
     assert s[k("fmdiag_lustre_llite_operation_latency_max_seconds", **ll, operation="open")] == 0.172939
     assert s[k("fmdiag_lustre_llite_operation_latency_min_seconds", **ll, operation="open")] == 0.0
-    assert s[k("fmdiag_lustre_llite_operation_latency_min_seconds", **ll, operation="openclosetime")] == 0.000818
+    assert (
+        s[k("fmdiag_lustre_llite_operation_latency_min_seconds", **ll, operation="openclosetime")] == 0.000818
+    )
     assert s[k(lat, **ll, operation="read")] == 96.0
     assert s[k("fmdiag_lustre_llite_operations_total", **ll, operation="read")] == 6400
     assert s[k(lat, **ll, operation="openclosetime")] == 2193.0065

@@ -9,10 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fmdiag.exporters.spool_tail import LineBuffer, SpoolTail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fmdiag.exporters.spool_tail import LineBuffer, SpoolTail
 from fmdiag.steprecord import StepRecordError, parse_line
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fmdiag.exporters.collector import CollectorContext, ErrorReporter
-from fmdiag.exporters.collectors.steps import StepsCollector, parse_duration
 
 from fmdiag import steptrace
 from fmdiag.catalog import STEP_DURATION_BUCKETS
+from fmdiag.exporters.collector import CollectorContext, ErrorReporter
+from fmdiag.exporters.collectors.steps import StepsCollector, parse_duration
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "steps"
 NOW = 1_764_000_000.0  # the collector's clock in these tests (Unix seconds)
