@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -77,22 +74,6 @@ def json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]
         else:
             raise ValueError(f"unsupported op {kind}")
     return out
-
-
-def _load_helper(name: str) -> ModuleType:
-    module_name = f"fmdiag_test_helpers_{name}"
-    if module_name not in sys.modules:
-        path = REPO / "tests" / "integration" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-#: tests/integration/exporter_proc.py: a real `python -m fmdiag exporter` on 127.0.0.1:<free>.
-exporter_proc = _load_helper("exporter_proc")
 
 
 def parse_with_real_cli(args: list[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import requests
 import yaml
+from support import exporter_proc
 
 from fmdiag import __version__, steptrace
 from fmdiag.simulate.nodetree import render_node
@@ -24,7 +25,6 @@ from .conftest import (
     K8S,
     base_objects,
     container,
-    exporter_proc,
     json_patch,
     load_docs,
     parse_with_real_cli,

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import exporter_proc
 
 from fmdiag import steptrace
 
-from .conftest import SYSTEMD, exporter_proc, parse_with_real_cli
+from .conftest import SYSTEMD, parse_with_real_cli
 
 UNIT = "fmdiag-exporter.service"
 DROPIN = Path(f"{UNIT}.d") / "lustre-debugfs.conf"

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from support import exporter_proc
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def _load(name: str) -> ModuleType:
-    module_name = f"fmdiag_test_helpers_{name}"
-    if module_name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "integration" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-exporter_proc = _load("exporter_proc")
-
-
 @pytest.fixture
 def helpers() -> ModuleType:
-    """tests/integration/exporter_proc.py: ExporterProcess, samples(), value(), cpu_seconds()."""
+    """tests/support/exporter_proc.py: ExporterProcess, samples(), value(), cpu_seconds()."""
     return exporter_proc
 
 

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import ModuleType
+
+from support import exporter_proc
 
 from fmdiag.simulate import gpustate
 from fmdiag.simulate.state import GpuState
 
 
-def _helpers() -> ModuleType:
-    name = "fmdiag_test_helpers_exporter_proc"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "integration" / "exporter_proc.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_exporter_serves_dcgm_compatible_gpu_metrics(tmp_path: Path) -> None:
-    helpers = _helpers()
+    helpers = exporter_proc
     state = tmp_path / "state.json"
     gpus = [GpuState(index=i, uuid=f"GPU-{i}", pci_bus_id=f"00000000:{0x18 + i:02X}:00.0") for i in range(2)]
     gpus[1].clocks_event_reasons = 0x88

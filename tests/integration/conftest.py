@@ -1,34 +1,18 @@
 """Fixtures for tests against the real Prometheus server (Debian `prometheus`).
 
-``prom.py`` (Prometheus start/stop/query) and ``exporter_proc.py`` (an exporter subprocess)
-are plain modules; other test areas load them with the same path-based import as below.
+``support.prom`` (Prometheus start/stop/query) and ``support.exporter_proc`` (an exporter
+subprocess) are shared with the other test areas.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-
-
-def _load(name: str) -> ModuleType:
-    module_name = f"fmdiag_test_helpers_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-prom = _load("prom")
-exporter_proc = _load("exporter_proc")
+from support import exporter_proc, prom
 
 
 @pytest.fixture

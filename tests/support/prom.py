@@ -2,39 +2,23 @@
 
 Every path is explicit (config, storage, console dirs) and it listens on 127.0.0.1 only, as
 TOOLCHAIN.md prescribes; each server gets its own storage directory. Reusable by any test
-that needs Prometheus: load this file with :func:`load_helper` from a conftest.
+that needs Prometheus: ``from support import prom``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def load_helper(name: str) -> ModuleType:
-    """Import ``tests/integration/<name>.py`` (pytest runs with --import-mode=importlib)."""
-    module_name = f"fmdiag_test_helpers_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
