@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import pytest
-from support import exporter_proc
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-@pytest.fixture
-def helpers() -> ModuleType:
-    """tests/support/exporter_proc.py: ExporterProcess, samples(), value(), cpu_seconds()."""
-    return exporter_proc
-
-
-@pytest.fixture
-def start_exporter() -> Iterator[Callable[..., Any]]:
-    """Start `python -m fmdiag exporter ARGS...` on 127.0.0.1:<free>; stopped after the test."""
-    started: list[Any] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Any:
-        proc = exporter_proc.ExporterProcess(list(args), env=env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 @pytest.fixture

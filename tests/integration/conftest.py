@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from support import exporter_proc, prom
-
-
-@pytest.fixture
-def helpers() -> ModuleType:
-    return exporter_proc
+from support import prom
 
 
 @pytest.fixture
@@ -33,17 +27,3 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture
-def start_exporter() -> Iterator[Callable[..., Any]]:
-    started: list[Any] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Any:
-        proc = exporter_proc.ExporterProcess(list(args), env=env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
