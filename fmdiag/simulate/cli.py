@@ -11,23 +11,30 @@ import click
 from fmdiag.simulate.dump import DEFAULT_START_NS, SimOptions, write_dump
 from fmdiag.simulate.kineto import KinetoOptions, parse_ranks
 from fmdiag.simulate.live import run_live
-from fmdiag.simulate.model import NS
+from fmdiag.simulate.model import MAX_RUN_NS, NS
 from fmdiag.simulate.samples import write_samples
 from fmdiag.simulate.scenarios import SCENARIOS
+
+MAX_START_NS = MAX_RUN_NS
 
 
 def _parse_start(text: str) -> int:
     try:
-        return int(float(text) * NS)
-    except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither Unix seconds nor an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp()) * NS
+        start_ns = int(float(text) * NS)
+    except (ValueError, OverflowError):
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is neither Unix seconds nor an ISO 8601 time", param_hint="--start"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        start_ns = int(when.timestamp()) * NS
+    # Timestamps are int64 nanoseconds (they end in 2262); leave the run room to fit.
+    if not -MAX_START_NS < start_ns < MAX_START_NS:
+        raise click.BadParameter(f"{text!r} is outside 1824..2116", param_hint="--start")
+    return start_ns
 
 
 def _parse_steps_range(text: str) -> tuple[int, int | None]:
@@ -72,7 +79,7 @@ def list_scenarios() -> str:
     help="EFA devices per node; they share the node's 3,200 Gbit/s.",
 )
 @click.option("--steps", default=100, show_default=True, type=click.IntRange(1, 10_000_000))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option(
     "--start", default=None, help="Job start: Unix seconds or ISO 8601 [default: 2025-06-02T00:00:00Z]."
 )

@@ -16,7 +16,7 @@ from typing import Any
 from fmdiag.simulate import scenarios
 from fmdiag.simulate.config import Hardware, Workload
 from fmdiag.simulate.kineto import KinetoOptions, write_kineto
-from fmdiag.simulate.metrics import write_metrics
+from fmdiag.simulate.metrics import check_size, write_metrics
 from fmdiag.simulate.model import ALLREDUCE_LATENCY_S, NS, Chunk, ClusterModel
 from fmdiag.simulate.nodestate import node_states
 from fmdiag.simulate.nodetree import render_node
@@ -137,6 +137,8 @@ def write_dump(opts: SimOptions, out: Path) -> DumpResult:
     model = build_model(opts)
     prepare_out(out)
     chunk = model.run(opts.steps)
+    if opts.metrics:
+        check_size(model, chunk, opts.scrape_interval_s)
     job = opts.job_name
     files: dict[str, list[Path]] = {}
     files["steps"] = write_steps(out / "steps", model, chunk, opts.start_ns, job)

@@ -159,6 +159,23 @@ def sample_times(chunk: Chunk, interval_s: float) -> npt.NDArray[np.int64]:
     return np.arange(0, last + step, step, dtype=np.int64)
 
 
+#: Most samples one dump's metrics/ may hold: the snapshot is evaluated in memory at once.
+MAX_SAMPLES = 200_000_000
+
+
+def check_size(model: ClusterModel, chunk: Chunk, interval_s: float) -> None:
+    """Refuse, before anything is written, a metrics/ that would not fit in memory."""
+    hw = model.hw
+    per_node = 60 * hw.gpus_per_node + 45 * hw.efa_devices + 40 * hw.osts_per_fs * hw.lustre_filesystems + 100
+    scrapes = int(chunk.end.max()) // round(interval_s * NS) + 2
+    if scrapes * hw.nodes * per_node > MAX_SAMPLES:
+        raise ValueError(
+            f"metrics/ would hold about {scrapes * hw.nodes * per_node:.3g} samples ({scrapes} scrapes x "
+            f"{hw.nodes} nodes x ~{per_node} series), more than {MAX_SAMPLES:.0e}: raise "
+            "--scrape-interval, lower --steps or --nodes, or use --no-metrics"
+        )
+
+
 def write_metrics(
     out: Path,
     model: ClusterModel,

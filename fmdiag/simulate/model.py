@@ -42,6 +42,8 @@ ALLREDUCE_LATENCY_S = 0.0004
 BASE_RETRANS_RATE = 2e-6
 #: A step counts as slowed by a cause when the cause added this fraction of a healthy step.
 TRUTH_THRESHOLD = 0.10
+#: Longest run the int64 nanosecond timestamps can hold with room for the job's Unix start.
+MAX_RUN_NS = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -271,10 +273,11 @@ class ClusterModel:
                 reasons[on, r] |= f.clocks_event_reasons
                 (thermal if f.kind is FaultKind.GPU_THERMAL else power)[on, r] = True
         slow = (hw.sm_clock_mhz / sm_clock) * self.rank_speed[None, :]
-        fwd = _ns(wl.forward_s * slow * jitter((S, R)))
-        bwd = _ns(wl.backward_s * slow * jitter((S, R)))
-        opt = _ns(wl.optimizer_s * slow * jitter((S, R)))
-        base_dw = _ns(wl.base_data_wait_s * jitter((S, R), 5.0))
+        fwd_s = wl.forward_s * slow * jitter((S, R))
+        bwd_s = wl.backward_s * slow * jitter((S, R))
+        opt_s = wl.optimizer_s * slow * jitter((S, R))
+        base_dw_s = wl.base_data_wait_s * jitter((S, R), 5.0)
+        fwd, bwd, opt, base_dw = _ns(fwd_s), _ns(bwd_s), _ns(opt_s), _ns(base_dw_s)
 
         # Storage: per-OST bandwidth and latency, the node's load time per batch.
         ost_bw = np.full((S, n_ost), wl.ost_read_bytes_per_s)
@@ -303,7 +306,8 @@ class ClusterModel:
         cpu_time = (
             wl.samples_per_rank * wl.loader_cpu_s_per_sample * cpu_mult[:, None] / wl.loader_workers
         ) * jitter((S, N))
-        load_ns = _ns(np.maximum(io_time, cpu_time))
+        load_s = np.maximum(io_time, cpu_time)
+        load_ns = _ns(load_s)
         # The workers are busy for cpu_time on each rank: that is the CPU the node spends.
         loader_cpu_s = G * wl.loader_workers * cpu_time
 
@@ -329,7 +333,8 @@ class ClusterModel:
         t_ar = np.full(S, self.rank_ring_bytes / hw.nvlink_bytes_per_s)
         if N > 1:
             t_ar = np.maximum(t_ar, (efa_bytes / dev_bw).max(axis=(1, 2)))
-        t_ar_ns = _ns(t_ar * jitter((S,), 0.5) + ALLREDUCE_LATENCY_S)
+        t_ar_s = t_ar * jitter((S,), 0.5) + ALLREDUCE_LATENCY_S
+        t_ar_ns = _ns(t_ar_s)
         impaired_events = rng.poisson(impaired_lam).astype(np.int64)
         unresponsive_events = rng.poisson(unresp_lam).astype(np.int64)
 
@@ -345,6 +350,21 @@ class ClusterModel:
         )
         wrpcs = ckpt_node_bytes / n_ost_ckpt / wl.write_rpc_bytes
         write_s = wrpcs * write_latency.max(axis=2) / wl.max_rpcs_in_flight
+        # No step can last longer than all of its parts one after another: refuse a run whose
+        # timestamps would overflow instead of writing wrapped-around garbage.
+        longest_s = float(st.rank_end.max()) / NS + float(
+            np.sum(
+                load_s.max(axis=1)
+                + (base_dw_s + fwd_s + bwd_s + opt_s).max(axis=1)
+                + t_ar_s
+                + np.where(ckpt_step, write_s.max(axis=1), 0.0)
+            )
+        )
+        if not longest_s * NS < MAX_RUN_NS:
+            raise ValueError(
+                f"the run could last {longest_s:.3g} s, beyond the {MAX_RUN_NS / NS:.3g} s that "
+                "nanosecond timestamps hold: lower --steps or --step-seconds"
+            )
 
         # The recurrence over steps: loader queues, the collective's barrier, checkpoints.
         out = {

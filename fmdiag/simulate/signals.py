@@ -192,12 +192,14 @@ class Signals:
         g["util_gpu"] = np.rint(np.clip(busy_c + busy_n, 0, 1) * 100)
         g["util_mem"] = np.rint(g.pop("mem_util") * 100)
         g["gr_active"] = np.clip(busy_c + busy_n, 0, 1)
-        # Instant clock and reasons: the step each rank is in (the last one after the run).
+        # Instant clock and reasons: the step each rank is in (the last one after the run: a
+        # hardware throttle does not lift when the job ends, so the end-of-run node trees
+        # still show it).
         j = np.empty((T, hw.world_size), np.int64)
         for r in range(hw.world_size):
             j[:, r] = np.clip(np.searchsorted(c.start[:, r], t, side="right") - 1, 0, c.nsteps - 1)
         cols = np.arange(hw.world_size)[None, :]
-        in_run = (t >= 0)[:, None] & (t[:, None] < c.end[-1][None, :])
+        in_run = np.broadcast_to((t >= 0)[:, None], (T, hw.world_size))
         clock = np.where(in_run, c.sm_clock[j, cols], hw.sm_clock_mhz).reshape(T, N, G).astype(float)
         reasons = np.where(in_run, c.reasons[j, cols], 0).reshape(T, N, G)
         throttled_thermal = np.where(in_run, c.thermal[j, cols], False).reshape(T, N, G)

@@ -130,3 +130,20 @@ def test_step_seconds_and_start(tmp_path: Path) -> None:
     assert recs[0].start_ns == 1_704_164_645 * 10**9 and recs[0].job == "my job"
     mean = sum(r.duration_s for r in recs) / len(recs)
     assert abs(mean - 3.0) < 0.1
+
+
+def test_values_beyond_what_the_dump_can_hold_are_refused_clearly(tmp_path: Path) -> None:
+    base = ("--scenario", "healthy", "--nodes", "1", "--gpus", "1", "--efa-devices", "1")
+    # Nanosecond timestamps end in 2262: a start or a run past that must not wrap silently.
+    code, text = run(*base, "--steps", "2", "--start", "1e11", "--out", str(tmp_path / "a"))
+    assert code == 2 and "--start" in text
+    code, text = run(
+        *base, "--steps", "10000", "--step-seconds", "1e9", "--no-metrics", "--out", str(tmp_path / "b")
+    )
+    assert code == 1 and "--steps" in text and "--step-seconds" in text
+    assert not list((tmp_path / "b").rglob("*.jsonl"))
+    # Millions of scrapes would exhaust memory: say which option to change instead.
+    code, text = run(*base, "--steps", "2", "--step-seconds", "1e8", "--out", str(tmp_path / "c"))
+    assert code == 1 and "--scrape-interval" in text
+    code, text = run(*base, "--steps", "2", "--seed", "-5", "--out", str(tmp_path / "d"))
+    assert code == 2 and "--seed" in text

@@ -234,3 +234,20 @@ def test_rewriting_a_dump_replaces_it(tmp_path: Path, small_opts: Callable[..., 
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert truth["parameters"]["hardware"]["nodes"] == 1
     assert np.isfinite(truth["nominal"]["step_s"])
+
+
+@pytest.mark.parametrize("scenario", ["straggler-power", "straggler-thermal"])
+def test_node_trees_show_the_throttled_gpu(dump_of: DumpOf, scenario: str) -> None:
+    # The trees are a snapshot at the run's end; a hardware throttle does not stop with the
+    # job, so the fake NVML state must still name the culprit GPU (reasons, lower clock).
+    out, res = dump_of(scenario, node_trees=True)
+    m = res.model
+    fault, t = m.scenario.faults[0], m.targets[0]
+    for node, host in enumerate(m.topo.hostnames):
+        state = json.loads((out / "nodes" / host / "nvml" / "state.json").read_text())
+        for gpu in state["gpus"]:
+            if (node, gpu["index"]) == (t.node, t.gpu):
+                assert gpu["clocks_event_reasons"] & fault.clocks_event_reasons == fault.clocks_event_reasons
+                assert gpu["sm_clock_mhz"] in (fault.sm_clock_mhz, 345)
+            else:
+                assert gpu["clocks_event_reasons"] & 0xC8 == 0
