@@ -50,7 +50,8 @@ class Families:
         fam, spec = self._family(name, labels)
         if spec.type not in (MetricType.COUNTER, MetricType.GAUGE):
             raise ValueError(f"{name} is a {spec.type}; use add_histogram")
-        fam.add_sample(name, labels, float(value))
+        # Integers stay integers, as in adder(): exact beyond 2**53 (u64 counters).
+        fam.add_sample(name, labels, value if type(value) is int else float(value))
 
     def adder(self, name: str, label_names: Sequence[str]) -> Callable[[dict[str, str], float], None]:
         """A fast path for hot loops (thousands of sysfs counters per scrape).

@@ -19,7 +19,7 @@ import platform
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
@@ -66,8 +66,28 @@ def _run(collector: Collector) -> tuple[list[Metric], float]:
     return families, time.perf_counter() - start
 
 
+def _start(collector: Collector) -> Future[tuple[list[Metric], float]]:
+    """Run one collect in its own daemon thread.
+
+    Not a ThreadPoolExecutor: its workers are joined at interpreter exit, so one collector
+    stuck for good in a read (a hung mount) would keep the process alive after SIGTERM.
+    """
+    future: Future[tuple[list[Metric], float]] = Future()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(_run(collector))
+        except BaseException as exc:  # handed to the scrape, which marks the collector failed
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=f"collector-{collector.name}", daemon=True).start()
+    return future
+
+
 class Scraper:
-    """Owns the collectors and their thread pool; :meth:`scrape` is safe to call from any thread."""
+    """Owns the collectors and runs them; :meth:`scrape` is safe to call from any thread."""
 
     def __init__(self, collectors: Sequence[Collector], errors: ErrorReporter, timeout_s: float) -> None:
         if timeout_s <= 0:
@@ -75,9 +95,6 @@ class Scraper:
         self.collectors = list(collectors)
         self.errors = errors
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, len(self.collectors)), thread_name_prefix="collector"
-        )
         self._inflight: dict[str, Future[tuple[list[Metric], float]]] = {}
         self._timeouts: dict[str, int] = {c.name: 0 for c in self.collectors}
         self._last_failure_log: dict[str, float] = {}
@@ -118,7 +135,6 @@ class Scraper:
             if self._closed:
                 return
             self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
         for c in self.collectors:
             try:
                 c.close()
@@ -133,7 +149,7 @@ class Scraper:
             previous = self._inflight.get(c.name)
             if previous is not None and not previous.done():
                 continue  # still stuck in an earlier scrape: not started twice
-            submitted = self._pool.submit(_run, c)
+            submitted = _start(c)
             futures[c.name] = submitted
             self._inflight[c.name] = submitted
         if futures:

@@ -31,6 +31,8 @@ _GZIP_MIN_BYTES = 1024
 _HANDSHAKE_TIMEOUT_S = 10.0
 #: How long an idle keep-alive connection is held open (Prometheus scrapes well within it).
 _IDLE_TIMEOUT_S = 300.0
+#: A GET body up to this size is read and dropped to keep the connection; a larger one closes it.
+_MAX_DISCARDED_BODY = 64 * 1024
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -145,7 +147,7 @@ class Handler(BaseHTTPRequestHandler):
         if not head_only:
             self.wfile.write(body)
 
-    def _authorized(self) -> bool:
+    def _authorized(self, head_only: bool) -> bool:
         auth = self.server.web_config.current().auth
         if not auth.enabled or auth.check(self.headers.get("Authorization")):
             return True
@@ -154,8 +156,31 @@ class Handler(BaseHTTPRequestHandler):
             b"Unauthorized\n",
             "text/plain; charset=utf-8",
             {"WWW-Authenticate": 'Basic realm="fmdiag exporter"'},
+            head_only=head_only,
         )
         return False
+
+    def _discard_body(self) -> None:
+        """GET and HEAD carry no body here, but one that is sent must not be read as the next
+        request on the connection (request smuggling through a proxy): a small body with a
+        Content-Length is read and dropped; any other framing closes the connection."""
+        if "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+            return
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return
+        if len(lengths) == 1 and lengths[0].strip().isdigit():
+            length = int(lengths[0].strip())
+            if length <= _MAX_DISCARDED_BODY:
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 65536))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+                if length == 0:
+                    return
+        self.close_connection = True
 
     def do_GET(self) -> None:
         self._serve(head_only=False)
@@ -164,12 +189,13 @@ class Handler(BaseHTTPRequestHandler):
         self._serve(head_only=True)
 
     def _serve(self, head_only: bool) -> None:
+        self._discard_body()
         path, _, query = self.path.partition("?")
         if path == "/healthz":
             # Liveness only, so probes need no credentials; it reveals nothing.
             self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8", head_only=head_only)
             return
-        if not self._authorized():
+        if not self._authorized(head_only):
             return
         if path == self.server.telemetry_path:
             self._metrics(head_only, query)

@@ -187,6 +187,10 @@ def parse_web_config(text: str, base_dir: Path, source: str = "web config") -> W
         h = _string(hashed, where).encode()
         if not h.startswith((b"$2a$", b"$2b$", b"$2y$")) or len(h) != 60 or not h[4:6].isdigit():
             raise WebConfigError(f"{where}: not a bcrypt hash ($2a$/$2b$/$2y$, 60 characters)")
+        if not 4 <= int(h[4:6]) <= 31:
+            # bcrypt cannot check such a hash, and the dummy hash for unknown users would
+            # take hours at the clamped cost 31.
+            raise WebConfigError(f"{where}: bcrypt cost {int(h[4:6])} is outside 4..31")
         if ":" in user:
             raise WebConfigError(f"{where}: a user name cannot contain ':'")
         users[user] = h
@@ -293,15 +297,26 @@ class ActiveConfig:
     auth: BasicAuth
 
 
+_FileStamp = tuple[int, int, int] | None
+
+
+def _file_stamp(path: Path) -> _FileStamp:
+    try:
+        st = os.stat(path)  # follows symlinks: a Kubernetes Secret swaps its ..data link
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class WebConfigSource:
-    """The current web config, re-read when the file's mtime or size changes (checked ≤ 1/s)."""
+    """The current web config, re-read when it or its TLS files change (checked ≤ 1/s)."""
 
     _CHECK_INTERVAL_S = 1.0
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[_FileStamp, ...] = ()
         self._checked = 0.0
         self._active = self._load() if path is not None else ActiveConfig(WebConfig(), None, BasicAuth({}))
 
@@ -309,18 +324,22 @@ class WebConfigSource:
     def tls_enabled(self) -> bool:
         return self._active.ssl_context is not None
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self, config: WebConfig) -> tuple[_FileStamp, ...]:
+        """The web config's stamp and its TLS files' (cert-manager rotates those alone)."""
         assert self._path is not None
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+        files = [self._path]
+        if config.tls is not None:
+            files += [config.tls.cert_file, config.tls.key_file]
+            if config.tls.client_ca_file is not None:
+                files.append(config.tls.client_ca_file)
+        return tuple(_file_stamp(f) for f in files)
 
     def _load(self) -> ActiveConfig:
         assert self._path is not None
-        self._stamp = self._stat()
+        main = _file_stamp(self._path)
         config = load_web_config(self._path)
+        # Stamped before the context used is built: a change after this is seen next time.
+        self._stamp = (main, *self._stat(config)[1:])
         ctx = build_ssl_context(config.tls, str(self._path)) if config.tls is not None else None
         return ActiveConfig(config, ctx, BasicAuth(config.users))
 
@@ -332,7 +351,7 @@ class WebConfigSource:
             if now - self._checked < self._CHECK_INTERVAL_S:
                 return self._active
             self._checked = now
-            stamp = self._stat()
+            stamp = self._stat(self._active.config)
             if stamp == self._stamp:
                 return self._active
             try:

@@ -234,6 +234,7 @@ class GpuCollector(Collector):
         self._xid: XidListener | None = None
         self._errors: dict[tuple[str, str, str], int] = {}
         self._processes: dict[int, str] = {}
+        self._closed = False
         host.set_gpu_process_provider(self.gpu_processes)
 
     # -- NVML plumbing -------------------------------------------------------------------------
@@ -305,6 +306,8 @@ class GpuCollector(Collector):
             "pci_switch": pci_switch(self.ctx.paths.sysfs, bus_id),
         }
         gpu = _Gpu(labels=labels, info=info)
+        if known is not None and known.gpm_sample is not None:  # another GPU now has this index
+            self._try(lambda s=known.gpm_sample: pynvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
         self._gpus[index] = gpu
         return gpu
 
@@ -312,7 +315,10 @@ class GpuCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         fam = Families()
         with self._lock:
-            self._collect(fam)
+            if not self._closed:
+                self._collect(fam)
+                if self._closed:  # close() gave up waiting for this scrape: release NVML now
+                    self._release()
         return fam
 
     def _collect(self, fam: Families) -> None:
@@ -325,6 +331,8 @@ class GpuCollector(Collector):
         except pynvml.NVMLError as exc:
             self._count_error("", "nvmlDeviceGetCount", exc)
             self.report("nvmlDeviceGetCount", exc)
+            # No usable GPU is what the "fewer GPUs than usual" alert must see, not an absent series.
+            fam.add("fmdiag_gpu_devices", 0)
             self._emit_errors(fam)
             return
         fam.add("fmdiag_gpu_devices", count)
@@ -433,15 +441,18 @@ class GpuCollector(Collector):
         for metric, policy in _VIOLATIONS:
             put(metric, metric, partial(_violation_us, h, policy))
         procs = self._call(index, gpu, "processes", lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+        used_by_pid: dict[int, int] = {}
         for proc in procs or ():
             processes.setdefault(int(proc.pid), set()).add(str(index))
             used = proc.usedGpuMemory
-            if used is not None:
-                fam.add(
-                    "fmdiag_gpu_process_memory_bytes",
-                    used,
-                    {"gpu": str(index), "UUID": lab["UUID"], "pid": str(proc.pid)},
-                )
+            if used is not None:  # one entry per context (MIG instance): one series per pid
+                used_by_pid[int(proc.pid)] = used_by_pid.get(int(proc.pid), 0) + int(used)
+        for pid, used in used_by_pid.items():
+            fam.add(
+                "fmdiag_gpu_process_memory_bytes",
+                used,
+                {"gpu": str(index), "UUID": lab["UUID"], "pid": str(pid)},
+            )
         self._gpm(fam, index, gpu, h)
 
     def _gpm(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> None:
@@ -454,8 +465,13 @@ class GpuCollector(Collector):
         sample = self._call(index, gpu, "gpm_sample", pynvml.nvmlGpmSampleAlloc)
         if sample is None:
             return
-        if self._call(index, gpu, "gpm_sample", lambda: pynvml.nvmlGpmSampleGet(h, sample)) is None:
-            pynvml.nvmlGpmSampleFree(sample)
+        try:
+            taken = self._call(index, gpu, "gpm_sample", lambda: pynvml.nvmlGpmSampleGet(h, sample))
+        except GpuLostError:
+            self._try(lambda: pynvml.nvmlGpmSampleFree(sample), None)
+            raise
+        if taken is None:
+            self._try(lambda: pynvml.nvmlGpmSampleFree(sample), None)
             return
         previous, gpu.gpm_sample = gpu.gpm_sample, sample
         if previous is None:
@@ -478,7 +494,7 @@ class GpuCollector(Collector):
             self._try(lambda: pynvml.nvmlGpmSampleFree(previous), None)
 
     def _emit_xids(self, fam: Families, handles: dict[int, Any]) -> None:
-        if self.events and self._xid is None and handles:
+        if self.events and self._xid is None and handles and not self._closed:
             try:
                 self._xid = XidListener(handles, self.xid_window_s)
                 self._xid.start()
@@ -512,8 +528,24 @@ class GpuCollector(Collector):
         """pid -> GPU indices, for the host collector's training-process metrics."""
         return dict(self._processes)
 
+    #: How long close() waits for a scrape that is inside NVML before leaving NVML as it is.
+    _CLOSE_WAIT_S = 5.0
+
     def close(self) -> None:
         host.set_gpu_process_provider(None)
+        self._closed = True  # a scrape still running starts no XID listener, later ones nothing
+        # Freeing GPM samples or shutting NVML down under a running scrape is a use-after-free
+        # in the library; a scrape stuck in NVML for good must not hang shutdown either.
+        if not self._lock.acquire(timeout=self._CLOSE_WAIT_S):
+            # That scrape releases everything (XID listener included) when it returns.
+            log.warning("GPU scrape still inside NVML at shutdown; it releases NVML when it returns")
+            return
+        try:
+            self._release()
+        finally:
+            self._lock.release()
+
+    def _release(self) -> None:
         if self._xid is not None:
             self._xid.stop()
             self._xid = None

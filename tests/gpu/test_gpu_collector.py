@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pynvml
 import pytest
 
 from fmdiag.exporters.collector import CollectorContext
@@ -206,3 +207,20 @@ def test_scrapes_do_not_accumulate_nvml_buffers(state_file: Path) -> None:
             assert len(fake._buffers) <= after_first + 4
         finally:
             c.close()
+
+
+def test_a_failing_device_count_reads_as_zero_gpus(state_file: Path) -> None:
+    def unknown_error() -> int:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    with fake_nvml.install(state_file):
+        served = pynvml.nvmlDeviceGetCount
+        pynvml.nvmlDeviceGetCount = unknown_error
+        c = GpuCollector(CollectorContext(hostname="h"))
+        try:
+            found = samples(c)
+        finally:
+            c.close()
+            pynvml.nvmlDeviceGetCount = served
+    assert value(found, "fmdiag_gpu_devices") == 0
+    assert value(found, "fmdiag_gpu_nvml_errors_total", call="nvmlDeviceGetCount", error="Unknown") == 1
