@@ -38,6 +38,9 @@ OPTIONAL_NUMBERS: dict[str, bool] = {
 }
 #: Lines longer than this are refused before JSON parsing: no record is anywhere near it.
 MAX_LINE_BYTES = 64 * 1024
+#: Integers are int64 (Unix ns fits until 2262). JSON integers are unbounded, and one past
+#: this would raise OverflowError wherever it becomes a float (durations, metric samples).
+MAX_INT = 2**63 - 1
 
 
 class StepRecordError(ValueError):
@@ -68,6 +71,8 @@ class StepRecord:
     samples: int | None = None
     dropped: int = 0
     gpu_time: float | None = None
+    #: The writing process: tells a restarted writer (whose ``dropped`` restarts at 0) apart.
+    pid: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -104,9 +109,9 @@ def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
             raise fail("missing" if value is None else f"must be a non-empty string, got {value!r}", name)
     for name in REQUIRED_INT_FIELDS:
         value = obj.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
             raise fail(
-                "missing" if value is None else f"must be a non-negative integer, got {value!r}",
+                "missing" if value is None else f"must be an integer from 0 to 2**63-1, got {_show(value)}",
                 name,
             )
     if obj["end_ns"] < obj["start_ns"]:
@@ -124,9 +129,9 @@ def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
         if value is None:
             continue
         ok = _is_int(value) if integer else _is_number(value)
-        if not ok or value < 0:  # type: ignore[operator]
-            kind = "integer" if integer else "number"
-            raise fail(f"must be a non-negative {kind}, got {value!r}", name)
+        if not ok or value < 0 or (integer and value > MAX_INT):  # type: ignore[operator]
+            kind = "integer up to 2**63-1" if integer else "number"
+            raise fail(f"must be a non-negative {kind}, got {_show(value)}", name)
         extra[name] = value
     return StepRecord(
         job=obj["job"],
@@ -142,7 +147,14 @@ def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
         samples=extra.get("samples"),
         dropped=extra.get("dropped", 0),
         gpu_time=float(extra["gpu_time"]) if "gpu_time" in extra else None,
+        pid=extra.get("pid"),
     )
+
+
+def _show(value: object) -> str:
+    """A value for an error message, cut short: a 4000-digit number must not flood the log."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_line(text: str | bytes, *, source: str = "", line: int = 0) -> StepRecord:

@@ -34,6 +34,7 @@ import errno
 import importlib
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -46,7 +47,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fmdiag.steprecord import FORMAT_VERSION, PHASES
+from fmdiag.steprecord import FORMAT_VERSION, MAX_INT, PHASES
 
 log = logging.getLogger("fmdiag.steptrace")
 
@@ -80,9 +81,12 @@ def _int_env(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
         value = env.get(name, "").strip()
         if value:
             try:
-                return int(value)
+                number = int(value)
             except ValueError:
                 raise ValueError(f"environment variable {name}={value!r} is not an integer rank") from None
+            if number < 0:
+                raise ValueError(f"environment variable {name}={value!r} is not a rank (negative)")
+            return number
     return None
 
 
@@ -184,13 +188,18 @@ class Step:
     def add_phase(self, name: str, seconds: float) -> None:
         if name not in PHASES:
             raise ValueError(f"unknown phase {name!r}; phases are {', '.join(PHASES)}")
-        self.phases[name] = self.phases.get(name, 0.0) + max(0.0, float(seconds))
+        value = float(seconds)
+        if not math.isfinite(value):  # would make the whole line invalid for every reader
+            raise ValueError(f"phase {name!r}: {seconds!r} is not a finite number of seconds")
+        self.phases[name] = self.phases.get(name, 0.0) + max(0.0, value)
 
     def set(self, *, tokens: int | None = None, samples: int | None = None) -> None:
-        if tokens is not None:
-            self.fields["tokens"] = int(tokens)
-        if samples is not None:
-            self.fields["samples"] = int(samples)
+        for name, value in (("tokens", tokens), ("samples", samples)):
+            if value is not None:
+                number = int(value)
+                if not 0 <= number <= MAX_INT:  # readers refuse the line, losing the step
+                    raise ValueError(f"{name}={value!r}: must be an integer from 0 to 2**63-1")
+                self.fields[name] = number
 
 
 class StepTracer:
@@ -209,6 +218,8 @@ class StepTracer:
         handoff_timeout: float = 0.05,
     ) -> None:
         self.job, self.rank, self.local_rank, self.node = identity(job, rank, local_rank, node)
+        if not 0 <= self.rank <= MAX_INT or not 0 <= (self.local_rank or 0) <= MAX_INT:
+            raise ValueError(f"rank {self.rank} / local_rank {self.local_rank}: ranks are non-negative")
         self.path = spool_dir(spool) / file_name(self.job, self.rank)
         self.handoff_timeout = handoff_timeout
         self.dropped = 0
@@ -218,6 +229,11 @@ class StepTracer:
         self._writer = _Writer(self.path, buffer_size)
         self._writer.start()
         self._closed = False
+        #: Orders close() against a record being queued from another thread: every record
+        #: accepted is queued before the writer's stop mark, every later one is counted.
+        self._lock = threading.Lock()
+        #: A forked child (a DataLoader worker) inherits this object but not the writer thread.
+        self._pid = os.getpid()
 
     @property
     def pending(self) -> int:
@@ -238,9 +254,18 @@ class StepTracer:
             return None
 
     def begin_step(self, step: int | None = None) -> Step:
+        if self._closed:
+            raise RuntimeError(f"tracer for {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this tracer belongs to process {self._pid}; a forked child (pid {os.getpid()}) has no "
+                "writer thread: create a StepTracer in the child if it records steps"
+            )
         if self._current is not None:
             raise RuntimeError(f"step {self._current.number} has not ended")
         number = self._next_step if step is None else int(step)
+        if not 0 <= number <= MAX_INT:
+            raise ValueError(f"step {step!r}: step numbers are integers from 0 to 2**63-1")
         current = Step(self, number)
         if self._torch is not None:
             current.cuda_start = self._torch.cuda.Event(enable_timing=True)
@@ -275,8 +300,10 @@ class StepTracer:
             record["local_rank"] = self.local_rank
         record.update({k: round(v, 9) for k, v in current.phases.items()})
         record.update(current.fields)
-        if self.dropped:
-            record["dropped"] = self.dropped
+        # Records the kernel refused (ENOSPC, EIO) are as lost as those the full buffer dropped.
+        dropped = self.dropped + self._writer.write_errors
+        if dropped:
+            record["dropped"] = dropped
         self._submit(record, current.cuda_start, cuda_end)
         return record
 
@@ -284,11 +311,14 @@ class StepTracer:
         # With CUDA events the record waits for the GPU in the writer thread, so training is
         # not made to wait for it here either.
         done = threading.Event() if cuda_end is None else None
-        try:
-            self._writer.queue.put_nowait((_Pending(record, cuda_start, cuda_end), done))
-        except queue.Full:
-            self.dropped += 1
-            return
+        with self._lock:
+            try:
+                if self._closed:  # close() ran while this step was in progress
+                    raise queue.Full
+                self._writer.queue.put_nowait((_Pending(record, cuda_start, cuda_end), done))
+            except queue.Full:
+                self.dropped += 1
+                return
         if done is not None:
             done.wait(self.handoff_timeout)
 
@@ -307,9 +337,10 @@ class StepTracer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush queued records (waiting at most ``timeout``) and stop the writer thread."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         try:
             self._writer.queue.put(None, timeout=timeout)
         except queue.Full:

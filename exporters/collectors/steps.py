@@ -86,6 +86,10 @@ class RankSeries:
     samples: int | None = None
     #: Per source file: (dropped counted from earlier writer processes, writer's current count).
     dropped_by_file: dict[FileKey, tuple[int, int]] = field(default_factory=dict)
+    #: Per source file: the pid of the writer process whose count is current.
+    writer_by_file: dict[FileKey, int | None] = field(default_factory=dict)
+    #: The file the newest record came from: within one file, a later line is a later step.
+    last_source: FileKey | None = None
     #: Dropped counts of files that are gone (a counter never goes down).
     dropped_retired: int = 0
 
@@ -96,7 +100,10 @@ class RankSeries:
             self.buckets[index] += 1
         self.count += 1
         self.total_s += duration
-        if record.end_ns >= self.last_end_ns:
+        # end_ns is wall-clock based and may step back (NTP); within one file the later line
+        # wins, as docs/formats.md says, and end_ns only orders records of different files.
+        if source == self.last_source or record.end_ns >= self.last_end_ns:
+            self.last_source = source
             self.last_end_ns = record.end_ns
             self.last_step = record.step
             self.last_duration_s = duration
@@ -107,12 +114,17 @@ class RankSeries:
         if record.samples is not None:
             self.samples = (self.samples or 0) + record.samples
         base, last = self.dropped_by_file.get(source, (0, 0))
-        if record.dropped < last:  # a new writer process started counting from zero
+        writer = self.writer_by_file.get(source)
+        new_writer = record.pid is not None and writer is not None and record.pid != writer
+        if new_writer or record.dropped < last:  # a new writer process started counting from zero
             base += last
         self.dropped_by_file[source] = (base, record.dropped)
+        if record.pid is not None:
+            self.writer_by_file[source] = record.pid
 
     def forget_file(self, source: FileKey) -> None:
         base, last = self.dropped_by_file.pop(source, (0, 0))
+        self.writer_by_file.pop(source, None)
         self.dropped_retired += base + last
 
     @property

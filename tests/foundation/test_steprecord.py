@@ -145,3 +145,21 @@ def test_files_with_mixed_lines_keep_every_good_record(
     result = read_file(path)
     assert [r.step for r in result.records] == expected
     assert len(result.errors) == sum(k in ("garbage", "truncated") for k in kinds)
+
+
+@pytest.mark.parametrize("field_name", ["rank", "step", "start_ns", "end_ns", "tokens", "samples", "dropped"])
+def test_integers_beyond_64_bits_are_named_not_left_to_overflow_later(field_name: str) -> None:
+    """JSON integers are unbounded; one past int64 must be refused here, not raise an
+    OverflowError in the exporter when it becomes a float sample (or a duration)."""
+    huge = 10**400
+    obj = {**GOOD, field_name: huge}
+    if field_name == "start_ns":
+        obj["end_ns"] = huge
+    with pytest.raises(StepRecordError) as info:
+        validate(obj)
+    assert info.value.field_name == field_name
+
+
+def test_every_accepted_record_has_a_finite_duration() -> None:
+    record = parse_line(json.dumps({**GOOD, "start_ns": 0, "end_ns": 2**63 - 1}))
+    assert record.duration_s > 0

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,89 @@ def test_sigkill_mid_run_keeps_every_completed_step(tmp_path: Path) -> None:
     assert steps == list(range(len(steps))), "in order, none missing"
     assert steps[-1] >= completed, "every step reported complete is on disk"
     assert all(r.tokens == r.step for r in result.records)
+
+
+def test_a_step_ended_after_close_is_counted_not_silently_lost(tmp_path: Path) -> None:
+    """close() from another thread (a signal handler, an atexit hook) can land while a step
+    is in progress: that record can no longer be written, so it is counted, and the training
+    loop is not made to wait ``handoff_timeout`` for a writer that has stopped."""
+    tracer = steptrace.StepTracer(tmp_path, job="j", rank=0, node="n", handoff_timeout=5)
+    with tracer.step():
+        pass
+    tracer.begin_step()
+    tracer.close()
+    tracer.end_step()  # must not queue behind the writer's stop mark, never to be written
+    assert tracer.dropped == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        tracer.begin_step()
+    assert [r.step for r in read_file(tracer.path).records] == [0]
+
+
+def test_records_lost_to_write_errors_are_counted_in_dropped(tmp_path: Path) -> None:
+    """ENOSPC, EIO, a path that cannot be opened: a record the kernel refused is as lost as
+    one dropped from a full buffer, and the exporter only knows what ``dropped`` says."""
+    tracer = steptrace.StepTracer(tmp_path, job="j", rank=0, node="n", handoff_timeout=600)
+    tracer.path.mkdir()  # opening the step file fails with EISDIR
+    for _ in range(3):
+        with tracer.step():
+            pass
+    tracer.path.rmdir()  # storage recovers
+    with tracer.step():
+        pass
+    tracer.close()
+    records = read_file(tracer.path).records
+    assert [r.step for r in records] == [3]
+    assert records[0].dropped == 3
+
+
+@pytest.mark.parametrize(
+    "misuse",
+    [
+        lambda t: t.begin_step(-1),
+        lambda t: t.begin_step().set(tokens=-5),
+        lambda t: t.begin_step().set(samples=-1),
+        lambda t: t.begin_step().add_phase("forward", float("inf")),
+        lambda t: t.begin_step().add_phase("forward", float("nan")),
+    ],
+)
+def test_values_the_reader_would_refuse_are_refused_when_recorded(tmp_path: Path, misuse: Any) -> None:
+    """A negative count or an infinite phase makes the whole line invalid for every reader:
+    the step would be lost silently days later. Refuse it where the mistake is made."""
+    tracer = steptrace.StepTracer(tmp_path, job="j", rank=0, node="n")
+    with pytest.raises(ValueError):
+        misuse(tracer)
+    tracer.close()
+
+
+def test_a_negative_rank_variable_is_refused() -> None:
+    with pytest.raises(ValueError, match="RANK"):
+        steptrace.identity(env={"RANK": "-1"})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_is_told_to_make_its_own_tracer(tmp_path: Path) -> None:
+    """DataLoader workers are forked from the training process. The child has a copy of the
+    tracer but no writer thread: a step recorded there would vanish (and wait
+    ``handoff_timeout``), so it is refused; the parent's file gets no duplicate lines."""
+    tracer = steptrace.StepTracer(tmp_path, job="j", rank=0, node="n")
+    for _ in range(3):
+        with tracer.step():
+            pass
+    pid = os.fork()
+    if pid == 0:  # the child: exit code says what happened, nothing else runs here
+        code = 3
+        try:
+            tracer.begin_step()
+            tracer.end_step()
+            code = 1
+        except RuntimeError as exc:
+            code = 0 if "fork" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with tracer.step():
+        pass
+    tracer.close()
+    records = read_file(tracer.path).records
+    assert [r.step for r in records] == [0, 1, 2, 3]

@@ -431,3 +431,35 @@ def test_a_garbage_file_is_counted_in_full_but_cannot_flood_the_log(
     logged = [r.getMessage() for r in caplog.records if "junk.jsonl" in r.getMessage()]
     assert 1 <= len(logged) <= 6
     assert any("junk.jsonl:1:" in m for m in logged)
+
+
+def test_a_new_writer_process_is_told_apart_by_pid_even_when_it_drops_more(tmp_path: Path) -> None:
+    """``dropped`` restarts at 0 in each writer process. A restarted writer that has already
+    dropped more than the previous one must still add to the counter, not replace it."""
+    path = tmp_path / "job1.rank00000.jsonl"
+    append(path, record(step=0, pid=100, dropped=2) + record(step=1, pid=100, dropped=5))
+    collector = make(tmp_path)
+    assert get(scrape(collector), "fmdiag_step_records_dropped_total", job="job1", rank="0") == 5
+    append(path, record(step=0, pid=200, dropped=7))  # the rank restarted and dropped 7 of its own
+    assert get(scrape(collector), "fmdiag_step_records_dropped_total", job="job1", rank="0") == 12
+
+
+def test_last_step_follows_file_order_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """start_ns is wall-clock: after an NTP step backwards, a newer step can end 'earlier'.
+    Within one file, the later line is the later step (docs/formats.md: the later record wins)."""
+    path = tmp_path / "job1.rank00000.jsonl"
+    append(path, record(step=1, end_s=NOW - 10) + record(step=2, end_s=NOW - 40))
+    s = scrape(make(tmp_path))
+    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 2
+
+
+def test_a_record_with_a_huge_integer_is_one_bad_line_not_a_broken_collector(tmp_path: Path) -> None:
+    path = tmp_path / "job1.rank00000.jsonl"
+    bad = dict(json.loads(record(step=1)))
+    bad["step"] = 10**400
+    append(path, record(step=0) + json.dumps(bad).encode() + b"\n")
+    collector = make(tmp_path)
+    for _ in range(2):  # the series it would have updated must not poison later scrapes
+        s = scrape(collector)
+        assert get(s, "fmdiag_step_last", job="job1", rank="0") == 0
+    assert errors(collector) == 1
