@@ -226,7 +226,6 @@ def test_a_negative_rank_variable_is_refused() -> None:
         steptrace.identity(env={"RANK": "-1"})
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_is_told_to_make_its_own_tracer(tmp_path: Path) -> None:
     """DataLoader workers are forked from the training process. The child has a copy of the
     tracer but no writer thread: a step recorded there would vanish (and wait
