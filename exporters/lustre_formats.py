@@ -325,6 +325,19 @@ def _side_count(side: str) -> int | None:
     return _uint(tokens[0])
 
 
+def _header_value(stripped: str, out: RpcStats) -> str | None:
+    """Store an ``RPCs in flight`` / ``pending pages`` header line: None when the line is
+    neither, "" when stored, else the error message."""
+    for pattern, target in ((_IN_FLIGHT, out.in_flight), (_PENDING, out.pending_pages)):
+        if m := pattern.fullmatch(stripped):
+            value = _uint(m.group(2))
+            if value is None:
+                return f"{m.group(2)!r} is not a count"
+            target[m.group(1).lower()] = value
+            return ""
+    return None
+
+
 def parse_rpc_stats(text: str) -> RpcStats:
     """``osc.*.rpc_stats``: in-flight and pending scalars and the pages-per-RPC histogram.
 
@@ -372,19 +385,10 @@ def parse_rpc_stats(text: str) -> RpcStats:
         first = stripped.split(None, 1)[0]
         if _is_header(first):
             continue
-        if m := _IN_FLIGHT.fullmatch(stripped):
-            value = _uint(m.group(2))
-            if value is None:
-                out.errors.append(_err(lineno, line, f"{m.group(2)!r} is not a count"))
-            else:
-                out.in_flight[m.group(1).lower()] = value
-            continue
-        if m := _PENDING.fullmatch(stripped):
-            value = _uint(m.group(2))
-            if value is None:
-                out.errors.append(_err(lineno, line, f"{m.group(2)!r} is not a count"))
-            else:
-                out.pending_pages[m.group(1).lower()] = value
+        header = _header_value(stripped, out)
+        if header is not None:
+            if header:
+                out.errors.append(_err(lineno, line, header))
             continue
         if m := _TABLE_TITLE.fullmatch(stripped):
             if table == _PAGES_PER_RPC:

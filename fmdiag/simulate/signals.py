@@ -295,61 +295,45 @@ class Signals:
             zeros3 = np.zeros((T, N, n_ost))
             zeros2 = np.zeros((T, N))
             base = self.base_lustre_bytes[None, :] * (1.0 + 0.3 * fs.index)
-            rb = zeros3.copy()
-            rpc_r = zeros3.copy()
-            lat_r = zeros3.copy()
-            lat2_r = zeros3.copy()
-            rif_r = zeros3.copy()
-            lmax_r = np.full((T, N, n_ost), 0.0)
-            wb = zeros3.copy()
-            rpc_w = zeros3.copy()
-            lat_w = zeros3.copy()
-            lat2_w = zeros3.copy()
-            rif_w = zeros3.copy()
-            lmax_w = np.full((T, N, n_ost), 0.0)
+            reads = writes = _OstTraffic.zero(zeros3)
             llread_lat = zeros2.copy()
             if fs.index == topo.data_fs.index:
-                rpcs = c.read_bytes / wl.read_rpc_bytes
                 lat_us = c.read_latency * 1e6
-                rb = Windows.cumulative(load_now, c.read_bytes)
-                rpc_r = Windows.cumulative(load_now, rpcs)
-                lat_r = Windows.cumulative(load_now, rpcs * lat_us)
-                lat2_r = Windows.cumulative(load_now, rpcs * lat_us**2)
-                rif_r = (lat_r - Windows.cumulative(load_1, rpcs * lat_us)) / 1e6
-                lmax_r = _running_max(self.load_w, load_now, lat_us * 2.5)
-                llread_lat = lat_r.sum(axis=2)
+                reads = _OstTraffic.of(
+                    self.load_w, load_now, load_1, c.read_bytes, wl.read_rpc_bytes, lat_us, lat_us * 2.5
+                )
+                llread_lat = reads.latency.sum(axis=2)
             if fs.index == topo.checkpoint_fs.index:
-                wrpcs = c.write_bytes / wl.write_rpc_bytes
                 wlat_us = c.write_latency * 1e6
-                wb = Windows.cumulative(ck_now, c.write_bytes)
-                rpc_w = Windows.cumulative(ck_now, wrpcs)
-                lat_w = Windows.cumulative(ck_now, wrpcs * wlat_us)
-                lat2_w = Windows.cumulative(ck_now, wrpcs * wlat_us**2)
-                rif_w = (lat_w - Windows.cumulative(ck_1, wrpcs * wlat_us)) / 1e6
-                lmax_w = _running_max(self.ckpt_w, ck_now, np.where(c.write_bytes > 0, wlat_us * 2.5, 0.0))
-            rr, ww = rb.sum(axis=2), wb.sum(axis=2)
+                peak = np.where(c.write_bytes > 0, wlat_us * 2.5, 0.0)
+                writes = _OstTraffic.of(
+                    self.ckpt_w, ck_now, ck_1, c.write_bytes, wl.write_rpc_bytes, wlat_us, peak
+                )
+            rr, ww = reads.nbytes.sum(axis=2), writes.nbytes.sum(axis=2)
             # Base traffic from earlier jobs, split evenly over the OSTs.
             base3 = (base / n_ost)[:, :, None]
             read_rpc = wl.read_rpc_bytes
-            osc["read_bytes.count"] = base3 / read_rpc + rpc_r
-            osc["read_bytes.sum"] = base3 + rb
+            osc["read_bytes.count"] = base3 / read_rpc + reads.rpcs
+            osc["read_bytes.sum"] = base3 + reads.nbytes
             osc["read_bytes.min"] = np.full((T, N, n_ost), float(read_rpc))
             osc["read_bytes.max"] = np.full((T, N, n_ost), float(read_rpc))
-            osc["write_bytes.count"] = base3 * 0.1 / wl.write_rpc_bytes + rpc_w
-            osc["write_bytes.sum"] = base3 * 0.1 + wb
+            osc["write_bytes.count"] = base3 * 0.1 / wl.write_rpc_bytes + writes.rpcs
+            osc["write_bytes.sum"] = base3 * 0.1 + writes.nbytes
             osc["write_bytes.min"] = np.full((T, N, n_ost), 4096.0)
             osc["write_bytes.max"] = np.full((T, N, n_ost), float(wl.write_rpc_bytes))
             base_lat = wl.ost_rpc_latency_s * 1e6 * 2.0
             osc["ost_read.count"] = osc["read_bytes.count"]
-            osc["ost_read.sum"] = base3 / read_rpc * base_lat + lat_r
-            osc["ost_read.sumsq"] = base3 / read_rpc * base_lat**2 + lat2_r
+            osc["ost_read.sum"] = base3 / read_rpc * base_lat + reads.latency
+            osc["ost_read.sumsq"] = base3 / read_rpc * base_lat**2 + reads.latency_sq
             osc["ost_read.min"] = np.full((T, N, n_ost), 310.0)
-            osc["ost_read.max"] = np.maximum(lmax_r, 48_000.0)
+            osc["ost_read.max"] = np.maximum(reads.latency_max, 48_000.0)
             osc["ost_write.count"] = osc["write_bytes.count"]
-            osc["ost_write.sum"] = base3 * 0.1 / wl.write_rpc_bytes * base_lat * 2 + lat_w
-            osc["ost_write.sumsq"] = base3 * 0.1 / wl.write_rpc_bytes * (base_lat * 2) ** 2 + lat2_w
+            osc["ost_write.sum"] = base3 * 0.1 / wl.write_rpc_bytes * base_lat * 2 + writes.latency
+            osc["ost_write.sumsq"] = (
+                base3 * 0.1 / wl.write_rpc_bytes * (base_lat * 2) ** 2 + writes.latency_sq
+            )
             osc["ost_write.min"] = np.full((T, N, n_ost), 520.0)
-            osc["ost_write.max"] = np.maximum(lmax_w, 91_000.0)
+            osc["ost_write.max"] = np.maximum(writes.latency_max, 91_000.0)
             pings = np.floor((ts[:, :, None] + self.uptime[None, :, None]) / 25.0) + zeros3
             reqs = osc["ost_read.count"] + osc["ost_write.count"] + pings
             osc["req_waittime.count"] = reqs
@@ -360,7 +344,7 @@ class Signals:
             osc["req_waittime.min"] = np.full((T, N, n_ost), 95.0)
             osc["req_waittime.max"] = np.maximum(osc["ost_read.max"], osc["ost_write.max"]) * 1.08
             osc["req_active.count"] = reqs
-            osc["req_active.sum"] = reqs * 1.0 + lat_r / max(base_lat, 1.0) * 0.5
+            osc["req_active.sum"] = reqs * 1.0 + reads.latency / max(base_lat, 1.0) * 0.5
             osc["req_active.min"] = np.ones((T, N, n_ost))
             osc["req_active.max"] = np.full((T, N, n_ost), float(wl.max_rpcs_in_flight))
             osc["ost_punch.count"] = zeros3 + 3
@@ -370,10 +354,12 @@ class Signals:
             osc["ost_punch.max"] = zeros3 + 460
             # Little's law: RPCs in flight = (latency-seconds accumulated per second).
             cap = float(wl.max_rpcs_in_flight)
-            osc["read_rpcs_in_flight"] = np.rint(np.clip(rif_r, 0, cap))
-            osc["write_rpcs_in_flight"] = np.rint(np.clip(rif_w, 0, cap))
-            osc["pending_read_pages"] = np.rint(np.maximum(rif_r - cap, 0) * read_rpc / PAGE)
-            osc["pending_write_pages"] = np.rint(np.maximum(rif_w - cap, 0) * wl.write_rpc_bytes / PAGE)
+            osc["read_rpcs_in_flight"] = np.rint(np.clip(reads.in_flight, 0, cap))
+            osc["write_rpcs_in_flight"] = np.rint(np.clip(writes.in_flight, 0, cap))
+            osc["pending_read_pages"] = np.rint(np.maximum(reads.in_flight - cap, 0) * read_rpc / PAGE)
+            osc["pending_write_pages"] = np.rint(
+                np.maximum(writes.in_flight - cap, 0) * wl.write_rpc_bytes / PAGE
+            )
             osc["read_pages_per_rpc"] = osc["read_bytes.count"]
             osc["write_pages_per_rpc"] = osc["write_bytes.count"]
             snap.osc.append(osc)
@@ -398,7 +384,7 @@ class Signals:
             lli["read.count"] = lli["read_bytes.count"]
             lli["read.sum"] = base / read_rpc * base_lat + llread_lat
             lli["write.count"] = lli["write_bytes.count"]
-            lli["write.sum"] = base * 0.1 / wl.write_rpc_bytes * base_lat * 2 + lat_w.sum(axis=2)
+            lli["write.sum"] = base * 0.1 / wl.write_rpc_bytes * base_lat * 2 + writes.latency.sum(axis=2)
             for op, per_open, us in (
                 ("open", 1, 160.0),
                 ("close", 1, 90.0),
@@ -505,6 +491,44 @@ def _interleave(x: I64, y: I64) -> I64:
     out = np.empty((2 * x.shape[0], *x.shape[1:]), dtype=np.int64)
     out[0::2], out[1::2] = x, y
     return out
+
+
+@dataclass(frozen=True)
+class _OstTraffic:
+    """One direction's cumulative per-OST client counters (T x N x OSTs), from per-window volumes."""
+
+    nbytes: F64
+    rpcs: F64
+    latency: F64  # summed RPC latency, us
+    latency_sq: F64
+    in_flight: F64  # RPCs in flight at each instant (Little's law over the last second)
+    latency_max: F64
+
+    @classmethod
+    def zero(cls, zeros: F64) -> _OstTraffic:
+        return cls(zeros, zeros, zeros, zeros, zeros, zeros)
+
+    @classmethod
+    def of(
+        cls,
+        windows: Windows,
+        now: tuple[I64, F64],
+        second_ago: tuple[I64, F64],
+        nbytes: F64,
+        rpc_bytes: float,
+        latency_us: F64,
+        peak_us: F64,
+    ) -> _OstTraffic:
+        rpcs = nbytes / rpc_bytes
+        latency = Windows.cumulative(now, rpcs * latency_us)
+        return cls(
+            nbytes=Windows.cumulative(now, nbytes),
+            rpcs=Windows.cumulative(now, rpcs),
+            latency=latency,
+            latency_sq=Windows.cumulative(now, rpcs * latency_us**2),
+            in_flight=(latency - Windows.cumulative(second_ago, rpcs * latency_us)) / 1e6,
+            latency_max=_running_max(windows, now, peak_us),
+        )
 
 
 def _running_max(w: Windows, loc: tuple[I64, F64], values: F64) -> F64:
