@@ -35,12 +35,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS, STEP_PHASES
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import (
+from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS
+from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
+from fmdiag.simulate.nodes.readings import (
     EfaDeviceState,
-    GpuProcess,
-    GpuState,
     HostState,
     LustreFsState,
     LustreTargetState,
@@ -48,7 +46,8 @@ from fmdiag.simulate.state import (
     OpStat,
     ProcessState,
 )
-from fmdiag.steptrace import file_name
+from fmdiag.simulate.nodes.render import render_node
+from fmdiag.steprecord import PHASES, file_name
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
 #: The counters node_exporter's infiniband collector reads from ports/<n>/counters/.
@@ -209,7 +208,7 @@ def write_spool(spool: Path, now: float, ranks: int = 8, steps: int = 200) -> No
                 "tokens": 65536,
                 "samples": 16,
             }
-            rec.update({phase: 0.1 for phase in STEP_PHASES})
+            rec.update({phase: 0.1 for phase in PHASES})
             lines.append(json.dumps(rec, separators=(",", ":")))
         (spool / file_name("bench", rank)).write_text("\n".join(lines) + "\n")
 

@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from fmdiag.simulate.cluster.metric_dump import write_metrics
+from fmdiag.simulate.cluster.signals import Signals
+from fmdiag.simulate.cluster.steps import write_steps
+from fmdiag.simulate.cluster.truth import truth_doc, write_truth
 from fmdiag.simulate.dump import SimOptions, build_model, prepare_out, run_parameters
-from fmdiag.simulate.metrics import write_metrics
-from fmdiag.simulate.signals import Signals
-from fmdiag.simulate.steps import write_steps
-from fmdiag.simulate.truth import truth_doc, write_truth
 
 TARGET_S = 60.0
 

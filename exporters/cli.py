@@ -1,16 +1,17 @@
 """``fmdiag exporter``: flags in Prometheus' conventions, wired to collectors, scraper and server.
 
 The ``--collector.<name>`` switches and ``--collector.<name>.<option>`` flags are built from
-the collector registry at import time, so a new collector file gets its flags for free.
+the collector registry at import time, so a new collector file gets its flags for free: each
+option flag, its ``--help`` line and its validation come from the collector's
+:class:`~fmdiag.exporters.options.Option` declarations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
-import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -21,8 +22,10 @@ from typing import Any
 import click
 
 from fmdiag import __version__
+from fmdiag.durations import parse_duration
 from fmdiag.exporters.collector import REGISTRY, Collector, CollectorContext, ErrorReporter, Paths
 from fmdiag.exporters.collectors import discover
+from fmdiag.exporters.options import Option, OptionError
 from fmdiag.exporters.scrape import Scraper
 from fmdiag.exporters.server import ExporterServer, parse_listen_address, serve
 from fmdiag.exporters.webconfig import WebConfigError, WebConfigSource
@@ -34,23 +37,40 @@ log = logging.getLogger("fmdiag.exporter")
 DEFAULT_LISTEN_ADDRESS = ":9847"
 DEFAULT_SCRAPE_TIMEOUT = "5s"
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)")
+
+class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.4
+    """A duration flag (``5s``, ``500ms``, ``1m``, or seconds), as seconds: one parser for every flag."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from a Prometheus-style duration (``5s``, ``1m30s``, ``500ms``) or a bare number."""
-    s = text.strip()
-    try:
-        value = float(s)
-    except ValueError:
-        if not _DURATION.match(s):
-            raise ValueError(f"{text!r} is not a duration (e.g. 5s, 500ms, 1m)") from None
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0}
-        value = sum(float(n) * scale[u] for n, u in _DURATION_PART.findall(s))
-    if not value > 0 or math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{text!r}: a duration must be positive")
-    return value
+class OptionType(click.ParamType):  # type: ignore[type-arg]
+    """A collector option's text, checked by its declaration's parser when the flags are read.
+
+    The text is what travels on (``CollectorContext.options``), so the collector parses it
+    with the same declaration; checking here too refuses a bad value before anything starts,
+    for disabled collectors as well, in click's words naming the flag (exit status 2).
+    """
+
+    def __init__(self, option: Option[Any]) -> None:
+        self.option = option
+        self.name = option.metavar.lower() or "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            self.option.parse(text)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return text
 
 
 def _option_param(collector: str, option: str) -> str:
@@ -84,11 +104,38 @@ def enabled_collectors(params: dict[str, Any], ctx: click.Context) -> list[str]:
     return names
 
 
+def option_texts(collector: str, declared: tuple[Option[Any], ...], params: dict[str, Any]) -> dict[str, str]:
+    """The ``--collector.<collector>.*`` flags given, as the text the collector parses."""
+    texts = {}
+    for option in declared:
+        value = params.get(_option_param(collector, option.name))
+        if value is not None:
+            texts[option.name] = ("on" if value else "off") if option.switch else str(value)
+    return texts
+
+
+def _option_flag(collector: str, option: Option[Any]) -> click.Option:
+    flag = option.flag(collector)
+    shown = f"  [default: {option.default_text}]" if option.default_text else ""
+    if option.switch:
+        return click.Option(
+            [_option_param(collector, option.name), f"{flag}/--no-{flag.removeprefix('--')}"],
+            default=None,
+            help=option.help + shown,
+        )
+    return click.Option(
+        [_option_param(collector, option.name), flag],
+        default=None,
+        type=OptionType(option),
+        metavar=option.metavar,
+        help=option.help + shown,
+    )
+
+
 def _run(**params: Any) -> None:
     ctx = click.get_current_context()
     try:
         host, port = parse_listen_address(params["listen_address"])
-        timeout_s = parse_duration(params["scrape_timeout"])
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     telemetry_path = params["telemetry_path"]
@@ -106,20 +153,19 @@ def _run(**params: Any) -> None:
     paths = build_paths(
         params["path_sysfs"], params["path_procfs"], params["path_debugfs"], params["path_rootfs"]
     )
-    errors = ErrorReporter()
-    hostname = os.environ.get("NODE_NAME") or socket.gethostname()
+    # One context for the whole exporter: every collector gets a copy with its own options,
+    # sharing the error sink, the NVML implementation and the collector-to-collector links.
+    shared = CollectorContext(
+        paths=paths, errors=ErrorReporter(), hostname=os.environ.get("NODE_NAME") or socket.gethostname()
+    )
     collectors: list[Collector] = []
     for name in enabled_collectors(params, ctx):
         cls = REGISTRY[name]
-        options = {
-            opt: str(params[_option_param(name, opt)])
-            for opt in cls.option_help
-            if params.get(_option_param(name, opt)) is not None
-        }
+        options = option_texts(name, cls.options, params)
         try:
-            collectors.append(
-                cls(CollectorContext(paths=paths, options=options, errors=errors, hostname=hostname))
-            )
+            collectors.append(cls(dataclasses.replace(shared, options=options)))
+        except OptionError as exc:
+            raise click.UsageError(str(exc)) from None
         except (ValueError, OSError) as exc:
             raise click.BadParameter(f"collector {name}: {exc}", param_hint=f"--collector.{name}.*") from None
         except Exception as exc:
@@ -129,7 +175,7 @@ def _run(**params: Any) -> None:
                 f"--no-collector.{name} runs the exporter without it"
             ) from None
 
-    scraper = Scraper(collectors, errors, timeout_s)
+    scraper = Scraper(collectors, shared.errors, params["scrape_timeout"])
     names = [c.name for c in collectors]
     try:
         server = ExporterServer(params["listen_address"], scraper, telemetry_path, web_config, names)
@@ -212,6 +258,8 @@ def _build() -> click.Command:
         click.Option(
             ["scrape_timeout", "--scrape.timeout"],
             default=DEFAULT_SCRAPE_TIMEOUT,
+            type=DurationType(),
+            metavar="DURATION",
             show_default=True,
             help="Per-scrape deadline; a collector still running then is reported failed "
             "(keep it below Prometheus' scrape_timeout).",
@@ -235,12 +283,7 @@ def _build() -> click.Command:
                 help=f"Enable the {name} collector. {summary}",
             )
         )
-        for opt, help_text in sorted(cls.option_help.items()):
-            params.append(
-                click.Option(
-                    [_option_param(name, opt), f"--collector.{name}.{opt}"], default=None, help=help_text
-                )
-            )
+        params.extend(_option_flag(name, option) for option in sorted(cls.options, key=lambda o: o.name))
     return click.Command(
         "exporter",
         params=params,

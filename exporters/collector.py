@@ -11,14 +11,18 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from prometheus_client.core import Metric
 
+from fmdiag.exporters.families import CatalogChecks, Families
+from fmdiag.exporters.options import Option, resolve
+
 log = logging.getLogger("fmdiag.exporter")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,43 @@ class ErrorReporter:
             return self._counts.get(collector, 0)
 
 
+#: pid -> GPU label value ("0", or "0,3" for a process on several GPUs), host PID namespace.
+GpuProcessProvider = Callable[[], Mapping[int, str]]
+
+
+class GpuProcesses:
+    """Which processes use which GPU: the GPU collector provides it, the host collector reads it.
+
+    One per exporter, handed to every collector through its context rather than kept in a
+    module global, so two exporters in one process (tests, benchmarks) never see each
+    other's GPUs. ``provider`` is None while no GPU collector runs.
+    """
+
+    def __init__(self) -> None:
+        self.provider: GpuProcessProvider | None = None
+
+
 @dataclass
 class CollectorContext:
-    """What a collector gets at construction: source roots, its options, the shared error sink."""
+    """What a collector gets at construction: source roots, its options, what it shares.
+
+    The CLI builds one per collector; ``errors``, ``nvml``, ``gpu_processes`` and
+    ``catalog_checks`` are the same objects in all of them (``dataclasses.replace`` of one
+    context keeps them shared), which is how collectors of one exporter reach each other.
+    """
 
     paths: Paths = field(default_factory=Paths)
-    #: ``--collector.<name>.<option>`` values, keyed by option name.
-    options: dict[str, str] = field(default_factory=dict)
+    #: ``--collector.<name>.<option>`` values as typed, keyed by option name; the collector
+    #: parses them with its :attr:`Collector.options` declarations.
+    options: Mapping[str, str] = field(default_factory=dict)
     errors: ErrorReporter = field(default_factory=ErrorReporter)
     hostname: str = ""
+    #: The NVML implementation: an object with pynvml's ``nvml*`` functions (the driver's,
+    #: through the ``pynvml`` module, when None; tests pass the stand-in, ``FakeNvml``). Constants,
+    #: structures and exception classes always come from the ``pynvml`` module itself.
+    nvml: Any = None
+    gpu_processes: GpuProcesses = field(default_factory=GpuProcesses)
+    catalog_checks: CatalogChecks = field(default_factory=CatalogChecks)
 
 
 class Collector(ABC):
@@ -82,11 +114,22 @@ class Collector(ABC):
 
     name: ClassVar[str]
     default_enabled: ClassVar[bool] = True
-    #: ``--collector.<name>.<option>`` flags this collector accepts, with their help text.
-    option_help: ClassVar[dict[str, str]] = {}
+    #: The ``--collector.<name>.<option>`` flags this collector accepts.
+    options: ClassVar[tuple[Option[Any], ...]] = ()
 
     def __init__(self, ctx: CollectorContext) -> None:
+        """Parse every option up front: a bad or unknown one is an OptionError naming the flag."""
         self.ctx = ctx
+        self._option_values = resolve(self.name, self.options, ctx.options)
+
+    def option(self, declared: Option[T]) -> T:
+        """The parsed value of one of :attr:`options` (its default when the flag was not given)."""
+        value: T = self._option_values[declared.name]
+        return value
+
+    def families(self) -> Families:
+        """An empty scrape result, checked against the catalog with the exporter's shared memo."""
+        return Families(self.ctx.catalog_checks)
 
     def report(self, where: str | Path, error: object) -> None:
         self.ctx.errors.report(self.name, where, error)

@@ -23,14 +23,50 @@ _PROM_TYPE = {
 }
 
 
-class Families:
-    """Accumulates samples for one scrape, grouped into catalogued families, in insertion order."""
+class CatalogChecks:
+    """(name, label keys) pairs already checked against the catalog, with their catalog entry.
+
+    A scrape adds thousands of samples with a handful of distinct label sets, so each set is
+    validated once. The exporter keeps one for all its collectors (``CollectorContext``
+    hands it out) instead of a module global, so what one exporter learnt never hides
+    what a test checks in another.
+    """
+
+    #: Label key sets are few; the bound only guards against a misbehaving caller.
+    LIMIT = 100_000
 
     def __init__(self) -> None:
+        self._checked: dict[tuple[str, tuple[str, ...]], catalog.Metric] = {}
+
+    def spec(self, name: str, keys: tuple[str, ...]) -> catalog.Metric:
+        """The catalog entry of ``name``; ValueError when ``keys`` are not its label set."""
+        spec = self._checked.get((name, keys))
+        if spec is not None:
+            return spec
+        spec = catalog.get(name)
+        allowed = spec.all_labels
+        missing = [k for k in spec.labels if k not in keys]
+        extra = [k for k in keys if k not in allowed]
+        if missing or extra:
+            raise ValueError(f"{name}: labels missing {missing}, not catalogued {extra}")
+        if len(self._checked) < self.LIMIT:
+            self._checked[(name, keys)] = spec
+        return spec
+
+
+class Families:
+    """Accumulates samples for one scrape, grouped into catalogued families, in insertion order.
+
+    ``checks`` is the memo of label sets already validated; collectors pass the exporter's
+    (:meth:`Collector.families`), anything else gets one of its own.
+    """
+
+    def __init__(self, checks: CatalogChecks | None = None) -> None:
         self._families: dict[str, Metric] = {}
+        self._checks = checks if checks is not None else CatalogChecks()
 
     def _family(self, name: str, labels: Mapping[str, str]) -> tuple[Metric, catalog.Metric]:
-        spec = _check(name, tuple(labels))
+        spec = self._checks.spec(name, tuple(labels))
         fam = self._families.get(name)
         if fam is None:
             # prometheus_client strips `_total` from counter family names and re-adds it on
@@ -98,26 +134,6 @@ class Families:
     def __iter__(self) -> Iterator[Metric]:
         # A family made by adder() may have stayed empty; an empty family is not exposed.
         return (fam for fam in self._families.values() if fam.samples)
-
-
-#: (name, label keys) pairs already checked against the catalog: a scrape adds thousands of
-#: samples with a handful of distinct label sets, so each set is validated once per process.
-_CHECKED: dict[tuple[str, tuple[str, ...]], catalog.Metric] = {}
-
-
-def _check(name: str, keys: tuple[str, ...]) -> catalog.Metric:
-    spec = _CHECKED.get((name, keys))
-    if spec is not None:
-        return spec
-    spec = catalog.get(name)
-    allowed = spec.all_labels
-    missing = [k for k in spec.labels if k not in keys]
-    extra = [k for k in keys if k not in allowed]
-    if missing or extra:
-        raise ValueError(f"{name}: labels missing {missing}, not catalogued {extra}")
-    if len(_CHECKED) < 100_000:  # label key sets are few; bound it against a misbehaving caller
-        _CHECKED[(name, keys)] = spec
-    return spec
 
 
 def _le(bound: float) -> str:

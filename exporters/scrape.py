@@ -27,7 +27,7 @@ from prometheus_client.core import Metric
 from fmdiag import __version__
 from fmdiag.exporters.collector import Collector, ErrorReporter
 from fmdiag.exporters.exposition import Format, render
-from fmdiag.exporters.families import Families
+from fmdiag.exporters.families import CatalogChecks, Families
 
 log = logging.getLogger("fmdiag.exporter")
 
@@ -98,6 +98,7 @@ class Scraper:
         self._inflight: dict[str, Future[tuple[list[Metric], float]]] = {}
         self._timeouts: dict[str, int] = {c.name: 0 for c in self.collectors}
         self._last_failure_log: dict[str, float] = {}
+        self._checks = CatalogChecks()
         # Single-flight state, guarded by _cond.
         self._cond = threading.Condition()
         self._started = 0
@@ -189,7 +190,7 @@ class Scraper:
         log.error("collector %s failed: %s", name, why, exc_info=exc)
 
     def _self_metrics(self, outcomes: Sequence[CollectorOutcome]) -> list[Metric]:
-        fams = Families()
+        fams = Families(self._checks)
         for o in outcomes:
             labels = {"collector": o.name}
             fams.add("fmdiag_exporter_collector_success", 1.0 if o.success else 0.0, labels)

@@ -185,6 +185,32 @@ GPU: tuple[Metric, ...] = tuple(
 )
 
 
+# -- label vocabularies: the values some labels take, shared by the exporter, the simulator and rules
+
+#: nvmlClocksEventReason* bits -> the ``reason`` label of fmdiag_gpu_clocks_event_active.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+#: NVIDIA's XID catalogue resolution buckets (as mirrored by NVSentinel): the ``action`` label.
+_XID_BUCKETS: dict[str, tuple[int, ...]] = {
+    "reset_gpu": (46, 62, 64, 95, 109, 110, 119, 120, 136, 140, 143, 155, 156, 158),
+    "reboot_node": (79, 160),
+    "workflow": (45, 48, 74),
+    "restart_app": (13, 31, 94),
+    "ignore": (43, 63, 92),
+    "report": (61,),
+}
+XID_ACTIONS: dict[int, str] = {xid: action for action, xids in _XID_BUCKETS.items() for xid in xids}
+
 # --- EFA ----------------------------------------------------------------------------------
 # sysfs file under ports/1/hw_counters -> exposed name; all are counters.
 EFA_PORT_COUNTERS: dict[str, tuple[str, str]] = {
@@ -315,7 +341,6 @@ HOST: tuple[Metric, ...] = (
 STEP_DURATION_BUCKETS: tuple[float, ...] = (
     0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )
-STEP_PHASES: tuple[str, ...] = ("data_wait", "forward", "backward", "optimizer", "comm_exposed", "checkpoint")
 
 STEPS: tuple[Metric, ...] = (
     _m("fmdiag_step_duration_seconds", H, "seconds", "Wall time of each training step (end_ns - start_ns).", STEP_LABELS, "steps", "steptrace spool"),

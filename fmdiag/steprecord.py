@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+import os
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,25 @@ def read_file(path: str | Path) -> ReadResult:
         except StepRecordError as exc:
             result.errors.append(exc)
     return result
+
+
+# -- where step records live: one file per rank in a spool directory -----------------------
+
+ENV_SPOOL_DIR = "FMDIAG_SPOOL_DIR"
+#: Survives reboots of the exporter, writable by unprivileged training users, node-local.
+DEFAULT_SPOOL_DIR = "/var/tmp/fmdiag/steps"
+
+
+def spool_dir(explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The spool directory: the argument, else ``$FMDIAG_SPOOL_DIR``, else the default."""
+    env = os.environ if env is None else env
+    return Path(explicit or env.get(ENV_SPOOL_DIR) or DEFAULT_SPOOL_DIR)
+
+
+def file_name(job: str, rank: int) -> str:
+    """One file per rank; the job id is made safe for a file name but stays recognisable."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", job)[:128]
+    return f"{safe}.rank{rank:05d}.jsonl"
 
 
 def step_files(root: str | Path) -> list[Path]:

@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import queue
-import re
 import socket
 import sys
 import threading
@@ -47,24 +46,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fmdiag.steprecord import FORMAT_VERSION, MAX_INT, PHASES
+from fmdiag.steprecord import FORMAT_VERSION, MAX_INT, PHASES, file_name, spool_dir
 
 log = logging.getLogger("fmdiag.steptrace")
-
-ENV_SPOOL_DIR = "FMDIAG_SPOOL_DIR"
-#: Survives reboots of the exporter, writable by unprivileged training users, node-local.
-DEFAULT_SPOOL_DIR = "/var/tmp/fmdiag/steps"
 
 _JOB_ENV = ("FMDIAG_JOB", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
 _RANK_ENV = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 _LOCAL_RANK_ENV = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID")
 _NODE_ENV = ("FMDIAG_NODE", "SLURMD_NODENAME", "NODE_NAME")
-
-
-def spool_dir(explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Path:
-    """The spool directory: the argument, else ``$FMDIAG_SPOOL_DIR``, else the default."""
-    env = os.environ if env is None else env
-    return Path(explicit or env.get(ENV_SPOOL_DIR) or DEFAULT_SPOOL_DIR)
 
 
 def _first(env: Mapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -105,12 +94,6 @@ def identity(
         local_rank if local_rank is not None else _int_env(env, _LOCAL_RANK_ENV),
         node or _first(env, _NODE_ENV) or socket.gethostname(),
     )
-
-
-def file_name(job: str, rank: int) -> str:
-    """One file per rank; the job id is made safe for a file name but stays recognisable."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", job)[:128]
-    return f"{safe}.rank{rank:05d}.jsonl"
 
 
 class _Writer(threading.Thread):
@@ -167,8 +150,7 @@ class _Writer(threading.Thread):
 class Step:
     """One step in progress: phases add up, fields are set until the step ends."""
 
-    def __init__(self, tracer: StepTracer, number: int) -> None:
-        self._tracer = tracer
+    def __init__(self, number: int) -> None:
         self.number = number
         self.start_ns = time.time_ns()
         self._t0 = time.perf_counter_ns()
@@ -266,7 +248,7 @@ class StepTracer:
         number = self._next_step if step is None else int(step)
         if not 0 <= number <= MAX_INT:
             raise ValueError(f"step {step!r}: step numbers are integers from 0 to 2**63-1")
-        current = Step(self, number)
+        current = Step(number)
         if self._torch is not None:
             current.cuda_start = self._torch.cuda.Event(enable_timing=True)
             current.cuda_start.record()

@@ -19,13 +19,14 @@ import re
 import resource
 import time
 from collections.abc import Callable, Iterable
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 from prometheus_client.core import Metric
 
 from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS
 from fmdiag.exporters.collector import Collector, CollectorContext, register
 from fmdiag.exporters.families import Families
+from fmdiag.exporters.options import regex
 
 AMAZON_VENDOR = 0x1D0F
 U64_MAX = 2**64 - 1
@@ -307,22 +308,21 @@ _DEVICE_LABELS = ("device",)
 _Adder = Callable[[dict[str, str], float], None]
 
 
+DEVICE_EXCLUDE = regex(
+    "device-exclude", "", "Regular expression of EFA device names to skip (matched against the whole name)."
+)
+
+
 @register
 class EfaCollector(Collector):
     """AWS EFA devices: every hw_counter, port state and rate, identity (sysfs class/infiniband)."""
 
     name = "efa"
-    option_help: ClassVar[dict[str, str]] = {
-        "device-exclude": "Regular expression of EFA device names to skip (matched against the whole name).",
-    }
+    options = (DEVICE_EXCLUDE,)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
-        pattern = ctx.options.get("device-exclude")
-        try:
-            self._exclude = re.compile(pattern) if pattern else None
-        except re.error as exc:
-            raise ValueError(f"--collector.efa.device-exclude {pattern!r}: {exc}") from None
+        self._exclude = self.option(DEVICE_EXCLUDE)
         self.files = CounterFiles(min(raise_fd_limit() - _FD_RESERVE, _FD_MAX))
 
     @property
@@ -344,7 +344,7 @@ class _Scrape:
 
     def __init__(self, collector: EfaCollector) -> None:
         self.c = collector
-        self.fams = Families()
+        self.fams = collector.families()
         self.adders: dict[tuple[str, int], _Adder] = {}
         #: per kind of hw_counters directory (by its label names): file name -> adder
         self.dir_adders: dict[tuple[str, ...], dict[str, _Adder]] = {}

@@ -16,6 +16,11 @@ What it does that dcgm-exporter does not:
 
 The only background state is the XID listener (NVML delivers XIDs as events) and the GPM
 samples; both are released by :meth:`GpuCollector.close`.
+
+Every NVML call goes through ``self.nvml``, the implementation the exporter hands over
+(``CollectorContext.nvml``: the ``pynvml`` module by default, the NVML stand-in with
+``--collector.gpu.simulated-state``), so simulating GPUs never patches pynvml for the
+process. Constants, structures and exception classes are always pynvml's own.
 """
 
 from __future__ import annotations
@@ -30,42 +35,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import pynvml
 from prometheus_client.core import Metric
 
+from fmdiag.catalog import CLOCK_EVENT_REASONS, XID_ACTIONS
+from fmdiag.exporters import gpu_state_file
 from fmdiag.exporters.collector import Collector, CollectorContext, register
-from fmdiag.exporters.collectors import host
 from fmdiag.exporters.families import Families
+from fmdiag.exporters.options import Option, duration, switch
 
 log = logging.getLogger("fmdiag.exporter.gpu")
 T = TypeVar("T")
 MIB = 1 << 20
-
-#: nvmlClocksEventReason* bits -> the reason label of fmdiag_gpu_clocks_event_active.
-CLOCK_EVENT_REASONS: dict[int, str] = {
-    0x1: "gpu_idle",
-    0x2: "applications_clocks_setting",
-    0x4: "sw_power_cap",
-    0x8: "hw_slowdown",
-    0x10: "sync_boost",
-    0x20: "sw_thermal_slowdown",
-    0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
-}
-
-#: NVIDIA's XID catalogue resolution buckets (as mirrored by NVSentinel).
-_XID_BUCKETS: dict[str, tuple[int, ...]] = {
-    "reset_gpu": (46, 62, 64, 95, 109, 110, 119, 120, 136, 140, 143, 155, 156, 158),
-    "reboot_node": (79, 160),
-    "workflow": (45, 48, 74),
-    "restart_app": (13, 31, 94),
-    "ignore": (43, 63, 92),
-    "report": (61,),
-}
-XID_ACTIONS: dict[int, str] = {xid: action for action, xids in _XID_BUCKETS.items() for xid in xids}
 
 #: GPM metric id -> (DCGM field, scale from NVML's unit to DCGM's).
 _GPM_METRICS: tuple[tuple[int, str, float], ...] = (
@@ -142,8 +125,9 @@ class _Gpu:
 class XidListener(threading.Thread):
     """Waits on NVML XID events and keeps per-GPU counts for the collector to export."""
 
-    def __init__(self, handles: dict[int, Any], window_s: float) -> None:
+    def __init__(self, nvml: Any, handles: dict[int, Any], window_s: float) -> None:
         super().__init__(name="fmdiag-gpu-xid", daemon=True)
+        self.nvml = nvml
         self.window_s = window_s
         self._handles = {self._key(h): i for i, h in handles.items()}
         self._lock = threading.Lock()
@@ -151,10 +135,10 @@ class XidListener(threading.Thread):
         self.last: dict[int, int] = {}
         self.totals: dict[tuple[int, int], int] = {}
         self.recent: deque[tuple[float, int, int]] = deque(maxlen=10_000)
-        self._set = pynvml.nvmlEventSetCreate()
+        self._set = self.nvml.nvmlEventSetCreate()
         for handle in handles.values():
             try:
-                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._set)
+                self.nvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._set)
             except pynvml.NVMLError as exc:
                 log.warning("XID events unavailable on a GPU: %s", exc)
 
@@ -168,7 +152,7 @@ class XidListener(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                data = pynvml.nvmlEventSetWait_v2(self._set, 500)
+                data = self.nvml.nvmlEventSetWait_v2(self._set, 500)
             except pynvml.NVMLError_Timeout:
                 continue
             except pynvml.NVMLError as exc:
@@ -199,32 +183,63 @@ class XidListener(threading.Thread):
         self._halt.set()
         self.join(2.0)
         try:
-            pynvml.nvmlEventSetFree(self._set)
+            self.nvml.nvmlEventSetFree(self._set)
         except pynvml.NVMLError:
             pass
 
 
+def _state_file(text: str) -> Path | None:
+    """A GPU state file, read once now so a garbled one stops the exporter at start-up.
+
+    A file that does not exist (yet) is accepted: the stand-in serves it as a node whose
+    driver is not loaded, until the simulator writes it. An empty value is no simulation.
+    """
+    if not text:
+        return None
+    path = Path(text)
+    try:
+        gpu_state_file.read(path)  # a GpuStateError names the file and the field
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+XID_WINDOW = duration("xid-window", 300.0, "Window of DCGM_EXP_XID_ERRORS_COUNT, as in dcgm-exporter.")
+EVENTS = switch("events", True, "Listen for XID events (a background thread waiting on NVML).")
+SIMULATED_STATE: Option[Path | None] = Option(
+    "simulated-state",
+    _state_file,
+    None,
+    "Serve GPUs from a `fmdiag simulate` GPU state file (nodes/<host>/nvml/state.json) through "
+    "the NVML stand-in instead of the driver: demos and tests. A garbled file stops the exporter "
+    "at start; a missing one reads as a node whose driver is not loaded.",
+    metavar="FILE",
+)
+
+
 @register
 class GpuCollector(Collector):
+    """NVIDIA GPUs through NVML, under dcgm-exporter's names and labels."""
+
     name = "gpu"
-    option_help: ClassVar[dict[str, str]] = {
-        "xid-window": "Window in seconds of DCGM_EXP_XID_ERRORS_COUNT (default 300, as dcgm-exporter).",
-        "events": "Listen for XID events: on or off (default on).",
-        "simulated-state": "Serve GPUs from a `fmdiag simulate` GPU state file instead of the driver "
-        "(demos and tests; nodes/<host>/nvml/state.json).",
-    }
+    options = (XID_WINDOW, EVENTS, SIMULATED_STATE)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
         self.hostname = ctx.hostname or socket.gethostname()
-        self.xid_window_s = float(ctx.options.get("xid-window", "300"))
-        self.events = ctx.options.get("events", "on") != "off"
-        self._fake: Any = None
-        state = ctx.options.get("simulated-state")
-        if state:
-            from fmdiag.simulate import fake_nvml  # noqa: PLC0415 - only in simulation mode
+        self.xid_window_s = self.option(XID_WINDOW)
+        self.events = self.option(EVENTS)
+        state = self.option(SIMULATED_STATE)
+        #: pynvml's nvml* functions: the driver's, the context's, or the stand-in's.
+        self.nvml: Any
+        if state is not None:
+            from fmdiag.exporters.nvml_stand_in import FakeNvml  # noqa: PLC0415 - only when simulating
 
-            self._fake = fake_nvml.install(Path(state))
+            self.nvml = FakeNvml(state)
+        else:
+            self.nvml = ctx.nvml if ctx.nvml is not None else pynvml
         self._lock = threading.Lock()
         self._initialised = False
         self._next_init = 0.0
@@ -235,7 +250,7 @@ class GpuCollector(Collector):
         self._errors: dict[tuple[str, str, str], int] = {}
         self._processes: dict[int, str] = {}
         self._closed = False
-        host.set_gpu_process_provider(self.gpu_processes)
+        ctx.gpu_processes.provider = self.gpu_processes
 
     # -- NVML plumbing -------------------------------------------------------------------------
     def _init(self) -> bool:
@@ -247,7 +262,7 @@ class GpuCollector(Collector):
             return False
         self._next_init = now + 60.0
         try:
-            pynvml.nvmlInit()
+            self.nvml.nvmlInit()
         except pynvml.NVMLError as exc:
             self._count_error("", "nvmlInit", exc)
             if error_name(exc) != self._init_error:
@@ -255,7 +270,7 @@ class GpuCollector(Collector):
                 self._init_error = error_name(exc)
             return False
         self._initialised = True
-        self._driver = self._try(lambda: _text(pynvml.nvmlSystemGetDriverVersion()), "")
+        self._driver = self._try(lambda: _text(self.nvml.nvmlSystemGetDriverVersion()), "")
         return True
 
     def _count_error(self, gpu: str, call: str, exc: pynvml.NVMLError) -> None:
@@ -285,35 +300,35 @@ class GpuCollector(Collector):
         return None
 
     def _identify(self, index: int, handle: Any) -> _Gpu:
-        uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        uuid = _text(self.nvml.nvmlDeviceGetUUID(handle))
         known = self._gpus.get(index)
         if known is not None and known.labels["UUID"] == uuid:
             return known
-        bus_id = _text(pynvml.nvmlDeviceGetPciInfo_v3(handle).busId)
-        minor = self._try(lambda: int(pynvml.nvmlDeviceGetMinorNumber(handle)), index)
+        bus_id = _text(self.nvml.nvmlDeviceGetPciInfo_v3(handle).busId)
+        minor = self._try(lambda: int(self.nvml.nvmlDeviceGetMinorNumber(handle)), index)
         labels = {
             "gpu": str(index),
             "UUID": uuid,
             "pci_bus_id": bus_id,
             "device": f"nvidia{minor}",
-            "modelName": _text(pynvml.nvmlDeviceGetName(handle)),
+            "modelName": _text(self.nvml.nvmlDeviceGetName(handle)),
             "Hostname": self.hostname,
         }
         info = {
             "driver_version": self._driver,
-            "vbios_version": self._try(lambda: _text(pynvml.nvmlDeviceGetVbiosVersion(handle)), ""),
-            "numa_node": str(self._try(lambda: int(pynvml.nvmlDeviceGetNumaNodeId(handle)), -1)),
+            "vbios_version": self._try(lambda: _text(self.nvml.nvmlDeviceGetVbiosVersion(handle)), ""),
+            "numa_node": str(self._try(lambda: int(self.nvml.nvmlDeviceGetNumaNodeId(handle)), -1)),
             "pci_switch": pci_switch(self.ctx.paths.sysfs, bus_id),
         }
         gpu = _Gpu(labels=labels, info=info)
         if known is not None and known.gpm_sample is not None:  # another GPU now has this index
-            self._try(lambda s=known.gpm_sample: pynvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
+            self._try(lambda s=known.gpm_sample: self.nvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
         self._gpus[index] = gpu
         return gpu
 
     # -- the scrape ----------------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
-        fam = Families()
+        fam = self.families()
         with self._lock:
             if not self._closed:
                 self._collect(fam)
@@ -327,7 +342,7 @@ class GpuCollector(Collector):
             self._emit_errors(fam)
             return
         try:
-            count = int(pynvml.nvmlDeviceGetCount())
+            count = int(self.nvml.nvmlDeviceGetCount())
         except pynvml.NVMLError as exc:
             self._count_error("", "nvmlDeviceGetCount", exc)
             self.report("nvmlDeviceGetCount", exc)
@@ -341,7 +356,7 @@ class GpuCollector(Collector):
         for index in range(count):
             known = self._gpus.get(index)
             try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
                 gpu = self._identify(index, handle)
                 self._read(fam, index, gpu, handle, processes)
             except (GpuLostError, pynvml.NVMLError_GpuIsLost):
@@ -377,54 +392,60 @@ class GpuCollector(Collector):
 
         fam.add("fmdiag_gpu_info", 1, {**lab, **gpu.info})
         put(
-            "DCGM_FI_DEV_SM_CLOCK", "clock_sm", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+            "DCGM_FI_DEV_SM_CLOCK",
+            "clock_sm",
+            lambda: self.nvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
         )
         put(
             "DCGM_FI_DEV_MEM_CLOCK",
             "clock_mem",
-            lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+            lambda: self.nvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
         )
         put(
             "DCGM_FI_DEV_MAX_SM_CLOCK",
             "max_clock_sm",
-            lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+            lambda: self.nvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
         )
         put(
             "DCGM_FI_DEV_GPU_TEMP",
             "temperature",
-            lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+            lambda: self.nvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
         )
         put(
-            "DCGM_FI_DEV_MEMORY_TEMP", "memory_temperature", lambda: _field(h, pynvml.NVML_FI_DEV_MEMORY_TEMP)
+            "DCGM_FI_DEV_MEMORY_TEMP",
+            "memory_temperature",
+            lambda: _field(self.nvml, h, pynvml.NVML_FI_DEV_MEMORY_TEMP),
         )
-        put("DCGM_FI_DEV_POWER_USAGE", "power", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
+        put("DCGM_FI_DEV_POWER_USAGE", "power", lambda: self.nvml.nvmlDeviceGetPowerUsage(h) / 1000.0)
         put(
             "DCGM_FI_DEV_POWER_MGMT_LIMIT",
             "power_limit",
-            lambda: pynvml.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
+            lambda: self.nvml.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
         )
         put(
             "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
             "energy",
-            lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+            lambda: self.nvml.nvmlDeviceGetTotalEnergyConsumption(h),
         )
         put(
-            "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "pcie_replay", lambda: pynvml.nvmlDeviceGetPcieReplayCounter(h)
+            "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+            "pcie_replay",
+            lambda: self.nvml.nvmlDeviceGetPcieReplayCounter(h),
         )
-        util = self._call(index, gpu, "utilization", lambda: pynvml.nvmlDeviceGetUtilizationRates(h))
+        util = self._call(index, gpu, "utilization", lambda: self.nvml.nvmlDeviceGetUtilizationRates(h))
         if util is not None:
             fam.add("DCGM_FI_DEV_GPU_UTIL", util.gpu, lab)
             fam.add("DCGM_FI_DEV_MEM_COPY_UTIL", util.memory, lab)
-        put("DCGM_FI_DEV_ENC_UTIL", "encoder", lambda: pynvml.nvmlDeviceGetEncoderUtilization(h)[0])
-        put("DCGM_FI_DEV_DEC_UTIL", "decoder", lambda: pynvml.nvmlDeviceGetDecoderUtilization(h)[0])
+        put("DCGM_FI_DEV_ENC_UTIL", "encoder", lambda: self.nvml.nvmlDeviceGetEncoderUtilization(h)[0])
+        put("DCGM_FI_DEV_DEC_UTIL", "decoder", lambda: self.nvml.nvmlDeviceGetDecoderUtilization(h)[0])
         mem = self._call(
-            index, gpu, "memory", lambda: pynvml.nvmlDeviceGetMemoryInfo(h, pynvml.nvmlMemory_v2)
+            index, gpu, "memory", lambda: self.nvml.nvmlDeviceGetMemoryInfo(h, pynvml.nvmlMemory_v2)
         )
         if mem is not None:
             fam.add("DCGM_FI_DEV_FB_FREE", mem.free // MIB, lab)
             fam.add("DCGM_FI_DEV_FB_USED", mem.used // MIB, lab)
             fam.add("DCGM_FI_DEV_FB_RESERVED", getattr(mem, "reserved", 0) // MIB, lab)
-        reasons = self._call(index, gpu, "clocks_event_reasons", lambda: _clock_reasons(h))
+        reasons = self._call(index, gpu, "clocks_event_reasons", lambda: _clock_reasons(self.nvml, h))
         if reasons is not None:
             fam.add("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", reasons, lab)
             for bit, reason in CLOCK_EVENT_REASONS.items():
@@ -432,15 +453,15 @@ class GpuCollector(Collector):
                     "fmdiag_gpu_clocks_event_active", 1 if reasons & bit else 0, {**lab, "reason": reason}
                 )
         for metric, err_type, counter_type in _ECC:
-            put(metric, metric, partial(pynvml.nvmlDeviceGetTotalEccErrors, h, err_type, counter_type))
-        rows = self._call(index, gpu, "remapped_rows", lambda: pynvml.nvmlDeviceGetRemappedRows(h))
+            put(metric, metric, partial(self.nvml.nvmlDeviceGetTotalEccErrors, h, err_type, counter_type))
+        rows = self._call(index, gpu, "remapped_rows", lambda: self.nvml.nvmlDeviceGetRemappedRows(h))
         if rows is not None:
             fam.add("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", rows[0], lab)
             fam.add("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", rows[1], lab)
             fam.add("DCGM_FI_DEV_ROW_REMAP_FAILURE", 1 if rows[3] else 0, lab)
         for metric, policy in _VIOLATIONS:
-            put(metric, metric, partial(_violation_us, h, policy))
-        procs = self._call(index, gpu, "processes", lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+            put(metric, metric, partial(_violation_us, self.nvml, h, policy))
+        procs = self._call(index, gpu, "processes", lambda: self.nvml.nvmlDeviceGetComputeRunningProcesses(h))
         used_by_pid: dict[int, int] = {}
         for proc in procs or ():
             processes.setdefault(int(proc.pid), set()).add(str(index))
@@ -458,20 +479,20 @@ class GpuCollector(Collector):
     def _gpm(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> None:
         """Profiling ratios between this scrape's GPM sample and the previous scrape's."""
         if gpu.gpm_supported is None:
-            support = self._call(index, gpu, "gpm_support", lambda: pynvml.nvmlGpmQueryDeviceSupport(h))
+            support = self._call(index, gpu, "gpm_support", lambda: self.nvml.nvmlGpmQueryDeviceSupport(h))
             gpu.gpm_supported = bool(support is not None and support.isSupportedDevice)
         if not gpu.gpm_supported:
             return
-        sample = self._call(index, gpu, "gpm_sample", pynvml.nvmlGpmSampleAlloc)
+        sample = self._call(index, gpu, "gpm_sample", self.nvml.nvmlGpmSampleAlloc)
         if sample is None:
             return
         try:
-            taken = self._call(index, gpu, "gpm_sample", lambda: pynvml.nvmlGpmSampleGet(h, sample))
+            taken = self._call(index, gpu, "gpm_sample", lambda: self.nvml.nvmlGpmSampleGet(h, sample))
         except GpuLostError:
-            self._try(lambda: pynvml.nvmlGpmSampleFree(sample), None)
+            self._try(lambda: self.nvml.nvmlGpmSampleFree(sample), None)
             raise
         if taken is None:
-            self._try(lambda: pynvml.nvmlGpmSampleFree(sample), None)
+            self._try(lambda: self.nvml.nvmlGpmSampleFree(sample), None)
             return
         previous, gpu.gpm_sample = gpu.gpm_sample, sample
         if previous is None:
@@ -483,7 +504,7 @@ class GpuCollector(Collector):
             request.sample1, request.sample2 = previous, sample
             for i, (metric_id, _, _) in enumerate(_GPM_METRICS):
                 request.metrics[i].metricId = metric_id
-            result = self._call(index, gpu, "gpm_metrics", lambda: pynvml.nvmlGpmMetricsGet(request))
+            result = self._call(index, gpu, "gpm_metrics", lambda: self.nvml.nvmlGpmMetricsGet(request))
             if result is None:
                 return
             for i, (_, metric, scale) in enumerate(_GPM_METRICS):
@@ -491,12 +512,12 @@ class GpuCollector(Collector):
                 if entry.nvmlReturn == pynvml.NVML_SUCCESS:
                     fam.add(metric, entry.value * scale, gpu.labels)
         finally:
-            self._try(lambda: pynvml.nvmlGpmSampleFree(previous), None)
+            self._try(lambda: self.nvml.nvmlGpmSampleFree(previous), None)
 
     def _emit_xids(self, fam: Families, handles: dict[int, Any]) -> None:
         if self.events and self._xid is None and handles and not self._closed:
             try:
-                self._xid = XidListener(handles, self.xid_window_s)
+                self._xid = XidListener(self.nvml, handles, self.xid_window_s)
                 self._xid.start()
             except pynvml.NVMLError as exc:
                 self._count_error("", "nvmlEventSetCreate", exc)
@@ -532,7 +553,8 @@ class GpuCollector(Collector):
     _CLOSE_WAIT_S = 5.0
 
     def close(self) -> None:
-        host.set_gpu_process_provider(None)
+        if self.ctx.gpu_processes.provider == self.gpu_processes:
+            self.ctx.gpu_processes.provider = None
         self._closed = True  # a scrape still running starts no XID listener, later ones nothing
         # Freeing GPM samples or shutting NVML down under a running scrape is a use-after-free
         # in the library; a scrape stuck in NVML for good must not hang shutdown either.
@@ -551,22 +573,19 @@ class GpuCollector(Collector):
             self._xid = None
         for gpu in self._gpus.values():
             if gpu.gpm_sample is not None:
-                self._try(lambda s=gpu.gpm_sample: pynvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
+                self._try(lambda s=gpu.gpm_sample: self.nvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
                 gpu.gpm_sample = None
         if self._initialised:
-            self._try(pynvml.nvmlShutdown, None)
+            self._try(self.nvml.nvmlShutdown, None)
             self._initialised = False
-        if self._fake is not None:
-            self._fake.uninstall()
-            self._fake = None
 
 
 def _lost_labels(labels: dict[str, str]) -> dict[str, str]:
     return {k: labels[k] for k in ("gpu", "UUID", "pci_bus_id", "Hostname")}
 
 
-def _field(handle: Any, field_id: int) -> float:
-    value = pynvml.nvmlDeviceGetFieldValues(handle, [field_id])[0]
+def _field(nvml: Any, handle: Any, field_id: int) -> float:
+    value = nvml.nvmlDeviceGetFieldValues(handle, [field_id])[0]
     if value.nvmlReturn != pynvml.NVML_SUCCESS:
         raise pynvml.NVMLError(value.nvmlReturn)
     kind = value.valueType
@@ -579,14 +598,14 @@ def _field(handle: Any, field_id: int) -> float:
     return float(value.value.uiVal)
 
 
-def _violation_us(handle: Any, policy: int) -> int:
+def _violation_us(nvml: Any, handle: Any, policy: int) -> int:
     """Throttle time under ``policy``: NVML counts nanoseconds, DCGM reports microseconds."""
-    return int(pynvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime) // 1000
+    return int(nvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime) // 1000
 
 
-def _clock_reasons(handle: Any) -> int:
+def _clock_reasons(nvml: Any, handle: Any) -> int:
     """The current bitmask, under its newer name when the driver's pynvml has it."""
-    getter = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+    getter = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
     if getter is None:
-        getter = pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        getter = nvml.nvmlDeviceGetCurrentClocksThrottleReasons
     return int(getter(handle))

@@ -4,8 +4,8 @@ Only what node_exporter does not already give in a usable shape: CPU time summed
 CPUs (8 series instead of 8 per CPU on a 192-CPU node) and per-process figures for the
 processes that train. Memory, disks and per-CPU times stay node_exporter's.
 
-Training processes are the GPU users when a GPU-process provider is registered
-(:func:`set_gpu_process_provider`; the GPU collector registers one from NVML), plus the
+Training processes are the GPU users when the GPU collector runs (it provides them from NVML
+through ``CollectorContext.gpu_processes``), plus the
 processes whose command line matches ``--collector.host.process-pattern``: data-loader
 workers hold no GPU context yet are the first suspects of a host-bound step. An empty
 pattern keeps only the GPU users. At most ``max-processes`` are exported, GPU users first;
@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import psutil
 from prometheus_client.core import Metric
 
 from fmdiag.exporters.collector import Collector, CollectorContext, register
 from fmdiag.exporters.families import Families
+from fmdiag.exporters.options import integer, regex
 
 DEFAULT_PROCESS_PATTERN = r"python.*(train|torchrun|deepspeed|megatron)"
 DEFAULT_MAX_PROCESSES = 64
@@ -45,16 +44,6 @@ USER_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 #: Serialises every use of psutil in the exporter process (see the module docstring).
 PSUTIL_LOCK = threading.Lock()
-
-#: pid -> GPU label value ("0", or "0,3" for a process on several GPUs).
-GpuProcessProvider = Callable[[], Mapping[int, str]]
-_gpu_provider: GpuProcessProvider | None = None
-
-
-def set_gpu_process_provider(provider: GpuProcessProvider | None) -> None:
-    """Register (or clear, with None) the source of GPU-using PIDs, host PID namespace."""
-    global _gpu_provider
-    _gpu_provider = provider
 
 
 @contextmanager
@@ -151,41 +140,34 @@ class ProcessSample:
     write_bytes: int | None
 
 
+PROCESS_PATTERN = regex(
+    "process-pattern",
+    DEFAULT_PROCESS_PATTERN,
+    "Regular expression searched in a process's command line to call it a training process "
+    "(besides GPU users); empty for GPU users only.",
+)
+MAX_PROCESSES = integer(
+    "max-processes", DEFAULT_MAX_PROCESSES, "Most training processes exported, GPU users first.", minimum=0
+)
+
+
 @register
 class HostCollector(Collector):
     """CPU time by mode, PSI, and CPU/memory/IO of the training processes (psutil)."""
 
     name = "host"
-    option_help: ClassVar[dict[str, str]] = {
-        "process-pattern": (
-            "Regular expression searched in a process's command line to call it a training process "
-            f"(besides GPU users); empty for GPU users only [default: {DEFAULT_PROCESS_PATTERN}]."
-        ),
-        "max-processes": (
-            f"Most training processes exported, GPU users first [default: {DEFAULT_MAX_PROCESSES}]."
-        ),
-    }
+    options = (PROCESS_PATTERN, MAX_PROCESSES)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
-        pattern = ctx.options.get("process-pattern", DEFAULT_PROCESS_PATTERN)
-        try:
-            self.pattern = re.compile(pattern) if pattern else None
-        except re.error as exc:
-            raise ValueError(f"--collector.host.process-pattern {pattern!r}: {exc}") from None
-        raw_max = ctx.options.get("max-processes", str(DEFAULT_MAX_PROCESSES))
-        try:
-            self.max_processes = int(raw_max)
-        except ValueError:
-            raise ValueError(f"--collector.host.max-processes: {raw_max!r} is not an integer") from None
-        if self.max_processes < 0:
-            raise ValueError(f"--collector.host.max-processes: must be >= 0, got {self.max_processes}")
+        self.pattern = self.option(PROCESS_PATTERN)
+        self.max_processes = self.option(MAX_PROCESSES)
         self.procfs = ctx.paths.procfs
         #: (pid, start ticks) whose unreadable /proc/<pid>/io was already reported.
         self._io_denied: set[tuple[int, float]] = set()
 
     def collect(self) -> Iterable[Metric]:
-        fam = Families()
+        fam = self.families()
         self._cpu(fam)
         self._pressure(fam)
         self._processes(fam)
@@ -238,7 +220,7 @@ class HostCollector(Collector):
     # --- processes ------------------------------------------------------------------------
 
     def _gpu_users(self) -> dict[int, str]:
-        provider = _gpu_provider
+        provider = self.ctx.gpu_processes.provider
         if provider is None:
             return {}
         try:

@@ -27,7 +27,6 @@ import stat
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from prometheus_client.core import Metric
 
@@ -44,6 +43,7 @@ from fmdiag.exporters.lustre_formats import (
     parse_rpc_stats,
     parse_stats,
 )
+from fmdiag.exporters.options import choice, duration, optional_text
 
 SOURCES = ("auto", "proc", "debugfs", "lctl")
 KINDS = ("llite", "osc", "mdc")
@@ -108,42 +108,43 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+SOURCE = choice(
+    "source",
+    SOURCES,
+    "auto",
+    "Where to read Lustre client stats: auto (the /proc layout of <= 2.10, else 2.12+ debugfs, "
+    "chosen per scrape), proc, debugfs, or lctl (run lctl get_param).",
+)
+LCTL_PATH = optional_text(
+    "lctl-path",
+    "lctl executable for source=lctl.",
+    metavar="PATH",
+    default_text="lctl on PATH, else /usr/sbin/lctl",
+)
+LCTL_TIMEOUT = duration(
+    "lctl-timeout",
+    DEFAULT_LCTL_TIMEOUT_S,
+    "How long a hanging lctl may run before it is killed; keep it below the scrape deadline.",
+    at_most=600,
+)
+
+
 @register
 class LustreCollector(Collector):
+    """Lustre client stats per filesystem, OST and MDT: /proc (<= 2.10), debugfs (2.12+) or lctl."""
+
     name = "lustre"
-    option_help: ClassVar[dict[str, str]] = {
-        "source": "where to read Lustre client stats: auto (the /proc layout of <= 2.10, else "
-        "2.12+ debugfs, chosen per scrape), proc, debugfs, or lctl (run lctl get_param)",
-        "lctl-path": "lctl executable for source=lctl (default: lctl on PATH, else /usr/sbin/lctl)",
-        "lctl-timeout": f"seconds before a hanging lctl is killed (default {DEFAULT_LCTL_TIMEOUT_S:g}; "
-        "keep it below the scrape deadline)",
-    }
+    options = (SOURCE, LCTL_PATH, LCTL_TIMEOUT)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
-        unknown = sorted(set(ctx.options) - set(self.option_help))
-        if unknown:
-            raise ValueError(
-                f"--collector.lustre: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(self.option_help))}"
-            )
-        self.source = ctx.options.get("source", "auto")
-        if self.source not in SOURCES:
-            raise ValueError(
-                f"--collector.lustre.source={self.source!r}: expected one of {', '.join(SOURCES)}"
-            )
-        raw_timeout = ctx.options.get("lctl-timeout", str(DEFAULT_LCTL_TIMEOUT_S))
-        try:
-            self.lctl_timeout_s = float(raw_timeout)
-        except ValueError:
-            self.lctl_timeout_s = -1.0
-        if not 0 < self.lctl_timeout_s <= 600:
-            raise ValueError(f"--collector.lustre.lctl-timeout={raw_timeout!r}: expected seconds in (0, 600]")
-        self.lctl_path = ctx.options.get("lctl-path") or shutil.which("lctl") or "/usr/sbin/lctl"
+        self.source = self.option(SOURCE)
+        self.lctl_timeout_s = self.option(LCTL_TIMEOUT)
+        self.lctl_path = self.option(LCTL_PATH) or shutil.which("lctl") or "/usr/sbin/lctl"
 
     # -- the scrape ---------------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
-        fams = Families()
+        fams = self.families()
         try:
             targets = self._targets_from_lctl() if self.source == "lctl" else self._targets_from_files()
         except Exception as exc:  # a bug must cost this scrape's Lustre metrics, not the scrape

@@ -16,22 +16,20 @@ slot for a new job.
 from __future__ import annotations
 
 import bisect
-import re
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from prometheus_client.core import Metric
 
-from fmdiag import steptrace
-from fmdiag.catalog import STEP_DURATION_BUCKETS, STEP_PHASES
+from fmdiag import steprecord
+from fmdiag.catalog import STEP_DURATION_BUCKETS
 from fmdiag.exporters.collector import Collector, CollectorContext, register
-from fmdiag.exporters.families import Families
+from fmdiag.exporters.options import duration, integer, optional_text
 from fmdiag.exporters.spool_tail import Chunk, FileKey, SpoolTail
-from fmdiag.steprecord import MAX_LINE_BYTES, StepRecord, StepRecordError, parse_line
+from fmdiag.steprecord import MAX_LINE_BYTES, PHASES, StepRecord, StepRecordError, parse_line
 
 DEFAULT_MAX_RANKS = 64
 DEFAULT_STALE_AFTER_S = 3600.0
@@ -40,33 +38,6 @@ DEFAULT_MAX_READ_BYTES = 256 * 1024
 
 #: Bad lines per file and scrape reported under their own file:line (the rest under the file).
 _LOGGED_LINES = 5
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a Prometheus-style duration (``90s``, ``1h``, ``1h30m``) or a bare number."""
-    s = text.strip()
-    try:
-        value = float(s)
-    except ValueError:
-        parts = _DURATION.findall(s)
-        if not parts or "".join(n + u for n, u in parts) != s:
-            raise ValueError(f"{text!r} is not a duration (e.g. 30m, 1h, 90s)") from None
-        value = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{text!r}: a duration must be positive")
-    return value
-
-
-def _positive_int(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--collector.steps.{name}: {text!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"--collector.steps.{name}: must be at least 1, got {value}")
-    return value
 
 
 @dataclass
@@ -132,44 +103,48 @@ class RankSeries:
         return self.dropped_retired + sum(b + last for b, last in self.dropped_by_file.values())
 
 
+SPOOL_DIR = optional_text(
+    "spool-dir",
+    "Directory the training jobs' steptrace writes to.",
+    metavar="DIR",
+    default_text=f"${steprecord.ENV_SPOOL_DIR} or {steprecord.DEFAULT_SPOOL_DIR}",
+)
+MAX_RANKS = integer(
+    "max-ranks",
+    DEFAULT_MAX_RANKS,
+    "Most (job, rank) pairs exported per node; records of more are counted as dropped.",
+    minimum=1,
+)
+STALE_AFTER = duration(
+    "stale-after", DEFAULT_STALE_AFTER_S, "Forget a (job, rank) whose newest step ended longer ago than this."
+)
+MAX_FILES = integer("max-files", DEFAULT_MAX_FILES, "Most step files followed.", minimum=1)
+MAX_READ_BYTES = integer(
+    "max-read-bytes",
+    DEFAULT_MAX_READ_BYTES,
+    "Most bytes read per file per scrape; a longer backlog is read over several scrapes, and a file "
+    "already longer than this when the exporter starts is joined at its tail.",
+    minimum=1,
+)
+
+
 @register
 class StepsCollector(Collector):
     """Step durations, phases and throughput per (job, rank) from the steptrace spool."""
 
     name = "steps"
-    option_help: ClassVar[dict[str, str]] = {
-        "spool-dir": (
-            f"Directory the training jobs' steptrace writes to [default: ${steptrace.ENV_SPOOL_DIR} "
-            f"or {steptrace.DEFAULT_SPOOL_DIR}]."
-        ),
-        "max-ranks": (
-            "Most (job, rank) pairs exported per node; records of more are counted as dropped "
-            f"[default: {DEFAULT_MAX_RANKS}]."
-        ),
-        "stale-after": "Forget a (job, rank) whose newest step ended longer ago than this [default: 1h].",
-        "max-files": f"Most step files followed [default: {DEFAULT_MAX_FILES}].",
-        "max-read-bytes": (
-            "Most bytes read per file per scrape; a longer backlog is read over several scrapes, and a "
-            "file already longer than this when the exporter starts is joined at its tail "
-            f"[default: {DEFAULT_MAX_READ_BYTES}]."
-        ),
-    }
+    options = (SPOOL_DIR, MAX_RANKS, STALE_AFTER, MAX_FILES, MAX_READ_BYTES)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
-        opts = ctx.options
-        self.spool_dir = Path(opts["spool-dir"]) if opts.get("spool-dir") else steptrace.spool_dir()
-        self.max_ranks = _positive_int("max-ranks", opts.get("max-ranks", str(DEFAULT_MAX_RANKS)))
-        try:
-            self.stale_after_s = parse_duration(opts.get("stale-after", str(DEFAULT_STALE_AFTER_S)))
-        except ValueError as exc:
-            raise ValueError(f"--collector.steps.stale-after: {exc}") from None
+        spool = self.option(SPOOL_DIR)
+        self.spool_dir = Path(spool) if spool else steprecord.spool_dir()
+        self.max_ranks = self.option(MAX_RANKS)
+        self.stale_after_s = self.option(STALE_AFTER)
         self.tail = SpoolTail(
             self.spool_dir,
-            max_files=_positive_int("max-files", opts.get("max-files", str(DEFAULT_MAX_FILES))),
-            read_budget=_positive_int(
-                "max-read-bytes", opts.get("max-read-bytes", str(DEFAULT_MAX_READ_BYTES))
-            ),
+            max_files=self.option(MAX_FILES),
+            read_budget=self.option(MAX_READ_BYTES),
             max_line=MAX_LINE_BYTES,
         )
         self.series: dict[tuple[str, int], RankSeries] = {}
@@ -240,7 +215,7 @@ class StepsCollector(Collector):
             pairs.add(pair)
 
     def _families(self) -> Iterable[Metric]:
-        fam = Families()
+        fam = self.families()
         for series in sorted(self.series.values(), key=lambda s: (s.job, s.rank)):
             labels = {"job": series.job, "rank": str(series.rank)}
             cumulative, running = [], 0
@@ -253,7 +228,7 @@ class StepsCollector(Collector):
             fam.add("fmdiag_step_last", series.last_step, labels)
             fam.add("fmdiag_step_last_duration_seconds", series.last_duration_s, labels)
             fam.add("fmdiag_step_last_end_timestamp_seconds", series.last_end_ns / 1e9, labels)
-            for phase in STEP_PHASES:
+            for phase in PHASES:
                 if phase in series.phases:
                     fam.add(
                         "fmdiag_step_phase_seconds_total", series.phases[phase], {**labels, "phase": phase}

@@ -16,9 +16,9 @@ import requests
 import yaml
 from support import exporter_proc
 
-from fmdiag import __version__, steptrace
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import HostState, NodeState, ProcessState
+from fmdiag import __version__, steprecord, steptrace
+from fmdiag.simulate.nodes.readings import HostState, NodeState, ProcessState
+from fmdiag.simulate.nodes.render import render_node
 
 from .conftest import (
     FIXTURES,
@@ -189,7 +189,7 @@ def test_container_args_are_flags_the_exporter_accepts(objs: dict[str, dict[str,
     params = parse_with_real_cli(args)
     assert params["path_sysfs"] == "/host/sys" and params["path_procfs"] == "/host/proc"
     assert params["opt__steps__spool_dir"] == "/host/var/tmp/fmdiag/steps"
-    assert params["opt__steps__spool_dir"].endswith(steptrace.DEFAULT_SPOOL_DIR)
+    assert params["opt__steps__spool_dir"].endswith(steprecord.DEFAULT_SPOOL_DIR)
     # The Service's and probes' port is the one the exporter listens on.
     assert params["listen_address"] == ":9847"
     with pytest.raises(click.UsageError, match="No such option"):
@@ -218,7 +218,7 @@ def _host_root(tmp: Path) -> Path:
         host=HostState(cpu_seconds={"user": 100.0, "idle": 900.0}, ncpus=8, processes=[proc]),
     )
     render_node(state, root)
-    spool = root / steptrace.DEFAULT_SPOOL_DIR.lstrip("/")
+    spool = root / steprecord.DEFAULT_SPOOL_DIR.lstrip("/")
     with steptrace.StepTracer(spool, job="ds-test", rank=3, node="node-1") as tracer:
         for _ in range(4):
             with tracer.step(tokens=1):

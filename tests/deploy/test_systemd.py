@@ -17,7 +17,7 @@ import pytest
 import requests
 from support import exporter_proc
 
-from fmdiag import steptrace
+from fmdiag import steprecord, steptrace
 
 from .conftest import SYSTEMD, parse_with_real_cli
 
@@ -113,9 +113,9 @@ def test_unit_reads_the_env_file_and_binds_the_spool() -> None:
     unit = (SYSTEMD / UNIT).read_text()
     assert "EnvironmentFile=-/etc/default/fmdiag-exporter" in unit
     assert re.search(r"^ExecStart=/usr/local/bin/fmdiag exporter \$FMDIAG_EXPORTER_ARGS$", unit, re.M)
-    assert f"BindReadOnlyPaths=-{steptrace.DEFAULT_SPOOL_DIR}" in unit
+    assert f"BindReadOnlyPaths=-{steprecord.DEFAULT_SPOOL_DIR}" in unit
     params = parse_with_real_cli(_env_args())
-    assert params["opt__steps__spool_dir"] == steptrace.DEFAULT_SPOOL_DIR
+    assert params["opt__steps__spool_dir"] == steprecord.DEFAULT_SPOOL_DIR
 
 
 def test_env_file_flags_start_a_working_exporter(tmp_path: Path) -> None:
@@ -142,6 +142,6 @@ def test_tmpfiles_entry_creates_a_sticky_spool(tmp_path: Path) -> None:
         capture_output=True,
         timeout=60,
     )
-    spool = tmp_path / steptrace.DEFAULT_SPOOL_DIR.lstrip("/")
+    spool = tmp_path / steprecord.DEFAULT_SPOOL_DIR.lstrip("/")
     mode = spool.stat().st_mode
     assert stat.S_ISDIR(mode) and stat.S_IMODE(mode) == 0o1777

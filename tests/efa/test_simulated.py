@@ -1,4 +1,4 @@
-"""The EFA collector on trees rendered by the simulator (fmdiag.simulate.nodetree.render_node),
+"""The EFA collector on trees rendered by the simulator (fmdiag.simulate.nodes.render.render_node),
 including a live tree advanced, degraded and unplugged between scrapes."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS
 from fmdiag.exporters.collector import CollectorContext, ErrorReporter, Paths
 from fmdiag.exporters.collectors.efa import EfaCollector
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import EfaDeviceState, NodeState
+from fmdiag.simulate.nodes.readings import EfaDeviceState, NodeState
+from fmdiag.simulate.nodes.render import render_node
 
 SRD = {
     "retrans_bytes",

@@ -116,8 +116,8 @@ def test_every_registered_collector_has_flags() -> None:
     ).stdout
     for name, cls in REGISTRY.items():
         assert f"--collector.{name} / --no-collector.{name}" in out
-        for option in cls.option_help:
-            assert f"--collector.{name}.{option}" in out
+        for option in cls.options:
+            assert f"--collector.{name}.{option.name}" in out
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,10 @@ def test_every_registered_collector_has_flags() -> None:
         (["--scrape.timeout=fast"], "not a duration"),
         (["--web.telemetry-path=/healthz"], "telemetry-path"),
         (["--web.config.file=/nonexistent/web.yml"], "cannot read web config"),
+        (["--collector.steps.stale-after=soon"], "Invalid value for '--collector.steps.stale-after'"),
+        (["--collector.host.max-processes=many"], "'many' is not an integer"),
+        # A disabled collector's flags are checked too: a typo never waits for the day it is enabled.
+        (["--no-collector.lustre", "--collector.lustre.source=nfs"], "expected one of auto, proc"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(args: list[str], message: str) -> None:

@@ -15,8 +15,8 @@ from types import ModuleType
 from typing import Any
 
 from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import EfaDeviceState, LustreFsState, LustreTargetState, NodeState, OpStat
+from fmdiag.simulate.nodes.readings import EfaDeviceState, LustreFsState, LustreTargetState, NodeState, OpStat
+from fmdiag.simulate.nodes.render import render_node
 
 SCRAPERS = 50
 DURATION_S = 10.0

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fmdiag import steptrace
+from fmdiag import steprecord, steptrace
 from fmdiag.steprecord import read_file
 
 
@@ -43,9 +43,9 @@ def test_a_non_integer_rank_variable_is_named() -> None:
 
 
 def test_spool_dir_from_argument_env_or_default() -> None:
-    assert steptrace.spool_dir("/a", env={"FMDIAG_SPOOL_DIR": "/b"}) == Path("/a")
-    assert steptrace.spool_dir(None, env={"FMDIAG_SPOOL_DIR": "/b"}) == Path("/b")
-    assert steptrace.spool_dir(None, env={}) == Path(steptrace.DEFAULT_SPOOL_DIR)
+    assert steprecord.spool_dir("/a", env={"FMDIAG_SPOOL_DIR": "/b"}) == Path("/a")
+    assert steprecord.spool_dir(None, env={"FMDIAG_SPOOL_DIR": "/b"}) == Path("/b")
+    assert steprecord.spool_dir(None, env={}) == Path(steprecord.DEFAULT_SPOOL_DIR)
 
 
 def test_records_phases_and_fields(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_a_step_that_raises_is_not_recorded(tmp_path: Path) -> None:
 
 
 def test_a_crash_fragment_is_ended_so_the_next_record_is_whole(tmp_path: Path) -> None:
-    path = tmp_path / steptrace.file_name("j", 0)
+    path = tmp_path / steprecord.file_name("j", 0)
     path.write_text('{"v":1,"job":"j","ran')  # a previous writer died mid-line
     with steptrace.StepTracer(tmp_path, job="j", rank=0) as tracer, tracer.step(step=1):
         pass
@@ -110,7 +110,7 @@ def test_torch_is_not_imported() -> None:
 
 def test_slow_storage_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
     """A FIFO with no reader blocks the writer thread's open(), like a hung filesystem."""
-    fifo = tmp_path / steptrace.file_name("j", 0)
+    fifo = tmp_path / steprecord.file_name("j", 0)
     os.mkfifo(fifo)
     tracer = steptrace.StepTracer(tmp_path, job="j", rank=0, buffer_size=4, handoff_timeout=0.01)
     t0 = time.monotonic()
@@ -161,7 +161,7 @@ def test_sigkill_mid_run_keeps_every_completed_step(tmp_path: Path) -> None:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    result = read_file(tmp_path / steptrace.file_name("kill", 0))
+    result = read_file(tmp_path / steprecord.file_name("kill", 0))
     steps = [r.step for r in result.records]
     assert not result.errors, "no torn line"
     assert steps == list(range(len(steps))), "in order, none missing"

@@ -9,12 +9,14 @@ from pathlib import Path
 import pynvml
 import pytest
 
+from fmdiag import catalog
+from fmdiag.exporters import gpu_state_file
 from fmdiag.exporters.collector import CollectorContext
 from fmdiag.exporters.collectors import gpu as gpu_collector
-from fmdiag.exporters.collectors import host
 from fmdiag.exporters.collectors.gpu import GpuCollector
-from fmdiag.simulate import fake_nvml, gpustate
-from fmdiag.simulate.state import GpuProcess, GpuState
+from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
+from fmdiag.exporters.nvml_stand_in import FakeNvml
+from fmdiag.exporters.options import OptionError
 
 MIB = 1 << 20
 
@@ -61,7 +63,7 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
 @pytest.fixture
 def state_file(tmp_path: Path) -> Path:
     path = tmp_path / "nvml" / "state.json"
-    gpustate.write(path, make_gpus(), time_s=time.time(), hostname="p5-001")
+    gpu_state_file.write(path, make_gpus(), time_s=time.time(), hostname="p5-001")
     return path
 
 
@@ -112,7 +114,7 @@ def test_a_lost_gpu_is_reported_and_the_others_still_served(
     samples(collector)  # learn identities while healthy
     gpus = make_gpus()
     gpus[3].lost = True
-    gpustate.write(state_file, gpus, time_s=time.time(), hostname="p5-001")
+    gpu_state_file.write(state_file, gpus, time_s=time.time(), hostname="p5-001")
     time.sleep(0.05)
     found = samples(collector)
     assert value(found, "fmdiag_gpu_lost", gpu="3") == 1
@@ -125,13 +127,13 @@ def test_a_lost_gpu_is_reported_and_the_others_still_served(
 
 
 def test_unsupported_calls_are_tried_once_then_skipped(state_file: Path) -> None:
-    with fake_nvml.install(state_file, not_supported=["nvmlDeviceGetTotalEccErrors"]):
-        c = GpuCollector(CollectorContext(hostname="h"))
-        try:
-            for _ in range(3):
-                found = samples(c)
-        finally:
-            c.close()
+    fake = FakeNvml(state_file, not_supported=["nvmlDeviceGetTotalEccErrors"])
+    c = GpuCollector(CollectorContext(hostname="h", nvml=fake))
+    try:
+        for _ in range(3):
+            found = samples(c)
+    finally:
+        c.close()
     assert not [n for (n, _) in found if n.startswith("DCGM_FI_DEV_ECC")]
     assert value(found, "DCGM_FI_DEV_GPU_UTIL", gpu="0") == 97
     # one failing try per GPU per ECC field, never repeated on later scrapes
@@ -139,12 +141,11 @@ def test_unsupported_calls_are_tried_once_then_skipped(state_file: Path) -> None
 
 
 def test_without_a_driver_the_node_reports_zero_gpus(state_file: Path) -> None:
-    with fake_nvml.install(state_file, library_missing=True):
-        c = GpuCollector(CollectorContext(hostname="h"))
-        try:
-            found = samples(c)
-        finally:
-            c.close()
+    c = GpuCollector(CollectorContext(hostname="h", nvml=FakeNvml(state_file, library_missing=True)))
+    try:
+        found = samples(c)
+    finally:
+        c.close()
     assert value(found, "fmdiag_gpu_devices") == 0
     assert value(found, "fmdiag_gpu_nvml_errors_total", call="nvmlInit", error="LibraryNotFound") == 1
 
@@ -153,7 +154,7 @@ def test_xid_events_are_counted_with_their_action(collector: GpuCollector, state
     samples(collector)  # starts the listener
     gpus = make_gpus()
     gpus[1].xid_events = [79]
-    gpustate.write(state_file, gpus, time_s=time.time() + 1, hostname="p5-001")
+    gpu_state_file.write(state_file, gpus, time_s=time.time() + 1, hostname="p5-001")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         found = samples(collector)
@@ -168,13 +169,16 @@ def test_xid_events_are_counted_with_their_action(collector: GpuCollector, state
 def test_gpu_processes_feed_the_host_collector(collector: GpuCollector) -> None:
     samples(collector)
     assert collector.gpu_processes() == {4000: "0", 4001: "1", 4002: "2", 4003: "3"}
-    assert host._gpu_provider is not None and host._gpu_provider() == collector.gpu_processes()
+    provider = collector.ctx.gpu_processes.provider  # what the host collector's context shares
+    assert provider is not None and provider() == collector.gpu_processes()
+    collector.close()
+    assert collector.ctx.gpu_processes.provider is None
 
 
 def test_xid_actions_follow_the_catalogue() -> None:
-    assert gpu_collector.XID_ACTIONS[48] == "workflow"
-    assert gpu_collector.XID_ACTIONS[13] == "restart_app"
-    assert gpu_collector.XID_ACTIONS[95] == "reset_gpu"
+    assert catalog.XID_ACTIONS[48] == "workflow"
+    assert catalog.XID_ACTIONS[13] == "restart_app"
+    assert catalog.XID_ACTIONS[95] == "reset_gpu"
 
 
 def test_pci_switch_is_the_bridge_above_the_upstream_port(tmp_path: Path) -> None:
@@ -197,30 +201,86 @@ def test_pci_switch_is_the_bridge_above_the_upstream_port(tmp_path: Path) -> Non
 
 def test_scrapes_do_not_accumulate_nvml_buffers(state_file: Path) -> None:
     """GPM samples are allocated and freed every scrape; neither side may keep them."""
-    with fake_nvml.install(state_file) as fake:
-        c = GpuCollector(CollectorContext(hostname="h"))
-        try:
+    fake = FakeNvml(state_file)
+    c = GpuCollector(CollectorContext(hostname="h", nvml=fake))
+    try:
+        samples(c)
+        after_first = len(fake._buffers)
+        for _ in range(50):
             samples(c)
-            after_first = len(fake._buffers)
-            for _ in range(50):
-                samples(c)
-            assert len(fake._buffers) <= after_first + 4
-        finally:
-            c.close()
+        assert len(fake._buffers) <= after_first + 4
+    finally:
+        c.close()
 
 
 def test_a_failing_device_count_reads_as_zero_gpus(state_file: Path) -> None:
     def unknown_error() -> int:
         raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
 
-    with fake_nvml.install(state_file):
-        served = pynvml.nvmlDeviceGetCount
-        pynvml.nvmlDeviceGetCount = unknown_error
-        c = GpuCollector(CollectorContext(hostname="h"))
-        try:
-            found = samples(c)
-        finally:
-            c.close()
-            pynvml.nvmlDeviceGetCount = served
+    fake = FakeNvml(state_file)
+    fake.nvmlDeviceGetCount = unknown_error  # type: ignore[method-assign]
+    c = GpuCollector(CollectorContext(hostname="h", nvml=fake))
+    try:
+        found = samples(c)
+    finally:
+        c.close()
     assert value(found, "fmdiag_gpu_devices") == 0
     assert value(found, "fmdiag_gpu_nvml_errors_total", call="nvmlDeviceGetCount", error="Unknown") == 1
+
+
+def test_simulating_gpus_leaves_pynvml_alone(state_file: Path) -> None:
+    """The stand-in is handed to the collector; the pynvml module keeps the driver's functions."""
+    real = {name: fn for name, fn in vars(pynvml).items() if name.startswith("nvml") and callable(fn)}
+    c = GpuCollector(CollectorContext(options={"simulated-state": str(state_file)}, hostname="h"))
+    try:
+        found = samples(c)
+        assert value(found, "fmdiag_gpu_devices") == 4
+        assert isinstance(c.nvml, FakeNvml)
+        changed = [n for n, fn in real.items() if getattr(pynvml, n) is not fn]
+        assert not changed, changed
+    finally:
+        c.close()
+
+
+def test_the_context_provides_nvml(state_file: Path) -> None:
+    """Without --collector.gpu.simulated-state the collector uses what the context hands it."""
+    fake = FakeNvml(state_file)
+    c = GpuCollector(CollectorContext(hostname="h", nvml=fake, options={"events": "off"}))
+    try:
+        assert c.nvml is fake
+        assert value(samples(c), "fmdiag_gpu_devices") == 4
+    finally:
+        c.close()
+    assert GpuCollector(CollectorContext(hostname="h")).nvml is pynvml
+
+
+def test_options_are_parsed_by_their_declarations(state_file: Path) -> None:
+    c = GpuCollector(
+        CollectorContext(options={"simulated-state": str(state_file), "xid-window": "1m30s", "events": "off"})
+    )
+    try:
+        assert (c.xid_window_s, c.events) == (90.0, False)
+    finally:
+        c.close()
+    with pytest.raises(OptionError, match=r"--collector\.gpu\.xid-window='soon': 'soon' is not a duration"):
+        GpuCollector(CollectorContext(options={"xid-window": "soon"}))
+    with pytest.raises(OptionError, match=r"--collector\.gpu\.events='maybe': expected on or off"):
+        GpuCollector(CollectorContext(options={"events": "maybe"}))
+    with pytest.raises(OptionError, match=r"--collector\.gpu: unknown option\(s\) xid_window; known: ev"):
+        GpuCollector(CollectorContext(options={"xid_window": "60"}))
+
+
+def test_a_garbled_state_file_is_refused_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "state.json"
+    bad.write_text('{"format": "fmdiag-gpu-state", "version": 1, "time_s": 1.0, "gpus": [{"index": "0"}]}')
+    with pytest.raises(OptionError, match=r"--collector\.gpu\.simulated-state=.*gpus\[0\]"):
+        GpuCollector(CollectorContext(options={"simulated-state": str(bad)}))
+    # A file not written yet is a node whose driver is not loaded, not an error.
+    later = tmp_path / "later.json"
+    c = GpuCollector(CollectorContext(hostname="h", options={"simulated-state": str(later)}))
+    try:
+        found = samples(c)
+    finally:
+        c.close()
+    assert value(found, "fmdiag_gpu_devices") == 0
+    assert value(found, "fmdiag_gpu_nvml_errors_total", call="nvmlInit", error="DriverNotLoaded") == 1

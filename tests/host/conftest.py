@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fmdiag.exporters.collector import CollectorContext, ErrorReporter, Paths
+from fmdiag.exporters.collector import CollectorContext, ErrorReporter, GpuProcessProvider, Paths
 from fmdiag.exporters.collectors import host
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "host"
@@ -16,8 +15,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "host"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def make(procfs: Path, **options: str) -> host.HostCollector:
+def make(procfs: Path, gpu_users: GpuProcessProvider | None = None, **options: str) -> host.HostCollector:
+    """A host collector on ``procfs``; ``gpu_users`` stands for the GPU collector's process list."""
     ctx = CollectorContext(paths=Paths(procfs=procfs), options=dict(options), errors=ErrorReporter())
+    ctx.gpu_processes.provider = gpu_users
     return host.HostCollector(ctx)
 
 
@@ -50,10 +51,3 @@ def proc_tree(tmp_path: Path) -> Path:
     dest = tmp_path / "proc"
     shutil.copytree(FIXTURES / "proc", dest)
     return dest
-
-
-@pytest.fixture(autouse=True)
-def _no_gpu_provider() -> Iterator[None]:
-    host.set_gpu_process_provider(None)
-    yield
-    host.set_gpu_process_provider(None)

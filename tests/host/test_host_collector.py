@@ -95,8 +95,8 @@ def test_process_series_are_bounded_and_the_rest_counted() -> None:
 
 
 def test_gpu_users_come_first_and_carry_their_gpu() -> None:
-    host.set_gpu_process_provider(lambda: {4250: "3", 812: "0,1", 999999: "7"})
-    s = scrape(make(FIXTURES / "proc", **{"max-processes": "3"}))
+    gpu_users = {4250: "3", 812: "0,1", 999999: "7"}
+    s = scrape(make(FIXTURES / "proc", lambda: gpu_users, **{"max-processes": "3"}))
     # GPU users first (999999 has exited: left out without an error), then pattern matches.
     assert pids(s) == {812, 4250, 4200}
     assert one(s, "fmdiag_process_threads", pid="812") == 1
@@ -107,8 +107,7 @@ def test_gpu_users_come_first_and_carry_their_gpu() -> None:
 
 
 def test_gpu_users_only_with_an_empty_pattern() -> None:
-    host.set_gpu_process_provider(lambda: {4242: "0"})
-    s = scrape(make(FIXTURES / "proc", **{"process-pattern": ""}))
+    s = scrape(make(FIXTURES / "proc", lambda: {4242: "0"}, **{"process-pattern": ""}))
     assert pids(s) == {4242}
 
 
@@ -116,8 +115,7 @@ def test_a_failing_gpu_provider_is_reported_and_the_pattern_still_works() -> Non
     def broken() -> dict[int, str]:
         raise RuntimeError("NVML went away")
 
-    host.set_gpu_process_provider(broken)
-    collector = make(FIXTURES / "proc")
+    collector = make(FIXTURES / "proc", broken)
     s = scrape(collector)
     assert pids(s) == {4200, 4242, 4250}
     assert collector.ctx.errors.count("host") == 1
@@ -164,9 +162,8 @@ def test_a_process_with_missing_or_garbled_files_is_left_out_and_reported(proc_t
 
 
 def test_a_process_that_exited_is_skipped_silently(proc_tree: Path) -> None:
-    host.set_gpu_process_provider(lambda: {4242: "0"})
     shutil.rmtree(proc_tree / "4242")
-    collector = make(proc_tree)
+    collector = make(proc_tree, lambda: {4242: "0"})
     s = scrape(collector)
     assert pids(s) == {4200, 4250}
     assert collector.ctx.errors.count("host") == 0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fmdiag.exporters.collectors import host
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import GpuProcess, GpuState, HostState, NodeState, ProcessState
+from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
+from fmdiag.simulate.nodes.readings import HostState, NodeState, ProcessState
+from fmdiag.simulate.nodes.render import render_node
 
 from .conftest import make, one, pick, pids, scrape
 
@@ -112,8 +112,8 @@ def test_gpu_users_from_the_simulated_gpu_state(tmp_path: Path) -> None:
     """What the GPU collector registers: pid -> GPU index from NVML's compute processes."""
     state = node(0.0)
     render_node(state, tmp_path)
-    host.set_gpu_process_provider(lambda: {p.pid: str(g.index) for g in state.gpus for p in g.processes})
-    s = scrape(make(tmp_path / "proc", **{"process-pattern": ""}))
+    gpu_users = {p.pid: str(g.index) for g in state.gpus for p in g.processes}
+    s = scrape(make(tmp_path / "proc", lambda: gpu_users, **{"process-pattern": ""}))
     assert pick(s, "fmdiag_process_threads", pid="5000", gpu="0")
     assert pick(s, "fmdiag_process_threads", pid="5001", gpu="1")
     assert pids(s) == {5000, 5001}

@@ -47,7 +47,7 @@ def node_214(make_node: Callable[..., Node], fixtures: Path) -> Node:
 
 def test_registered_under_its_name() -> None:
     assert REGISTRY["lustre"] is LustreCollector
-    assert set(LustreCollector.option_help) == {"source", "lctl-path", "lctl-timeout"}
+    assert {o.name for o in LustreCollector.options} == {"source", "lctl-path", "lctl-timeout"}
 
 
 # --- Lustre 2.10, /proc ------------------------------------------------------------------------

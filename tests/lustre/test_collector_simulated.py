@@ -1,4 +1,4 @@
-"""The Lustre collector on trees the simulator renders (fmdiag.simulate.nodetree.render_node)
+"""The Lustre collector on trees the simulator renders (fmdiag.simulate.nodes.render.render_node)
 and on its ``lctl get_param`` text: every value checked against the state it was rendered from.
 """
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from fmdiag.exporters.collectors.lustre import LCTL_ARGS
-from fmdiag.simulate.nodetree import lctl_get_param, render_node
-from fmdiag.simulate.state import LustreFsState, LustreTargetState, NodeState, OpStat
+from fmdiag.simulate.nodes.readings import LustreFsState, LustreTargetState, NodeState, OpStat
+from fmdiag.simulate.nodes.render import render_node
+from fmdiag.simulate.nodes.tree_lustre import lctl_get_param
 
 from .conftest import Key, Node
 

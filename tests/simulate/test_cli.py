@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from fmdiag import steprecord
 from fmdiag.cli import cli
-from fmdiag.simulate.scenarios import SCENARIOS
+from fmdiag.simulate.cluster.scenarios import SCENARIOS
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fmdiag import catalog, steprecord
+from fmdiag.simulate.cluster.kineto import KinetoOptions
+from fmdiag.simulate.cluster.model import NS
+from fmdiag.simulate.cluster.scenarios import SCENARIOS
 from fmdiag.simulate.dump import DumpResult, SimOptions, write_dump
-from fmdiag.simulate.kineto import KinetoOptions
-from fmdiag.simulate.model import NS
-from fmdiag.simulate.scenarios import SCENARIOS
 
 DumpOf = Callable[..., tuple[Path, DumpResult]]
 

@@ -9,6 +9,7 @@ dump must hold nothing they would not expose.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,9 @@ import pytest
 
 from fmdiag.exporters.collector import REGISTRY, CollectorContext, Paths
 from fmdiag.exporters.collectors import discover
+from fmdiag.simulate.cluster.model import NS
+from fmdiag.simulate.cluster.signals import Signals
 from fmdiag.simulate.dump import SimOptions, render_trees, write_dump
-from fmdiag.simulate.model import NS
-from fmdiag.simulate.signals import Signals
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 #: What the fake NVML cannot answer (no encoder/decoder calls) or needs XID events for.
@@ -33,10 +34,9 @@ def _scrape(root: Path, host: str) -> dict[str, dict[Key, float]]:
         sysfs=root / "sys", procfs=root / "proc", debugfs=root / "sys" / "kernel" / "debug", rootfs=root
     )
     gpu_opts = {"simulated-state": str(root / "nvml" / "state.json"), "events": "off"}
+    shared = CollectorContext(paths=paths, hostname=host)  # as the CLI: one context, options per collector
     collectors = {
-        name: REGISTRY[name](
-            CollectorContext(paths=paths, hostname=host, options=gpu_opts if name == "gpu" else {})
-        )
+        name: REGISTRY[name](replace(shared, options=gpu_opts if name == "gpu" else {}))
         for name in ("gpu", "efa", "lustre", "host")
     }
     out: dict[str, dict[Key, float]] = {}

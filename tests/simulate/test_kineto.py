@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from fmdiag import steprecord
+from fmdiag.simulate.cluster.kineto import NCCL_NEW, NCCL_OLD, KinetoOptions, parse_ranks
 from fmdiag.simulate.dump import DumpResult, SimOptions, build_model
-from fmdiag.simulate.kineto import NCCL_NEW, NCCL_OLD, KinetoOptions, parse_ranks
 
 DumpOf = Callable[..., tuple[Path, DumpResult]]
 US = 1e-6

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fmdiag import steprecord
+from fmdiag.simulate.cluster.model import NS
 from fmdiag.simulate.dump import SimOptions
 from fmdiag.simulate.live import LiveRun
-from fmdiag.simulate.model import NS
 
 START_NS = 1_760_000_000 * NS
 

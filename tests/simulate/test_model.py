@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fmdiag.simulate.cluster.model import NS, ClusterModel
+from fmdiag.simulate.cluster.scenarios import SCENARIOS, FaultKind
 from fmdiag.simulate.dump import SimOptions, build_model
-from fmdiag.simulate.model import NS, ClusterModel
-from fmdiag.simulate.scenarios import SCENARIOS, FaultKind
 
 EXPECTED_CLASS = {
     "healthy": {"compute"},

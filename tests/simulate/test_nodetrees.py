@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fmdiag.simulate.cluster.instruments import EFA_SRD_COUNTERS
+from fmdiag.simulate.cluster.signals import Signals
 from fmdiag.simulate.dump import DumpResult, SimOptions, render_trees
-from fmdiag.simulate.signals import EFA_SRD_FILES, Signals
 
 DumpOf = Callable[..., tuple[Path, DumpResult]]
 
@@ -55,7 +56,7 @@ def test_trees_hold_the_models_counters(dump_of: DumpOf, version: str, srd: bool
         for dev in m.topo.efa(node):
             files = efa[dev.name]
             assert files["tx_bytes"] == int(snap.efa["tx_bytes"][0, node, dev.index])
-            assert all((name in files) == srd for name in EFA_SRD_FILES)
+            assert all((name in files) == srd for name in EFA_SRD_COUNTERS)
         # Lustre: per-OST read bytes sum to what the node's llite read.
         osc = [stats_file(d / "stats") for d in osc_dirs(root, version)]
         assert len(osc) == m.hw.osts_per_fs

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from fmdiag.simulate.cluster.scenarios import SCENARIOS
 from fmdiag.simulate.samples import REGENERATE_COMMAND, write_samples
-from fmdiag.simulate.scenarios import SCENARIOS
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 MAX_TOTAL_BYTES = 8 * 1024 * 1024

@@ -6,10 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from fmdiag.simulate.state import (
+from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
+from fmdiag.simulate.nodes.readings import (
     EfaDeviceState,
-    GpuProcess,
-    GpuState,
     HostState,
     LustreFsState,
     LustreTargetState,

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS
-from fmdiag.simulate.nodetree import SRD_COUNTERS, efa_speed_width, rate_text, render_node
-from fmdiag.simulate.state import NodeState
+from fmdiag.simulate.cluster.instruments import EFA_SRD_COUNTERS
+from fmdiag.simulate.nodes.readings import NodeState
+from fmdiag.simulate.nodes.render import render_node
+from fmdiag.simulate.nodes.tree_efa import efa_speed_width, rate_text
 
 STATE_RE = re.compile(r"^(\d+): ([A-Za-z_<> ]+)\n\Z")
 RATE_RE = re.compile(r"^(\d+)(\.5)? Gb/sec \((\d+)X (SDR|DDR|QDR|FDR10|FDR|EDR|HDR|NDR|XDR)\)\n\Z")
@@ -76,14 +78,14 @@ def test_efa_devices_read_back_equal_the_state(tmp_path: Path, node: Callable[..
         port = got["port_counters"]
         assert isinstance(port, dict)
         for counter, value in dev.port_counters.items():
-            if counter in SRD_COUNTERS and not dev.srd_counters:
+            if counter in EFA_SRD_COUNTERS and not dev.srd_counters:
                 assert counter not in port
             else:
                 assert port[counter] == value, (dev.name, counter)
         # Every counter the driver has is a file, zero when the state does not mention it.
         expected = set(EFA_PORT_COUNTERS) | set(dev.port_counters)
         if not dev.srd_counters:
-            expected -= set(SRD_COUNTERS)
+            expected -= set(EFA_SRD_COUNTERS)
         assert set(port) == expected
         assert got["device_counters"] == {
             **dict.fromkeys(EFA_DEVICE_COUNTERS, 0),
@@ -96,13 +98,13 @@ def test_srd_counters_exist_only_on_nitro_v4_devices(tmp_path: Path, node: Calla
     render_node(state, tmp_path)
     hw = tmp_path / "sys/class/infiniband/{}/ports/1/hw_counters"
     with_srd, without = state.efa[0].name, state.efa[1].name
-    assert all((Path(str(hw).format(with_srd)) / c).is_file() for c in SRD_COUNTERS)
-    assert not any((Path(str(hw).format(without)) / c).exists() for c in SRD_COUNTERS)
+    assert all((Path(str(hw).format(with_srd)) / c).is_file() for c in EFA_SRD_COUNTERS)
+    assert not any((Path(str(hw).format(without)) / c).exists() for c in EFA_SRD_COUNTERS)
     # The override applies to every device, both ways, on a re-render of the same root.
     render_node(state, tmp_path, efa_srd=False)
-    assert not any((Path(str(hw).format(d.name)) / c).exists() for d in state.efa for c in SRD_COUNTERS)
+    assert not any((Path(str(hw).format(d.name)) / c).exists() for d in state.efa for c in EFA_SRD_COUNTERS)
     render_node(state, tmp_path, efa_srd=True)
-    assert all((Path(str(hw).format(d.name)) / c).is_file() for d in state.efa for c in SRD_COUNTERS)
+    assert all((Path(str(hw).format(d.name)) / c).is_file() for d in state.efa for c in EFA_SRD_COUNTERS)
 
 
 def test_sysfs_layout_matches_real_sysfs(tmp_path: Path, node: Callable[..., NodeState]) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fmdiag.simulate import gpustate
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import NodeState
+from fmdiag.exporters import gpu_state_file
+from fmdiag.simulate.nodes.readings import NodeState
+from fmdiag.simulate.nodes.render import render_node
 
 STATS_LINE = re.compile(
     r"^(snapshot_time|start_time|elapsed_time) +\d+\.\d{9} secs\.nsecs$|^.+ \d+ samples \[\w+\]"
@@ -31,8 +31,8 @@ def check_file(path: Path, text: str) -> str | None:
         return "no final newline"
     if name == "state.json":
         try:
-            gpustate.loads(text, str(path))
-        except gpustate.GpuStateError as exc:
+            gpu_state_file.loads(text, str(path))
+        except gpu_state_file.GpuStateError as exc:
             return str(exc)
         return None
     if "hw_counters" in path.parts or "counters" in path.parts:

@@ -7,14 +7,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmdiag.simulate.nodetree import (
-    RpcHistory,
-    advance_rpc_history,
-    format_osc_rpc_stats,
-    format_ptlrpc_stats,
-    lustre_profile,
-)
-from fmdiag.simulate.state import LustreTargetState, OpStat
+from fmdiag.simulate.nodes.readings import LustreTargetState, OpStat
+from fmdiag.simulate.nodes.tree_lustre_rpc import RpcHistory, advance_rpc_history, format_osc_rpc_stats
+from fmdiag.simulate.nodes.tree_lustre_stats import format_ptlrpc_stats, lustre_profile
 
 ROW = re.compile(r"^(\d+):\t\t {0,9}(\d+) +(\d+) +(\d+)   \| +(\d+) +(\d+) +(\d+)$")
 LINE = re.compile(r"^(\S+) +(\d+) samples \[(\w+)\] (\d+) (\d+) (\d+) (\d+)$")

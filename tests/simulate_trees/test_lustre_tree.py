@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fmdiag.simulate.nodetree import lctl_get_param, render_node
-from fmdiag.simulate.state import LustreFsState, NodeState
+from fmdiag.simulate.nodes.readings import LustreFsState, NodeState
+from fmdiag.simulate.nodes.render import render_node
+from fmdiag.simulate.nodes.tree_lustre import lctl_get_param
 
 HEADER_RE = re.compile(r"^(snapshot_time|start_time|elapsed_time) +(\d+)\.(\d{9}) secs\.nsecs$")
 LINE_RE = re.compile(r"^(\S+(?: \S+)*?) +(\d+) samples \[(\w+)\](?: (\d+) (\d+) (\d+)(?: (\d+))?)?$")

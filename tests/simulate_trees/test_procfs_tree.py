@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fmdiag.simulate.nodetree import render_node
-from fmdiag.simulate.state import NodeState
+from fmdiag.simulate.nodes.readings import NodeState
+from fmdiag.simulate.nodes.render import render_node
 
 PSI_RE = re.compile(r"^(some|full) avg10=(\d+\.\d\d) avg60=(\d+\.\d\d) avg300=(\d+\.\d\d) total=(\d+)$")
 

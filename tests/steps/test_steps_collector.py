@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from fmdiag import steptrace
+from fmdiag import steprecord, steptrace
 from fmdiag.catalog import STEP_DURATION_BUCKETS
+from fmdiag.durations import parse_duration
 from fmdiag.exporters.collector import CollectorContext, ErrorReporter
-from fmdiag.exporters.collectors.steps import StepsCollector, parse_duration
+from fmdiag.exporters.collectors.steps import StepsCollector
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "steps"
 NOW = 1_764_000_000.0  # the collector's clock in these tests (Unix seconds)
@@ -149,7 +150,7 @@ def test_partial_last_line_waits_for_its_newline_without_an_error(tmp_path: Path
 def test_a_fragment_ended_by_a_restarted_writer_is_one_bad_line(tmp_path: Path) -> None:
     """steptrace ends a crashed writer's fragment with a newline: one error, nothing glued."""
     spool = tmp_path / "spool"
-    path = spool / steptrace.file_name("job1", 0)
+    path = spool / steprecord.file_name("job1", 0)
     append(path, record(step=0) + record(step=1)[:30])
     collector = make(spool)
     scrape(collector)
@@ -368,10 +369,10 @@ def test_durations() -> None:
 
 
 def test_default_spool_dir_comes_from_steptrace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(steptrace.ENV_SPOOL_DIR, str(tmp_path))
+    monkeypatch.setenv(steprecord.ENV_SPOOL_DIR, str(tmp_path))
     assert StepsCollector(CollectorContext()).spool_dir == tmp_path
-    monkeypatch.delenv(steptrace.ENV_SPOOL_DIR)
-    assert str(StepsCollector(CollectorContext()).spool_dir) == steptrace.DEFAULT_SPOOL_DIR
+    monkeypatch.delenv(steprecord.ENV_SPOOL_DIR)
+    assert str(StepsCollector(CollectorContext()).spool_dir) == steprecord.DEFAULT_SPOOL_DIR
 
 
 # --- live writers -----------------------------------------------------------------------------

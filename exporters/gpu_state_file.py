@@ -1,0 +1,254 @@
+"""The GPU state file a fake NVML serves: a versioned JSON snapshot of every GPU on one node.
+
+The simulator writes it (``<node tree>/nvml/state.json``), :mod:`fmdiag.exporters.nvml_stand_in`
+reads it on every NVML call. It is replaced atomically (a complete temporary file renamed
+over the old one), so a reader in another thread or process sees the old snapshot or the
+new one, never a mixture, even while ``fmdiag simulate --live`` rewrites it every second.
+
+Reading is strict: an unknown format version, a missing required field, an unknown field
+or a value of the wrong type is a :class:`GpuStateError` naming the file, the GPU and the
+field, because a garbled state file is a simulator bug that must not pass silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "fmdiag-gpu-state"
+VERSION = 1
+#: Where :func:`fmdiag.simulate.nodes.render.render_node` puts the file inside a node tree.
+RELATIVE_PATH = Path("nvml") / "state.json"
+
+DEFAULT_DRIVER_VERSION = "550.90.07"
+DEFAULT_CUDA_DRIVER_VERSION = 12040
+
+
+@dataclass
+class GpuProcess:
+    pid: int
+    used_memory_bytes: int
+
+
+@dataclass
+class GpuState:
+    """What NVML would answer for one GPU; a fake NVML serves exactly these values."""
+
+    index: int
+    uuid: str
+    pci_bus_id: str  # "00000000:18:00.0", NVML's busId form
+    name: str = "NVIDIA H100 80GB HBM3"
+    sm_clock_mhz: int = 1980
+    mem_clock_mhz: int = 2619
+    max_sm_clock_mhz: int = 1980
+    temperature_c: int = 45
+    memory_temperature_c: int = 50
+    power_mw: int = 400_000
+    power_limit_mw: int = 700_000
+    energy_mj: int = 0  # cumulative
+    util_gpu_pct: int = 0
+    util_mem_pct: int = 0
+    fb_total_mib: int = 81_559
+    fb_used_mib: int = 0
+    fb_reserved_mib: int = 555
+    clocks_event_reasons: int = 0  # nvmlClocksEventReason* bitmask
+    sm_active: float = 0.0  # GPM ratios, 0..1
+    sm_occupancy: float = 0.0
+    tensor_active: float = 0.0
+    dram_active: float = 0.0
+    pcie_tx_bytes_per_s: float = 0.0
+    pcie_rx_bytes_per_s: float = 0.0
+    nvlink_tx_bytes_per_s: float = 0.0
+    nvlink_rx_bytes_per_s: float = 0.0
+    pcie_replay_count: int = 0
+    ecc_sbe_volatile: int = 0
+    ecc_dbe_volatile: int = 0
+    ecc_sbe_aggregate: int = 0
+    ecc_dbe_aggregate: int = 0
+    remapped_rows_correctable: int = 0
+    remapped_rows_uncorrectable: int = 0
+    remap_failure: bool = False
+    power_violation_us: int = 0  # cumulative throttle time
+    thermal_violation_us: int = 0
+    xid_events: list[int] = field(default_factory=list)  # XIDs raised since the previous snapshot
+    processes: list[GpuProcess] = field(default_factory=list)
+    numa_node: int = 0
+    #: NVML answers NVML_ERROR_GPU_IS_LOST for every call on this GPU.
+    lost: bool = False
+
+
+class GpuStateError(ValueError):
+    """The state file is not a valid GPU state document; the message names file and field."""
+
+
+@dataclass
+class GpuStateDoc:
+    """One snapshot: the node's GPUs at ``time_s`` plus the driver identity NVML reports."""
+
+    time_s: float
+    gpus: list[GpuState] = field(default_factory=list)
+    hostname: str = ""
+    driver_version: str = DEFAULT_DRIVER_VERSION
+    #: ``nvmlSystemGetCudaDriverVersion`` form: 12040 is CUDA 12.4.
+    cuda_driver_version: int = DEFAULT_CUDA_DRIVER_VERSION
+
+
+_GPU_HINTS: dict[str, Any] = typing.get_type_hints(GpuState)
+_GPU_FIELDS = {f.name: f for f in dataclasses.fields(GpuState)}
+_REQUIRED = tuple(
+    f.name
+    for f in dataclasses.fields(GpuState)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+
+
+def to_dict(doc: GpuStateDoc) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "time_s": doc.time_s,
+        "hostname": doc.hostname,
+        "driver_version": doc.driver_version,
+        "cuda_driver_version": doc.cuda_driver_version,
+        "gpus": [dataclasses.asdict(g) for g in doc.gpus],
+    }
+
+
+def dumps(doc: GpuStateDoc) -> str:
+    """Canonical text (sorted keys, one line per GPU field) so equal states give equal bytes."""
+    return json.dumps(to_dict(doc), indent=1, sort_keys=True) + "\n"
+
+
+def _check_value(where: str, name: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the dataclass field type ``hint``, or a GpuStateError."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint == list[int]:
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+    elif hint == list[GpuProcess]:
+        if isinstance(value, list):
+            procs = []
+            for i, p in enumerate(value):
+                if not isinstance(p, dict) or set(p) != {"pid", "used_memory_bytes"}:
+                    raise GpuStateError(
+                        f"{where}: field {name!r}[{i}]: expected an object with pid and used_memory_bytes"
+                    )
+                pid = _check_value(where, f"{name}[{i}].pid", p["pid"], int)
+                used = _check_value(where, f"{name}[{i}].used_memory_bytes", p["used_memory_bytes"], int)
+                procs.append(GpuProcess(pid=pid, used_memory_bytes=used))
+            return procs
+    else:  # a GpuState field type this reader does not know: refuse rather than guess
+        raise GpuStateError(f"{where}: field {name!r} has unsupported type {hint!r}")
+    type_name = getattr(hint, "__name__", str(hint))
+    raise GpuStateError(f"{where}: field {name!r}: expected {type_name}, got {value!r}")
+
+
+def _gpu_from_dict(source: str, i: int, raw: Any) -> GpuState:
+    where = f"{source}: gpus[{i}]"
+    if not isinstance(raw, dict):
+        raise GpuStateError(f"{where}: expected an object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_GPU_FIELDS))
+    if unknown:
+        raise GpuStateError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    missing = [n for n in _REQUIRED if n not in raw]
+    if missing:
+        raise GpuStateError(f"{where}: missing field(s) {', '.join(missing)}")
+    kwargs = {name: _check_value(where, name, value, _GPU_HINTS[name]) for name, value in raw.items()}
+    return GpuState(**kwargs)
+
+
+def loads(text: str, source: str = "<string>") -> GpuStateDoc:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GpuStateError(f"{source}: not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise GpuStateError(f"{source}: expected a JSON object at the top level")
+    if raw.get("format") != FORMAT:
+        raise GpuStateError(f"{source}: field 'format': expected {FORMAT!r}, got {raw.get('format')!r}")
+    if raw.get("version") != VERSION:
+        raise GpuStateError(
+            f"{source}: field 'version': this reader understands version {VERSION}, "
+            f"got {raw.get('version')!r}"
+        )
+    time_s = _check_value(source, "time_s", raw.get("time_s"), float)
+    gpus_raw = raw.get("gpus")
+    if not isinstance(gpus_raw, list):
+        raise GpuStateError(f"{source}: field 'gpus': expected a list")
+    gpus = [_gpu_from_dict(source, i, g) for i, g in enumerate(gpus_raw)]
+    indexes = [g.index for g in gpus]
+    if len(set(indexes)) != len(indexes):
+        raise GpuStateError(f"{source}: field 'gpus': duplicate GPU index in {indexes}")
+    return GpuStateDoc(
+        time_s=time_s,
+        gpus=gpus,
+        hostname=_check_value(source, "hostname", raw.get("hostname", ""), str),
+        driver_version=_check_value(
+            source, "driver_version", raw.get("driver_version", DEFAULT_DRIVER_VERSION), str
+        ),
+        cuda_driver_version=_check_value(
+            source, "cuda_driver_version", raw.get("cuda_driver_version", DEFAULT_CUDA_DRIVER_VERSION), int
+        ),
+    )
+
+
+def read(path: Path) -> GpuStateDoc:
+    """The snapshot in ``path``; OSError when it cannot be read, GpuStateError when garbled."""
+    return loads(Path(path).read_text(encoding="utf-8"), str(path))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new content, never a part.
+
+    The temporary file sits next to the target (same filesystem, so the rename is atomic)
+    and carries the process and thread id, so concurrent writers never share one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write(
+    path: Path,
+    gpus: Sequence[GpuState],
+    *,
+    time_s: float,
+    hostname: str = "",
+    driver_version: str = DEFAULT_DRIVER_VERSION,
+    cuda_driver_version: int = DEFAULT_CUDA_DRIVER_VERSION,
+) -> None:
+    """Replace the state file at ``path`` (its directory is created) with this snapshot."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = GpuStateDoc(
+        time_s=time_s,
+        gpus=list(gpus),
+        hostname=hostname,
+        driver_version=driver_version,
+        cuda_driver_version=cuda_driver_version,
+    )
+    atomic_write_text(path, dumps(doc))

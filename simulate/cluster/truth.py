@@ -1,0 +1,113 @@
+"""truth.json: what was injected, where, and per step which bottleneck really bound.
+
+The per-step class comes from the model's own numbers (see ``ClusterModel._truth``): the
+cause that added the most time over a healthy step, when it added at least 10% of one;
+otherwise ``compute``. The culprit names the hardware the responsible fault hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fmdiag import dumpformat
+from fmdiag.simulate.cluster.config import Hardware, Workload
+from fmdiag.simulate.cluster.model import TRUTH_THRESHOLD, Chunk, ClusterModel, Target
+from fmdiag.simulate.cluster.scenarios import Fault, FaultKind
+
+
+def culprit(model: ClusterModel, fault: Fault, target: Target) -> dict[str, Any] | None:
+    """The hardware a fault hit, in the names the exporters and step records use."""
+    topo = model.topo
+    if fault.kind in (FaultKind.GPU_THERMAL, FaultKind.GPU_POWER):
+        gpu = topo.gpus(target.node)[target.gpu]
+        return {
+            "node": topo.hostnames[target.node],
+            "rank": topo.rank(target.node, target.gpu),
+            "local_rank": target.gpu,
+            "gpu": gpu.index,
+            "gpu_uuid": gpu.uuid,
+            "pci_bus_id": gpu.pci_bus_id,
+        }
+    if fault.kind is FaultKind.EFA_NODE:
+        devs = topo.efa(target.node)
+        names = [devs[d].name for d in target.efa]
+        return {"node": topo.hostnames[target.node], "efa_device": names[0], "efa_devices": names}
+    if fault.kind is FaultKind.OST_SLOW:
+        fs = topo.filesystems[target.fs]
+        return {"fs": fs.fsname, "ost": fs.ost_name(target.ost), "ost_index": target.ost}
+    if fault.kind is FaultKind.CHECKPOINT_SLOW:
+        return {"fs": topo.filesystems[target.fs].fsname}
+    return None  # fabric-wide congestion, a cluster-wide dataloader problem: no single culprit
+
+
+def _fault_steps(model: ClusterModel, index: int) -> tuple[int, int] | None:
+    """First and last step (of the scenario's length) at which fault ``index`` is active."""
+    steps = np.arange(model.period, dtype=np.int64)
+    on = np.flatnonzero(model.active(steps)[index])
+    return (int(on[0]), int(on[-1])) if len(on) else None
+
+
+def truth_doc(
+    model: ClusterModel, chunk: Chunk, *, start_ns: int, job: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    faults = []
+    culprits: list[dict[str, Any] | None] = []
+    for i, (f, t) in enumerate(zip(model.scenario.faults, model.targets, strict=True)):
+        c = culprit(model, f, t)
+        culprits.append(c)
+        span = _fault_steps(model, i)
+        params = {k: v for k, v in dataclasses.asdict(f).items() if k not in ("kind", "start", "end")}
+        faults.append(
+            {
+                "kind": f.kind.value,
+                "class": f.verdict_class,
+                "first_step": span[0] if span else None,
+                "last_step": span[1] if span else None,
+                "parameters": params,
+                "culprit": c,
+            }
+        )
+    ckpt_culprit = {"fs": model.topo.checkpoint_fs.fsname}
+    steps = []
+    counts: dict[str, int] = {}
+    for step, cls, fi in zip(
+        chunk.steps.tolist(), chunk.truth_class, chunk.truth_fault.tolist(), strict=True
+    ):
+        cul = culprits[fi] if fi >= 0 else (ckpt_culprit if fi == -2 else None)
+        steps.append({"step": step, "class": cls, "fault": fi if fi >= 0 else None, "culprit": cul})
+        counts[cls] = counts.get(cls, 0) + 1
+    hw: Hardware = model.hw
+    wl: Workload = model.wl
+    return {
+        "format": dumpformat.TRUTH_FORMAT,
+        "version": dumpformat.TRUTH_VERSION,
+        "scenario": model.scenario.name,
+        "description": model.scenario.description,
+        "seed": model.seed,
+        "job": job,
+        "start_ns": start_ns,
+        "steps_total": chunk.nsteps,
+        "parameters": {
+            "hardware": dataclasses.asdict(hw),
+            "workload": {**dataclasses.asdict(wl), "checkpoint_every": model.checkpoint_every},
+            **extra,
+        },
+        "nominal": {
+            "step_s": model.nominal_step_s(),
+            "allreduce_s": model.nominal_allreduce_s(),
+            "efa_bytes_per_node_per_step": model.wire_bytes_per_node,
+            "lustre_read_bytes_per_node_per_step": hw.gpus_per_node * wl.samples_per_rank * wl.sample_bytes,
+            "truth_threshold_fraction": TRUTH_THRESHOLD,
+        },
+        "faults": faults,
+        "class_counts": dict(sorted(counts.items())),
+        "steps": steps,
+    }
+
+
+def write_truth(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(dumpformat.dump_truth(dumpformat.validate_truth(doc, str(path))), encoding="utf-8")

@@ -1,0 +1,56 @@
+"""`fmdiag --help`, `fmdiag exporter --help` and `fmdiag --version` load nothing heavy.
+
+Each runs in a fresh interpreter whose imports are watched (support.imports), because in this
+process pytest and other tests have already imported numpy and friends. No timings here:
+benchmarks/cli_startup.py measures them.
+"""
+
+from __future__ import annotations
+
+import click
+import pytest
+from support.imports import cli_code, probe
+
+from fmdiag.cli import SUBCOMMANDS, cli
+
+
+@pytest.mark.parametrize("args", [["--help"], ["exporter", "--help"], ["--version"]], ids=" ".join)
+def test_cli_start_up_imports_nothing_heavy(args: list[str]) -> None:
+    run = probe(cli_code(*args))
+    assert run.returncode == 0, run.stderr
+    assert not run.heavy, f"fmdiag {' '.join(args)} loaded {run.heavy_report()}"
+
+
+def test_group_help_lists_subcommands_without_importing_them() -> None:
+    run = probe(cli_code("--help"))
+    assert run.returncode == 0, run.stderr
+    modules = {sub.target.partition(":")[0] for sub in SUBCOMMANDS.values()}
+    assert not modules & set(run.new_modules), "fmdiag --help imported a subcommand's module"
+    for name, sub in SUBCOMMANDS.items():
+        assert f"  {name} " in run.stdout
+        assert sub.summary[:20] in run.stdout
+
+
+def test_group_help_matches_what_click_would_print() -> None:
+    """The lazy listing is click's own listing, only without the imports."""
+
+    class Eager(click.Group):
+        pass
+
+    eager = Eager(name="fmdiag", params=cli.params, help=cli.help)
+    for name in SUBCOMMANDS:
+        command = cli.get_command(click.Context(cli), name)
+        assert command is not None
+        eager.add_command(command, name)
+    for width in (60, 80, 120):
+        lazy_text = cli.get_help(click.Context(cli, info_name="fmdiag", terminal_width=width))
+        eager_text = eager.get_help(click.Context(eager, info_name="fmdiag", terminal_width=width))
+        assert lazy_text == eager_text
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_table_summary_is_the_commands_own_short_help(name: str) -> None:
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None
+    own = command.get_short_help_str(limit=10_000)
+    assert SUBCOMMANDS[name].summary == own, f"set SUBCOMMANDS[{name!r}].summary to {own!r}"
