@@ -27,7 +27,7 @@ from fmdiag.exporters.collector import REGISTRY, Collector, CollectorContext, Er
 from fmdiag.exporters.collectors import discover
 from fmdiag.exporters.options import Option, OptionError
 from fmdiag.exporters.scrape import Scraper
-from fmdiag.exporters.server import ExporterServer, parse_listen_address, serve
+from fmdiag.exporters.server import DEFAULT_MAX_CONNECTIONS, ExporterServer, parse_listen_address, serve
 from fmdiag.exporters.webconfig import WebConfigError, WebConfigSource
 
 log = logging.getLogger("fmdiag.exporter")
@@ -178,7 +178,9 @@ def _run(**params: Any) -> None:
     scraper = Scraper(collectors, shared.errors, params["scrape_timeout"])
     names = [c.name for c in collectors]
     try:
-        server = ExporterServer(params["listen_address"], scraper, telemetry_path, web_config, names)
+        server = ExporterServer(
+            params["listen_address"], scraper, telemetry_path, web_config, names, params["max_connections"]
+        )
     except OSError as exc:
         scraper.close()
         raise click.ClickException(f"cannot listen on {host or '*'}:{port}: {exc}") from None
@@ -209,6 +211,7 @@ def _run(**params: Any) -> None:
         paths.procfs,
         paths.debugfs,
     )
+    scraper.check_sources()  # a bad --path.* mount is in the log from the start
     try:
         serve(server, stop)
     finally:
@@ -235,6 +238,14 @@ def _build() -> click.Command:
             default=None,
             type=click.Path(dir_okay=False),
             help="exporter-toolkit web config (TLS, basic auth with bcrypt hashes); re-read when it changes.",
+        ),
+        click.Option(
+            ["max_connections", "--web.max-connections"],
+            default=DEFAULT_MAX_CONNECTIONS,
+            type=click.IntRange(min=0),
+            show_default=True,
+            help="Most connections served at once (each holds a thread while open); more are "
+            "answered 503. 0: no limit.",
         ),
         click.Option(
             ["path_rootfs", "--path.rootfs"],

@@ -66,8 +66,27 @@ class ErrorReporter:
             return self._counts.get(collector, 0)
 
 
+class SourceUnavailableError(Exception):
+    """Raised by ``collect`` when the collector's source as a whole is not there.
+
+    A wrong ``--path.sysfs`` (a bad hostPath mount), NVML that cannot initialise or an absent
+    kubelet socket must not look like a healthy node with nothing to report: the scrape marks
+    the collector ``fmdiag_exporter_collector_success 0`` and logs ``reason`` once (again only
+    when the reason changes, and once when the source comes back), as node_exporter does for
+    a collector with no data. ``families`` are still served: what the collector can say
+    without its source (``fmdiag_gpu_devices 0``, the last known pod assignments).
+    """
+
+    def __init__(self, reason: str, families: Iterable[Metric] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.families = list(families)
+
+
 #: pid -> GPU label value ("0", or "0,3" for a process on several GPUs), host PID namespace.
 GpuProcessProvider = Callable[[], Mapping[int, str]]
+#: GPU index -> UUID of the GPUs NVML enumerated in the GPU collector's last scrape.
+GpuIdentityProvider = Callable[[], Mapping[int, str]]
 
 
 class GpuProcesses:
@@ -80,6 +99,8 @@ class GpuProcesses:
 
     def __init__(self) -> None:
         self.provider: GpuProcessProvider | None = None
+        #: GPU index -> UUID, for collectors that attribute GPUs (slurm) without NVML.
+        self.identities: GpuIdentityProvider | None = None
 
 
 @dataclass
@@ -133,6 +154,16 @@ class Collector(ABC):
 
     def report(self, where: str | Path, error: object) -> None:
         self.ctx.errors.report(self.name, where, error)
+
+    def source_problem(self) -> str | None:
+        """Why this collector's source root is not there (a wrong ``--path.*``), or None.
+
+        Checked before every collect and once at start-up, so a bad mount is logged when the
+        exporter starts and the collector reports success 0 instead of looking like a node
+        without the hardware. Only the root is checked: a node without EFA devices or Lustre
+        mounts has a valid root and is healthy with nothing to report.
+        """
+        return None
 
     @abstractmethod
     def collect(self) -> Iterable[Metric]:

@@ -5,14 +5,19 @@ Every parser takes the whole text of one source (a file, or one parameter of
 :class:`LineError` for what it could not, so one garbled line costs that line and no
 more; none of them raises on bad input. The formats, as the Lustre source prints them:
 
-* ``stats`` (``lprocfs_stats_seq_show``): a header (``snapshot_time``, and from 2.14 on
-  ``start_time``/``elapsed_time``), then per counter with a non-zero count
+* ``stats`` (``lprocfs_stats_seq_show``): a header (``snapshot_time``, and from 2.14.56/2.15.0
+  on ``start_time``/``elapsed_time``, also in some vendor 2.14 builds, and a switch can turn
+  them off), then per counter with a non-zero count
   ``<name> <count> samples [<unit>] [<min> <max> <sum> [<sumsq>]]``. Units come from
   ``lprocfs_counter_config_units`` and the callers: ``reqs``, ``regs``, ``bytes``,
   ``pages``, ``locks``, ``locks/s``, ``secs``, ``usec``, ``usecs``.
-* ``read_ahead_stats``: the same ``stats`` format from 2.12 on (names may contain spaces:
-  ``miss inside window 5 samples [pages]``); older clients print
-  ``<reason padded to 25> <value>`` lines after ``pending issued pages: N``.
+* ``read_ahead_stats``: the same ``stats`` format already in 2.5-2.10 (names may contain
+  spaces: ``miss inside window 5 samples [pages]``); clients before that print
+  ``<reason padded to 25> <value>`` lines after ``pending issued pages: N``. From 2.16,
+  ``readahead_pages`` carries min/max/sum of pages per read-ahead: its sum is the page count.
+* ``openclosetime`` (llite ``stats``, 2.15+) is the time between closing a file and opening
+  it again, in usecs: not an operation's latency (its sum dwarfs every real latency), so the
+  collector exports it apart.
 * ``rpc_stats`` (``osc_rpc_stats_seq_show``): ``read RPCs in flight: N``-style scalars,
   then tables such as ``pages per rpc`` with ``rpcs % cum %`` columns for read and write
   split by ``|``. Rows are labelled ``1:``, ``2:``, ``4:``, ...; the kernel's
@@ -194,7 +199,7 @@ def parse_stat_line(line: str) -> StatLine | str | None:
 
 
 def parse_stats(text: str) -> StatsFile:
-    """A ``stats`` file (llite, osc, mdc, and 2.12+ read_ahead_stats)."""
+    """A ``stats`` file (llite, osc, mdc, and read_ahead_stats from 2.5 on)."""
     out = StatsFile()
     if not text.strip():
         out.errors.append(_err(1, text, "empty: a stats file always has a snapshot_time line"))
@@ -221,6 +226,9 @@ class ReadAheadStats:
     #: Event counts by reason, snake_cased in the 2.14.52+ spelling (``miss inside window`` ->
     #: ``miss_inside_window``, ``read-ahead to EOF`` -> ``readahead_to_eof``).
     events: dict[str, int] = field(default_factory=dict)
+    #: Pages read ahead: the sum of 2.16+'s ``readahead_pages`` line (its count is the number of
+    #: read-ahead requests, not pages), None when the file has no such sum.
+    pages: int | None = None
     errors: list[LineError] = field(default_factory=list)
 
 
@@ -245,7 +253,7 @@ def canonical_reason(reason: str) -> str:
 
 
 def parse_read_ahead_stats(text: str) -> ReadAheadStats:
-    """``read_ahead_stats`` in either format (2.12+ stats lines, or older ``<reason> <value>``).
+    """``read_ahead_stats`` in either format (stats lines from 2.5 on, or older ``<reason> <value>``).
 
     Lines ending their name with ``:`` (``pending issued pages:``) are gauges of the
     read-ahead state, not events, and are left out.
@@ -266,6 +274,12 @@ def parse_read_ahead_stats(text: str) -> ReadAheadStats:
                 out.errors.append(_err(lineno, line, stat))
                 continue
             reason_text, value = stat.name, stat.count
+            if canonical_reason(reason_text) == "readahead_pages" and stat.sum is not None:
+                if out.pages is not None:
+                    out.errors.append(_err(lineno, line, "reason 'readahead_pages' appears twice"))
+                else:
+                    out.pages = stat.sum
+                continue
         else:
             if len(parts) < 2:
                 out.errors.append(_err(lineno, line, "expected '<reason> <count>'"))
@@ -461,8 +475,9 @@ class LctlOutput:
     errors: list[LineError] = field(default_factory=list)
 
 
+#: ``<kind>.<instance>.<param>=``; a kind may contain a dash (``osd-ldiskfs.fs-OST0003.stats=``).
 _LCTL_HEADER = re.compile(
-    r"(?P<kind>[a-z][a-z0-9_]*)\.(?P<instance>[^\s=]+)\.(?P<param>[A-Za-z0-9_]+)=(?P<rest>.*)"
+    r"(?P<kind>[a-z][a-z0-9_-]*)\.(?P<instance>[^\s=]+)\.(?P<param>[A-Za-z0-9_]+)=(?P<rest>.*)"
 )
 _LCTL_PLAIN = re.compile(r"[A-Za-z0-9_]+=.*")
 

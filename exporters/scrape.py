@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import Metric
 
 from fmdiag import __version__
-from fmdiag.exporters.collector import Collector, ErrorReporter
+from fmdiag.exporters.collector import Collector, ErrorReporter, SourceUnavailableError
 from fmdiag.exporters.exposition import Format, render
 from fmdiag.exporters.families import CatalogChecks, Families
 
@@ -62,6 +62,9 @@ class Snapshot:
 
 def _run(collector: Collector) -> tuple[list[Metric], float]:
     start = time.perf_counter()
+    problem = collector.source_problem()
+    if problem is not None:
+        raise SourceUnavailableError(problem)
     families = list(collector.collect())
     return families, time.perf_counter() - start
 
@@ -98,6 +101,8 @@ class Scraper:
         self._inflight: dict[str, Future[tuple[list[Metric], float]]] = {}
         self._timeouts: dict[str, int] = {c.name: 0 for c in self.collectors}
         self._last_failure_log: dict[str, float] = {}
+        #: Collector -> the reason its source is unavailable, while it is (logged once).
+        self._unavailable: dict[str, str] = {}
         self._checks = CatalogChecks()
         # Single-flight state, guarded by _cond.
         self._cond = threading.Condition()
@@ -130,6 +135,17 @@ class Scraper:
                     self._cond.wait()
             assert self._latest is not None
             return self._latest
+
+    def check_sources(self) -> None:
+        """Log, at start-up, every collector whose source root is missing (each reason once)."""
+        for c in self.collectors:
+            try:
+                problem = c.source_problem()
+            except Exception:
+                log.exception("collector %s: error while checking its source", c.name)
+                continue
+            if problem is not None:
+                self._log_unavailable(c.name, problem)
 
     def close(self) -> None:
         with self._cond:
@@ -171,15 +187,28 @@ class Scraper:
                 outcomes.append(CollectorOutcome(c.name, [], False, time.perf_counter() - start))
                 continue
             exc = fut.exception()
+            if isinstance(exc, SourceUnavailableError):
+                self._log_unavailable(c.name, exc.reason)
+                families.extend(exc.families)
+                outcomes.append(CollectorOutcome(c.name, exc.families, False, time.perf_counter() - start))
+                continue
             if exc is not None:
                 self._log_failure(c.name, "raised during collect", exc)
                 outcomes.append(CollectorOutcome(c.name, [], False, time.perf_counter() - start))
                 continue
             fams, duration = fut.result()
+            if self._unavailable.pop(c.name, None) is not None:
+                log.info("collector %s: source available again", c.name)
             families.extend(fams)
             outcomes.append(CollectorOutcome(c.name, fams, True, duration))
         families.extend(self._self_metrics(outcomes))
         return Snapshot(families, outcomes)
+
+    def _log_unavailable(self, name: str, reason: str) -> None:
+        """Log a missing source once, not every scrape: it is a deployment fault that stays."""
+        if self._unavailable.get(name) != reason:
+            self._unavailable[name] = reason
+            log.warning("collector %s: no data, reporting success 0: %s", name, reason)
 
     def _log_failure(self, name: str, why: str, exc: BaseException | None) -> None:
         now = time.monotonic()

@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,15 @@ _HANDSHAKE_TIMEOUT_S = 10.0
 _IDLE_TIMEOUT_S = 300.0
 #: A GET body up to this size is read and dropped to keep the connection; a larger one closes it.
 _MAX_DISCARDED_BODY = 64 * 1024
+#: Connections served at once (``--web.max-connections``; node_exporter caps requests at 40 with
+#: --web.max-requests). Higher, because here each keep-alive connection holds its thread while
+#: idle, and fifty concurrent scrapers of one node are a supported load (tests/exporter/test_load.py).
+DEFAULT_MAX_CONNECTIONS = 128
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 41\r\nConnection: close\r\n\r\ntoo many connections to this exporter now\n"
+)
+_REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -60,8 +70,16 @@ class ExporterServer(ThreadingHTTPServer):
         telemetry_path: str,
         web_config: WebConfigSource,
         collectors: list[str],
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        """``max_connections`` caps the connections (one thread each) served at once; 0: no cap."""
         host, port = parse_listen_address(address)
+        if max_connections < 0:
+            raise ValueError(f"max connections must be 0 (no limit) or more, got {max_connections}")
+        self._slots = threading.BoundedSemaphore(max_connections) if max_connections else None
+        self.max_connections = max_connections
+        self.refused = 0
+        self._last_refusal_log = -_REFUSAL_LOG_INTERVAL_S
         self.scraper = scraper
         self.telemetry_path = telemetry_path
         self.web_config = web_config
@@ -86,6 +104,52 @@ class ExporterServer(ThreadingHTTPServer):
     def bound(self) -> str:
         host, port = self.socket.getsockname()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread only while a slot is free.
+
+        Each connection holds a thread for as long as it stays open (keep-alive), so without
+        a cap a scrape storm or a client that opens connections and never sends could exhaust
+        threads and memory. Over the cap a connection is answered 503 (plain HTTP) or closed
+        (TLS: no handshake is spent on it) from the accept loop, and Prometheus retries at
+        its next interval.
+        """
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= _REFUSAL_LOG_INTERVAL_S:
+            self._last_refusal_log = now
+            log.warning(
+                "refused a connection from %s: %d connections open (--web.max-connections); %d refused",
+                client_address[0] if client_address else "?",
+                self.max_connections,
+                self.refused,
+            )
+        try:
+            if self.web_config.current().ssl_context is None:
+                request.send(_BUSY, socket.MSG_DONTWAIT)
+                request.shutdown(socket.SHUT_WR)
+                request.recv(65536, socket.MSG_DONTWAIT)  # what the client sent: avoids an RST
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         ctx = self.web_config.current().ssl_context

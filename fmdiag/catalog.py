@@ -65,9 +65,18 @@ EFA_DEVICE_LABELS = ("device",)
 LLITE_LABELS = ("fs", "mount_id")
 OSC_LABELS = ("fs", "ost", "mount_id")
 MDC_LABELS = ("fs", "mdt", "mount_id")
-STEP_LABELS = ("job", "rank")
+#: The training job id is ``training_job``, not ``job``: Prometheus attaches ``job`` (the scrape
+#: job) and ``instance`` to every series and renames a clashing exported label to
+#: ``exported_job``, so ``by (job)`` would silently group by scrape job (see TARGET_LABELS).
+STEP_LABELS = ("training_job", "rank")
 PROCESS_LABELS = ("pid", "name", "gpu")
 COLLECTOR_LABELS = ("collector",)
+#: The kubelet's view of a device: its id as the device plugin names it, the resource, the owner.
+_POD_OWNER = ("device_id", "resource", "pod", "namespace", "container")
+POD_INFO_LABELS_GPU = ("UUID", *_POD_OWNER)
+POD_INFO_LABELS_EFA = ("device", *_POD_OWNER)
+#: Labels Prometheus attaches to every scraped series: no catalogued metric may export them.
+TARGET_LABELS = frozenset({"job", "instance"})
 
 
 def _m(
@@ -182,6 +191,12 @@ GPU: tuple[Metric, ...] = tuple(
        ("gpu", "call", "error"), "gpu", "NVMLError"),
     _m("fmdiag_gpu_process_memory_bytes", G, "bytes", "GPU memory used by a compute process on this GPU.",
        ("gpu", "UUID", "pid"), "gpu", "nvmlDeviceGetComputeRunningProcesses"),
+    # Ownership as info series (always 1), joined in PromQL on UUID: a pod or job label on every
+    # GPU series would multiply storage, which is why operators drop dcgm-exporter's.
+    _m("fmdiag_gpu_pod_info", G, "", "The Kubernetes pod and container a GPU (or MIG device, or time-sliced replica) is assigned to, from the kubelet; join on UUID.",
+       POD_INFO_LABELS_GPU, "gpu", "kubelet pod-resources v1 List", default=False),
+    _m("fmdiag_gpu_slurm_job_info", G, "", "A Slurm job using this GPU (from its processes' cgroup or environment, or a prolog's mapping file); join on UUID.",
+       ("gpu", "UUID", "slurm_job_id", "via"), "gpu", "/proc/<pid>/cgroup, /proc/<pid>/environ, mapping directory", default=False),
 )
 
 
@@ -251,6 +266,9 @@ EFA_DEVICE_COUNTERS: dict[str, tuple[str, str]] = {
     "alloc_ucontext_err": ("fmdiag_efa_alloc_ucontext_errors_total", "User-context allocation failures."),
     "create_ah_err": ("fmdiag_efa_create_ah_errors_total", "Address-handle creation failures."),
     "mmap_err": ("fmdiag_efa_mmap_errors_total", "mmap failures."),
+    # amzn-drivers r2.12+ with kernel-verbs support (GPUDirect RDMA through the kernel).
+    "alloc_mr_err": ("fmdiag_efa_alloc_mr_errors_total", "Memory-region allocation failures (kernel verbs, amzn-drivers r2.12+)."),
+    "get_dma_mr_err": ("fmdiag_efa_get_dma_mr_errors_total", "DMA memory-region requests that failed (kernel verbs, amzn-drivers r2.12+)."),
 }
 
 EFA: tuple[Metric, ...] = (
@@ -271,6 +289,8 @@ EFA: tuple[Metric, ...] = (
         _m("fmdiag_efa_info", G, "", "EFA device identity: firmware, node GUID, PCI address and NUMA node, to group EFAs with the GPUs on the same PCIe switch.",
            ("device", "fw_ver", "node_guid", "pci_address", "numa_node", "link_layer"), "efa", "fw_ver, node_guid, device/"),
         _m("fmdiag_efa_devices", G, "", "Amazon EFA devices (PCI vendor 0x1d0f) found on this node.", (), "efa", "class/infiniband/*/device/vendor"),
+        _m("fmdiag_efa_pod_info", G, "", "The Kubernetes pod and container an EFA device is assigned to, from the kubelet; join on (instance, device).",
+           POD_INFO_LABELS_EFA, "efa", "kubelet pod-resources v1 List", default=False),
     )
 )
 
@@ -305,6 +325,12 @@ LUSTRE: tuple[Metric, ...] = (
         _m("fmdiag_lustre_llite_read_ahead_misses_total", C, "", "Read-ahead page misses.", LLITE_LABELS, "lustre", "llite.*.read_ahead_stats"),
         _m("fmdiag_lustre_llite_read_ahead_events_total", C, "", "Other read-ahead events, by read_ahead_stats reason in snake_case (2.14.52+ spelling on every release).",
            (*LLITE_LABELS, "reason"), "lustre", "llite.*.read_ahead_stats"),
+        _m("fmdiag_lustre_llite_read_ahead_pages_total", C, "", "Pages read ahead (the page sum of 2.16+'s readahead_pages line).",
+           LLITE_LABELS, "lustre", "llite.*.read_ahead_stats readahead_pages"),
+        _m("fmdiag_lustre_llite_close_to_open_total", C, "", "Files opened again after a close (openclosetime samples, 2.15+); kept apart from operations.",
+           LLITE_LABELS, "lustre", "llite.*.stats openclosetime"),
+        _m("fmdiag_lustre_llite_close_to_open_seconds_total", C, "seconds", "Summed time between closing a file and opening it again (openclosetime, 2.15+): not an operation latency, so not in operation_latency_seconds_total.",
+           LLITE_LABELS, "lustre", "llite.*.stats openclosetime"),
         _m("fmdiag_lustre_osc_rpcs_in_flight", G, "", "RPCs in flight to this OST now (direction read, write, and dio on newer clients).", (*OSC_LABELS, "direction"), "lustre", "osc.*.rpc_stats"),
         _m("fmdiag_lustre_osc_pending_pages", G, "", "Pages waiting to be sent to this OST.", (*OSC_LABELS, "direction"), "lustre", "osc.*.rpc_stats"),
         _m("fmdiag_lustre_osc_pages_per_rpc", H, "", "Pages per RPC (the rpc_stats histogram; le is the row label, an exact upper page bound; no _sum).",

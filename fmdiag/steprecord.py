@@ -90,41 +90,60 @@ def _is_number(value: object) -> bool:
 
 
 def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
-    """A :class:`StepRecord` from a decoded JSON value, or :class:`StepRecordError` saying why not."""
+    """A :class:`StepRecord` from a decoded JSON value, or :class:`StepRecordError` saying why not.
 
-    def fail(message: str, name: str = "") -> StepRecordError:
-        return StepRecordError(message, source=source, line=line, field_name=name)
+    The error raised is the line's first problem; :func:`problems` lists them all.
+    """
+    record, errors = _check(obj, source, line)
+    if errors:
+        raise errors[0]
+    assert record is not None
+    return record
+
+
+def problems(obj: object, *, source: str = "", line: int = 0) -> list[StepRecordError]:
+    """Every problem of one decoded line, in field order (``fmdiag steps check`` prints them all,
+    so a writer bug is fixed in one round instead of one field per run)."""
+    return _check(obj, source, line)[1]
+
+
+def _check(obj: object, source: str, line: int) -> tuple[StepRecord | None, list[StepRecordError]]:
+    errors: list[StepRecordError] = []
+
+    def fail(message: str, name: str = "") -> None:
+        errors.append(StepRecordError(message, source=source, line=line, field_name=name))
 
     if not isinstance(obj, dict):
-        raise fail(f"expected a JSON object, got {type(obj).__name__}")
+        fail(f"expected a JSON object, got {type(obj).__name__}")
+        return None, errors
     version = obj.get("v", FORMAT_VERSION)
     if not _is_int(version) or version < 1:
-        raise fail(f"must be a positive integer, got {version!r}", "v")
-    if version > FORMAT_VERSION:
-        raise fail(
-            f"format version {version} is newer than this reader ({FORMAT_VERSION}); upgrade fmdiag",
-            "v",
-        )
+        fail(f"must be a positive integer, got {version!r}", "v")
+    elif version > FORMAT_VERSION:
+        fail(f"format version {version} is newer than this reader ({FORMAT_VERSION}); upgrade fmdiag", "v")
     for name in REQUIRED_STR_FIELDS:
         value = obj.get(name)
         if not isinstance(value, str) or not value:
-            raise fail("missing" if value is None else f"must be a non-empty string, got {value!r}", name)
+            fail("missing" if value is None else f"must be a non-empty string, got {value!r}", name)
+    times_ok = True
     for name in REQUIRED_INT_FIELDS:
         value = obj.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
-            raise fail(
+            times_ok = times_ok and name not in ("start_ns", "end_ns")
+            fail(
                 "missing" if value is None else f"must be an integer from 0 to 2**63-1, got {_show(value)}",
                 name,
             )
-    if obj["end_ns"] < obj["start_ns"]:
-        raise fail(f"ends before it starts ({obj['end_ns']} < start_ns {obj['start_ns']})", "end_ns")
+    if times_ok and obj["end_ns"] < obj["start_ns"]:
+        fail(f"ends before it starts ({obj['end_ns']} < start_ns {obj['start_ns']})", "end_ns")
     phases: dict[str, float] = {}
     for name in PHASES:
         if name in obj and obj[name] is not None:
             value = obj[name]
             if not _is_number(value) or value < 0:
-                raise fail(f"must be a non-negative number of seconds, got {value!r}", name)
-            phases[name] = float(value)
+                fail(f"must be a non-negative number of seconds, got {value!r}", name)
+            else:
+                phases[name] = float(value)
     extra: dict[str, Any] = {}
     for name, integer in OPTIONAL_NUMBERS.items():
         value = obj.get(name)
@@ -133,9 +152,12 @@ def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
         ok = _is_int(value) if integer else _is_number(value)
         if not ok or value < 0 or (integer and value > MAX_INT):  # type: ignore[operator]
             kind = "integer up to 2**63-1" if integer else "number"
-            raise fail(f"must be a non-negative {kind}, got {_show(value)}", name)
-        extra[name] = value
-    return StepRecord(
+            fail(f"must be a non-negative {kind}, got {_show(value)}", name)
+        else:
+            extra[name] = value
+    if errors:
+        return None, errors
+    record = StepRecord(
         job=obj["job"],
         rank=obj["rank"],
         node=obj["node"],
@@ -151,6 +173,34 @@ def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
         gpu_time=float(extra["gpu_time"]) if "gpu_time" in extra else None,
         pid=extra.get("pid"),
     )
+    return record, errors
+
+
+def warnings(record: StepRecord) -> list[str]:
+    """What is valid but implausible: a phase longer than the whole step (a timer that spans
+    steps, or seconds written as milliseconds). Not an error: the analyzer still reads it."""
+    duration = record.duration_s
+    return [
+        f"field {name!r}: {seconds:g} s is longer than the step itself ({duration:g} s)"
+        for name, seconds in record.phases.items()
+        if seconds > duration * (1 + 1e-9) + 1e-9
+    ]
+
+
+def binary_content(data: bytes) -> str | None:
+    """Why ``data`` is not text step records (a NUL byte, invalid UTF-8), or None when it is text.
+
+    A binary file (a core dump, a compressed rotation) must be reported as such, not as a file
+    whose last line is still being written.
+    """
+    nul = data.find(b"\0")
+    if nul >= 0:
+        return f"binary file: NUL byte at offset {nul}"
+    try:
+        data[: data.rfind(b"\n") + 1].decode("utf-8")  # a last line being written may end mid-character
+    except UnicodeDecodeError as exc:
+        return f"binary file: not UTF-8 at offset {exc.start}"
+    return None
 
 
 def _show(value: object) -> str:

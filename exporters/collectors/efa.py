@@ -329,6 +329,14 @@ class EfaCollector(Collector):
     def root(self) -> str:
         return os.path.join(self.ctx.paths.sysfs, "class", "infiniband")
 
+    def source_problem(self) -> str | None:
+        # No class/infiniband on a sysfs that has class/ is a node without RDMA devices
+        # (0 devices, healthy); no class/ at all is sysfs not mounted where we were told.
+        sysfs = self.ctx.paths.sysfs
+        if not os.path.isdir(os.path.join(sysfs, "class")):
+            return f"{sysfs} has no class/ directory: is sysfs mounted there (--path.sysfs, --path.rootfs)?"
+        return None
+
     def collect(self) -> Iterable[Metric]:
         try:
             return _Scrape(self).run()
@@ -346,6 +354,8 @@ class _Scrape:
         self.c = collector
         self.fams = collector.families()
         self.adders: dict[tuple[str, int], _Adder] = {}
+        #: device -> device counters found under ports/<n>/hw_counters (drivers before r1.14.0)
+        self.moved: dict[str, set[str]] = {}
         #: per kind of hw_counters directory (by its label names): file name -> adder
         self.dir_adders: dict[tuple[str, ...], dict[str, _Adder]] = {}
 
@@ -533,7 +543,13 @@ class _Scrape:
         dev_fd: int,
     ) -> None:
         """Every file of one hw_counters directory: the hot loop of a scrape (~1,100 files
-        on a p5), so the common case (a short decimal line) is parsed inline."""
+        on a p5), so the common case (a short decimal line) is parsed inline.
+
+        amzn-drivers before r1.14.0 (mid-2021) put the admin counters (``submitted_cmds``,
+        ``keep_alive_rcvd``, ...) under ``ports/1/hw_counters``: found there they are exported
+        under their device metric names with the device label only, so a dashboard reads them
+        the same on every driver; a device-level file of the same name then is not read twice.
+        """
         try:
             cfd = _open_dir("hw_counters", base_fd)
         except FileNotFoundError:
@@ -564,8 +580,9 @@ class _Scrape:
                 raws = [self.read_counter(cfd, dev_fd, path, rel, name) for name in files]
             port = "port" in labels
             adders = self.dir_adders.setdefault(label_names, {})
+            moved = self.moved.get(labels["device"]) if not port else None
             for name, raw in zip(files, raws, strict=True):
-                if raw is None:
+                if raw is None or (moved is not None and name in moved):
                     continue
                 if name == "lifespan":
                     if port:
@@ -595,6 +612,13 @@ class _Scrape:
                 if entry is not None:
                     add = adders[name] = self.adder(entry[0], label_names)
                     add(labels, value)
+                elif port and name in EFA_DEVICE_COUNTERS:  # an old driver's admin counter
+                    seen = self.moved.setdefault(labels["device"], set())
+                    if name not in seen:  # once per device, should a device ever have two ports
+                        seen.add(name)
+                        self.adder(EFA_DEVICE_COUNTERS[name][0], _DEVICE_LABELS)(
+                            {"device": labels["device"]}, value
+                        )
                 elif name.isprintable():
                     self.adder(other, (*label_names, "counter"))({**labels, "counter": name}, value)
                 else:

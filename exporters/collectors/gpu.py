@@ -42,7 +42,7 @@ from prometheus_client.core import Metric
 
 from fmdiag.catalog import CLOCK_EVENT_REASONS, XID_ACTIONS
 from fmdiag.exporters import gpu_state_file
-from fmdiag.exporters.collector import Collector, CollectorContext, register
+from fmdiag.exporters.collector import Collector, CollectorContext, SourceUnavailableError, register
 from fmdiag.exporters.families import Families
 from fmdiag.exporters.options import Option, duration, switch
 
@@ -129,18 +129,33 @@ class XidListener(threading.Thread):
         super().__init__(name="fmdiag-gpu-xid", daemon=True)
         self.nvml = nvml
         self.window_s = window_s
-        self._handles = {self._key(h): i for i, h in handles.items()}
+        self._handles: dict[Any, int] = {}
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self.last: dict[int, int] = {}
         self.totals: dict[tuple[int, int], int] = {}
         self.recent: deque[tuple[float, int, int]] = deque(maxlen=10_000)
         self._set = self.nvml.nvmlEventSetCreate()
-        for handle in handles.values():
+        self.watch(handles)
+
+    def watch(self, handles: dict[int, Any]) -> None:
+        """Register XID events of GPUs not registered yet.
+
+        Called on every scrape with the GPUs NVML enumerates then, so a GPU that appears after
+        start (a driver reload, a GPU back on the bus, a node whose first scrape saw fewer)
+        gets its XIDs counted too; NVML accepts registrations while another thread waits.
+        """
+        for index, handle in handles.items():
+            key = self._key(handle)
+            with self._lock:
+                if self._handles.get(key) == index:
+                    continue
             try:
                 self.nvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._set)
             except pynvml.NVMLError as exc:
-                log.warning("XID events unavailable on a GPU: %s", exc)
+                log.warning("XID events unavailable on GPU %s: %s", index, exc)
+            with self._lock:
+                self._handles[key] = index  # not retried every scrape when unsupported
 
     @staticmethod
     def _key(handle: Any) -> Any:
@@ -159,7 +174,8 @@ class XidListener(threading.Thread):
                 log.warning("XID event wait failed, retrying: %s", exc)
                 self._halt.wait(5.0)
                 continue
-            index = self._handles.get(self._key(data.device))
+            with self._lock:
+                index = self._handles.get(self._key(data.device))
             if index is None or not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
                 continue
             xid = int(data.eventData)
@@ -232,6 +248,8 @@ class GpuCollector(Collector):
         self.xid_window_s = self.option(XID_WINDOW)
         self.events = self.option(EVENTS)
         state = self.option(SIMULATED_STATE)
+        self._state = state
+        self._init_reason = "NVML not initialised yet"
         #: pynvml's nvml* functions: the driver's, the context's, or the stand-in's.
         self.nvml: Any
         if state is not None:
@@ -251,12 +269,18 @@ class GpuCollector(Collector):
         self._processes: dict[int, str] = {}
         self._closed = False
         ctx.gpu_processes.provider = self.gpu_processes
+        ctx.gpu_processes.identities = self.gpu_identities
 
     # -- NVML plumbing -------------------------------------------------------------------------
     def _init(self) -> bool:
         """Initialise NVML, retrying at most once a minute: a driver may load after boot."""
         if self._initialised:
             return True
+        if self._state is not None and not self._state.is_file():
+            # The simulator has not written the file yet: say so, not "Driver Not Loaded",
+            # and look again at the next scrape (a stat is cheap).
+            self._init_reason = f"simulated GPU state file {self._state} does not exist (yet)"
+            return False
         now = time.monotonic()
         if now < self._next_init:
             return False
@@ -265,6 +289,7 @@ class GpuCollector(Collector):
             self.nvml.nvmlInit()
         except pynvml.NVMLError as exc:
             self._count_error("", "nvmlInit", exc)
+            self._init_reason = f"NVML cannot initialise ({error_name(exc)}: {exc}); retried every minute"
             if error_name(exc) != self._init_error:
                 log.warning("NVML unavailable (%s): exporting fmdiag_gpu_devices 0", exc)
                 self._init_error = error_name(exc)
@@ -329,18 +354,24 @@ class GpuCollector(Collector):
     # -- the scrape ----------------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
         fam = self.families()
+        problem = None
         with self._lock:
             if not self._closed:
-                self._collect(fam)
+                problem = self._collect(fam)
                 if self._closed:  # close() gave up waiting for this scrape: release NVML now
                     self._release()
+        if problem is not None:
+            # success 0 with the reason, but fmdiag_gpu_devices 0 stays: the "fewer GPUs than
+            # usual" alert must see it.
+            raise SourceUnavailableError(problem, list(fam))
         return fam
 
-    def _collect(self, fam: Families) -> None:
+    def _collect(self, fam: Families) -> str | None:
+        """One scrape into ``fam``; the reason when NVML cannot be used at all."""
         if not self._init():
             fam.add("fmdiag_gpu_devices", 0)
             self._emit_errors(fam)
-            return
+            return self._init_reason
         try:
             count = int(self.nvml.nvmlDeviceGetCount())
         except pynvml.NVMLError as exc:
@@ -349,7 +380,7 @@ class GpuCollector(Collector):
             # No usable GPU is what the "fewer GPUs than usual" alert must see, not an absent series.
             fam.add("fmdiag_gpu_devices", 0)
             self._emit_errors(fam)
-            return
+            return None
         fam.add("fmdiag_gpu_devices", count)
         handles: dict[int, Any] = {}
         processes: dict[int, set[str]] = {}
@@ -371,6 +402,7 @@ class GpuCollector(Collector):
         self._processes = {pid: ",".join(sorted(g, key=int)) for pid, g in processes.items()}
         self._emit_xids(fam, handles)
         self._emit_errors(fam)
+        return None
 
     def _emit_lost(self, fam: Families, index: int, known: _Gpu | None) -> None:
         labels = (
@@ -524,6 +556,7 @@ class GpuCollector(Collector):
                 self.events = False
         if self._xid is None:
             return
+        self._xid.watch(handles)
         last, totals, windowed = self._xid.snapshot()
         window = str(int(self.xid_window_s * 1000))
         for index, gpu in self._gpus.items():
@@ -549,12 +582,18 @@ class GpuCollector(Collector):
         """pid -> GPU indices, for the host collector's training-process metrics."""
         return dict(self._processes)
 
+    def gpu_identities(self) -> dict[int, str]:
+        """GPU index -> UUID as of the last scrape, for the slurm collector's job info."""
+        return {index: gpu.labels["UUID"] for index, gpu in list(self._gpus.items())}  # one C-level copy
+
     #: How long close() waits for a scrape that is inside NVML before leaving NVML as it is.
     _CLOSE_WAIT_S = 5.0
 
     def close(self) -> None:
         if self.ctx.gpu_processes.provider == self.gpu_processes:
             self.ctx.gpu_processes.provider = None
+        if self.ctx.gpu_processes.identities == self.gpu_identities:
+            self.ctx.gpu_processes.identities = None
         self._closed = True  # a scrape still running starts no XID listener, later ones nothing
         # Freeing GPM samples or shutting NVML down under a running scrape is a use-after-free
         # in the library; a scrape stuck in NVML for good must not hang shutdown either.

@@ -166,6 +166,13 @@ class HostCollector(Collector):
         #: (pid, start ticks) whose unreadable /proc/<pid>/io was already reported.
         self._io_denied: set[tuple[int, float]] = set()
 
+    def source_problem(self) -> str | None:
+        if not (self.procfs / "stat").is_file():
+            return (
+                f"{self.procfs}/stat does not exist: is procfs mounted there (--path.procfs, --path.rootfs)?"
+            )
+        return None
+
     def collect(self) -> Iterable[Metric]:
         fam = self.families()
         self._cpu(fam)

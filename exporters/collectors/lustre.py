@@ -4,7 +4,8 @@ Reads, fresh on every scrape, whichever layout the node has at that moment:
 
 * ``proc``: Lustre <= 2.11, ``<procfs>/fs/lustre/{llite,osc,mdc}/<instance>/``;
 * ``debugfs``: 2.12+, ``<debugfs>/lustre/{llite,osc,mdc}/<instance>/`` (root only, debugfs
-  mounted) plus the files some releases leave in /proc (osc ``rpc_stats`` in 2.12-2.14),
+  mounted) plus the files releases leave in /proc (osc ``rpc_stats`` up to 2.16.52; it moves
+  to debugfs in 2.16.53, first released in 2.17.0),
   with the mounts also listed under ``<sysfs>/fs/lustre/llite/``;
 * ``lctl``: one ``lctl get_param`` run with a fixed argument list (no shell) and a timeout,
   for nodes where only that is allowed.
@@ -142,6 +143,22 @@ class LustreCollector(Collector):
         self.lctl_timeout_s = self.option(LCTL_TIMEOUT)
         self.lctl_path = self.option(LCTL_PATH) or shutil.which("lctl") or "/usr/sbin/lctl"
 
+    def source_problem(self) -> str | None:
+        # A node without Lustre has a procfs without fs/lustre (healthy, 0 filesystems); a
+        # root that is not there at all is a wrong --path.* (a bad hostPath mount).
+        paths = self.ctx.paths
+        if self.source == "lctl":
+            if not os.access(self.lctl_path, os.X_OK):
+                return f"lctl not found or not executable at {self.lctl_path} (--collector.lustre.lctl-path)"
+            return None
+        if not os.path.isdir(paths.procfs):
+            return (
+                f"{paths.procfs} is not a directory: is procfs mounted there (--path.procfs, --path.rootfs)?"
+            )
+        if self.source == "debugfs" and not os.path.isdir(paths.debugfs):
+            return f"{paths.debugfs} is not a directory: is debugfs mounted there (--path.debugfs)?"
+        return None
+
     # -- the scrape ---------------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
         fams = self.families()
@@ -166,8 +183,8 @@ class LustreCollector(Collector):
         """(layout, root) pairs: those whose device directories are listed, and those each
         device's files are looked up in, in order.
 
-        2.12+ moved most files to debugfs but, depending on the release, left some (osc
-        ``rpc_stats`` in 2.12-2.14) in /proc, so the 2.12+ layout looks in both.
+        2.12+ moved most files to debugfs but left some in /proc (osc ``rpc_stats`` stays there
+        through 2.16.52 and moves to debugfs in 2.16.53/2.17.0), so the 2.12+ layout looks in both.
         """
         paths = self.ctx.paths
         debugfs = ("debugfs", os.path.join(paths.debugfs, "lustre"))
@@ -352,6 +369,8 @@ class LustreCollector(Collector):
                     fams.add(f"fmdiag_lustre_llite_read_ahead_{family}", value, labels)
             for reason, value in events.items():
                 fams.add("fmdiag_lustre_llite_read_ahead_events_total", value, {**labels, "reason": reason})
+            if ra.pages is not None:
+                fams.add("fmdiag_lustre_llite_read_ahead_pages_total", ra.pages, labels)
         if "rpc_stats" in target.texts:
             where, text = target.texts["rpc_stats"]
             rpc = parse_rpc_stats(text)
@@ -374,6 +393,14 @@ class LustreCollector(Collector):
 def _emit_stats(fams: Families, kind: str, labels: dict[str, str], stats: StatsFile) -> None:
     prefix = f"fmdiag_lustre_{kind}_"
     for line in stats.lines.values():
+        if kind == "llite" and line.name == "openclosetime":
+            # The gap between a close and the next open of a file, not an operation's
+            # latency: summed with the latencies it would dwarf them all.
+            fams.add("fmdiag_lustre_llite_close_to_open_total", line.count, labels)
+            per_second = TIME_UNITS.get(line.unit)
+            if line.sum is not None and per_second is not None:
+                fams.add("fmdiag_lustre_llite_close_to_open_seconds_total", line.sum / per_second, labels)
+            continue
         op = {**labels, "operation": line.name}
         fams.add(prefix + "operations_total", line.count, op)
         if line.sum is None or line.max is None:

@@ -16,6 +16,7 @@ slot for a new job.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -38,6 +39,8 @@ DEFAULT_MAX_READ_BYTES = 256 * 1024
 
 #: Bad lines per file and scrape reported under their own file:line (the rest under the file).
 _LOGGED_LINES = 5
+
+log = logging.getLogger("fmdiag.exporter")
 
 
 @dataclass
@@ -151,6 +154,8 @@ class StepsCollector(Collector):
         #: Which pairs each followed file has fed, to forget them when the file goes.
         self._pairs_of_file: dict[FileKey, set[tuple[str, int]]] = {}
         self.series_dropped = 0
+        #: Files whose records were all too old to export, already named in the log.
+        self._stale_logged: set[FileKey] = set()
         #: Scrapes may overlap when one overruns its deadline; state changes one at a time.
         self._lock = threading.Lock()
         self.clock = time.time
@@ -169,6 +174,7 @@ class StepsCollector(Collector):
         for chunk in result.chunks:
             self._ingest(chunk, now_ns)
         for key in result.vanished:
+            self._stale_logged.discard(key)
             for pair in self._pairs_of_file.pop(key, set()):
                 series = self.series.get(pair)
                 if series is not None:
@@ -185,6 +191,7 @@ class StepsCollector(Collector):
         stale_before = now_ns - int(self.stale_after_s * 1e9)
         pairs = self._pairs_of_file.setdefault(chunk.key, set())
         bad = 0
+        stale = 0
         for number, line in chunk.lines:
             if line is None:
                 error = f"line is over the {MAX_LINE_BYTES}-byte limit"
@@ -206,6 +213,7 @@ class StepsCollector(Collector):
             series = self.series.get(pair)
             if series is None:
                 if record.end_ns < stale_before:
+                    stale += 1
                     continue  # history of a finished job: not worth a series
                 if len(self.series) >= self.max_ranks:
                     self.series_dropped += 1
@@ -213,11 +221,22 @@ class StepsCollector(Collector):
                 series = self.series[pair] = RankSeries(record.job, record.rank)
             series.add(record, chunk.key)
             pairs.add(pair)
+        if stale and not pairs and chunk.key not in self._stale_logged:
+            # Not an error, but a demo or a restored dump whose records are all old would
+            # otherwise show no step series and no reason at all.
+            self._stale_logged.add(chunk.key)
+            log.info(
+                "steps: %s: %d records not exported: their steps ended more than "
+                "--collector.steps.stale-after (%gs) ago",
+                chunk.path,
+                stale,
+                self.stale_after_s,
+            )
 
     def _families(self) -> Iterable[Metric]:
         fam = self.families()
         for series in sorted(self.series.values(), key=lambda s: (s.job, s.rank)):
-            labels = {"job": series.job, "rank": str(series.rank)}
+            labels = {"training_job": series.job, "rank": str(series.rank)}
             cumulative, running = [], 0
             for bound, n in zip(STEP_DURATION_BUCKETS, series.buckets, strict=True):
                 running += n

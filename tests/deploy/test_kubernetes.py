@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,23 +33,31 @@ from .conftest import (
 )
 
 K8S_VERSION = "1.30.0"
-CORE_KINDS = ("DaemonSet", "Service", "ServiceAccount")
+CORE_KINDS = ("DaemonSet", "Service", "ServiceAccount", "Namespace")
+OVERLAYS = ("servicemonitor", "privileged", "nvidia-runtime")
 
 
 @pytest.fixture(scope="module")
 def objs() -> dict[str, dict[str, Any]]:
-    return base_objects()
+    """The base's objects plus the ServiceMonitor of the servicemonitor overlay."""
+    (monitor,) = load_docs(K8S / "servicemonitor" / "servicemonitor.yaml")
+    return {**base_objects(), "ServiceMonitor": monitor}
+
+
+def overlay_daemonset(daemonset: dict[str, Any], overlay: str) -> dict[str, Any]:
+    """The DaemonSet as an overlay's JSON patches leave it (kustomize's JSON6902 semantics)."""
+    kustomization = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "../base"
+    out = daemonset
+    for patch in kustomization.get("patches", []):
+        target = patch["target"]
+        assert (target["kind"], target["name"]) == ("DaemonSet", daemonset["metadata"]["name"])
+        out = json_patch(out, yaml.safe_load((K8S / overlay / patch["path"]).read_text()))
+    return out
 
 
 def privileged_daemonset(daemonset: dict[str, Any]) -> dict[str, Any]:
-    kustomization = yaml.safe_load((K8S / "privileged" / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["../base"]
-    out = daemonset
-    for patch in kustomization["patches"]:
-        target = patch["target"]
-        assert (target["kind"], target["name"]) == ("DaemonSet", daemonset["metadata"]["name"])
-        out = json_patch(out, yaml.safe_load((K8S / "privileged" / patch["path"]).read_text()))
-    return out
+    return overlay_daemonset(daemonset, "privileged")
 
 
 # --- schema validation ------------------------------------------------------------------------
@@ -126,8 +136,12 @@ def test_service_servicemonitor_and_pods_select_each_other(objs: dict[str, dict[
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert svc["spec"]["clusterIP"] == "None"
-    namespaces = {o["metadata"]["namespace"] for o in objs.values()}
-    assert namespaces == {"monitoring"} == set(sm["spec"]["namespaceSelector"]["matchNames"])
+    namespaces = {o["metadata"]["namespace"] for o in objs.values() if o["kind"] != "Namespace"}
+    assert (
+        namespaces
+        == {objs["Namespace"]["metadata"]["name"]}
+        == set(sm["spec"]["namespaceSelector"]["matchNames"])
+    )
     assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     c = container(ds)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -149,14 +163,21 @@ def test_pod_is_unprivileged_and_mounts_the_host_read_only(objs: dict[str, dict[
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["privileged"] is False
     assert pod["automountServiceAccountToken"] is False
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert set(host_paths.values()) == {"/sys", "/proc", "/sys/kernel/debug", "/var/tmp"}
+    assert set(host_paths.values()) == {
+        "/sys",
+        "/proc",
+        "/sys/kernel/debug",
+        "/var/tmp",
+        "/var/lib/kubelet/pod-resources",
+    }
     for mount in c["volumeMounts"]:
         if mount["name"] in host_paths:
             assert mount["readOnly"] is True, mount
     for resource in ("cpu", "memory"):
         assert resource in c["resources"]["requests"] and resource in c["resources"]["limits"]
-    keys = {t["key"] for t in pod["tolerations"]}
-    assert {"nvidia.com/gpu", "vpc.amazonaws.com/efa"} <= keys
+    # Runs on every node whatever its taints, and is the last pod evicted.
+    assert {"operator": "Exists"} in pod["tolerations"]
+    assert pod["priorityClassName"] == "system-node-critical"
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
@@ -238,7 +259,7 @@ def test_the_daemonset_args_start_a_working_exporter(objs: dict[str, dict[str, A
         assert health.status_code == 200
         body = requests.get(f"{proc.url}/metrics", timeout=30).text
     samples = exporter_proc.samples(body)
-    assert exporter_proc.value(samples, "fmdiag_step_last", job="ds-test", rank="3") == 3
+    assert exporter_proc.value(samples, "fmdiag_step_last", training_job="ds-test", rank="3") == 3
     assert exporter_proc.value(samples, "fmdiag_host_cpus") == 8
     assert exporter_proc.value(samples, "fmdiag_process_threads", pid="4242") == 8
     for collector in ("host", "steps"):
@@ -251,3 +272,90 @@ def test_manifest_files_are_plain_yaml_documents() -> None:
         assert docs, path
         for doc in docs:
             assert isinstance(doc, (dict, list)), path
+
+
+# --- overlays, Pod Security, attribution ----------------------------------------------------------
+
+
+def test_pod_security_privileged_is_scoped_to_the_exporters_own_namespace(
+    objs: dict[str, dict[str, Any]],
+) -> None:
+    ns = objs["Namespace"]
+    labels = ns["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert ns["metadata"]["name"] == objs["DaemonSet"]["metadata"]["namespace"] != "monitoring"
+    kinds = {o["kind"] for o in objs.values() if o["metadata"].get("namespace") == ns["metadata"]["name"]}
+    assert kinds == {"DaemonSet", "Service", "ServiceAccount", "ServiceMonitor"}  # nothing else lives there
+
+
+def test_the_base_has_no_crd_objects_and_the_servicemonitor_overlay_adds_one() -> None:
+    base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    kinds = {d["kind"] for name in base["resources"] for d in load_docs(K8S / "base" / name)}
+    assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds
+    overlay = yaml.safe_load((K8S / "servicemonitor" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../base", "servicemonitor.yaml"]
+
+
+def test_the_servicemonitor_honours_the_workload_owner_labels(objs: dict[str, dict[str, Any]]) -> None:
+    (endpoint,) = objs["ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True  # else pod/namespace/container become exported_*
+
+
+def test_the_nvidia_runtime_overlay_only_sets_the_runtime_class(objs: dict[str, dict[str, Any]]) -> None:
+    base = objs["DaemonSet"]
+    patched = overlay_daemonset(base, "nvidia-runtime")
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    assert patched["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert "runtimeClassName" not in base["spec"]["template"]["spec"]
+    del patched["spec"]["template"]["spec"]["runtimeClassName"]
+    assert patched == base
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (for `kubectl kustomize`) is not installed"
+)
+@pytest.mark.parametrize("overlay", ("base", *OVERLAYS))
+def test_every_kustomization_builds_with_the_real_kustomize(overlay: str) -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, check=True
+    )
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    expected = sorted(
+        ["DaemonSet", "Namespace", "Service", "ServiceAccount"]
+        + (["ServiceMonitor"] if overlay == "servicemonitor" else [])
+    )
+    assert kinds == expected
+    for doc in docs:
+        if doc["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_daemonset_reads_pod_owners_from_the_mounted_socket(
+    objs: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The DaemonSet's args with the socket path it mounts, served by a real pod-resources server."""
+    from support.kubelet import PodResourcesServer, pod
+
+    ds = objs["DaemonSet"]
+    (mount,) = [m for m in container(ds)["volumeMounts"] if m["name"] == "pod-resources"]
+    args = container(ds)["args"]
+    (flag,) = [a for a in args if a.startswith("--collector.kubernetes.pod-resources-socket=")]
+    socket_path = flag.split("=", 1)[1]
+    assert Path(socket_path).parent == Path(mount["mountPath"]) and mount["readOnly"] is True
+    kubelet = PodResourcesServer()
+    kubelet.pods = [pod("llama-0", "training", {"trainer": {"nvidia.com/gpu": ["GPU-1234"]}})]
+    kubelet.start()
+    root = _host_root(tmp_path)
+    run_args = [
+        a.replace("=/host", f"={root}").replace(socket_path, str(kubelet.socket))
+        for a in args
+        if not a.startswith("--web.listen-address=")
+    ]
+    try:
+        with exporter_proc.ExporterProcess(run_args) as proc:
+            samples = exporter_proc.samples(requests.get(f"{proc.url}/metrics", timeout=30).text)
+    finally:
+        kubelet.close()
+    assert exporter_proc.value(samples, "fmdiag_exporter_collector_success", collector="kubernetes") == 1
+    assert exporter_proc.value(samples, "fmdiag_gpu_pod_info", UUID="GPU-1234", pod="llama-0") == 1

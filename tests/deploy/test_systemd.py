@@ -130,7 +130,7 @@ def test_env_file_flags_start_a_working_exporter(tmp_path: Path) -> None:
     with exporter_proc.ExporterProcess(args) as proc:
         assert requests.get(f"{proc.url}/healthz", timeout=10).status_code == 200
         samples = exporter_proc.samples(requests.get(f"{proc.url}/metrics", timeout=30).text)
-    assert exporter_proc.value(samples, "fmdiag_step_last", job="unit-test", rank="0") == 0
+    assert exporter_proc.value(samples, "fmdiag_step_last", training_job="unit-test", rank="0") == 0
     assert exporter_proc.value(samples, "fmdiag_exporter_collector_success", collector="host") == 1
 
 
@@ -145,3 +145,24 @@ def test_tmpfiles_entry_creates_a_sticky_spool(tmp_path: Path) -> None:
     spool = tmp_path / steprecord.DEFAULT_SPOOL_DIR.lstrip("/")
     mode = spool.stat().st_mode
     assert stat.S_ISDIR(mode) and stat.S_IMODE(mode) == 0o1777
+
+
+def test_the_readme_states_the_exposure_systemd_analyze_prints(tmp_path: Path) -> None:
+    readme = (SYSTEMD.parent / "README.md").read_text()
+    m = re.search(
+        r"`systemd-analyze security` rates it (\d\.\d) \(\"OK\"; (\d\.\d) with the Lustre drop-in", readme
+    )
+    assert m is not None
+    assert float(m[1]) == exposure(unit_dir(tmp_path, dropin=False))
+    assert float(m[2]) == exposure(unit_dir(tmp_path, dropin=True))
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) is not installed")
+def test_the_bare_metal_scrape_config_is_valid_for_promtool() -> None:
+    out = subprocess.run(
+        ["promtool", "check", "config", str(SYSTEMD / "prometheus-scrape.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout + out.stderr

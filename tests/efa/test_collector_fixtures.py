@@ -61,8 +61,10 @@ def test_nitro_v4_every_counter_of_both_efas_and_no_mellanox() -> None:
         port = {"device": dev, "port": "1"}
         for file, (name, _help) in EFA_PORT_COUNTERS.items():
             assert get(values, name, **port) == port_counter(seed, file, PORT_ORDER), file
-        for i, (_file, (name, _help)) in enumerate(EFA_DEVICE_COUNTERS.items()):
+        # The 12 device counters of drivers without kernel verbs (no alloc_mr_err, get_dma_mr_err).
+        for i, (_file, (name, _help)) in enumerate(list(EFA_DEVICE_COUNTERS.items())[:12]):
             assert get(values, name, device=dev) == seed * 1000 + i
+        assert not any(k[0] == "fmdiag_efa_alloc_mr_errors_total" for k in values)
         assert get(values, "fmdiag_efa_port_state_id", **port) == 4
         assert get(values, "fmdiag_efa_port_physical_state_id", **port) == 5
         assert get(values, "fmdiag_efa_port_rate_bytes_per_second", **port) == 12.5e9
@@ -211,3 +213,32 @@ def test_fixture_files_are_real_layout() -> None:
         assert entry.is_symlink()
         assert "/devices/" in os.path.realpath(entry)
         assert (entry / "device" / "vendor").is_file()
+
+
+def test_kernel_verbs_counters_have_their_own_names() -> None:
+    """amzn-drivers r2.12+ (kernel verbs) add alloc_mr_err and get_dma_mr_err at device level."""
+    values, _fams, errors = collect(FIXTURES / "newer_driver" / "sys")
+    assert errors.count("efa") == 0
+    assert get(values, "fmdiag_efa_alloc_mr_errors_total", device="rdmap79s0") == 4013
+    assert get(values, "fmdiag_efa_get_dma_mr_errors_total", device="rdmap79s0") == 4014
+    others = {dict(k[1]).get("counter") for k in values if k[0] == "fmdiag_efa_device_other_counter_total"}
+    assert others == {"destroy_qp_err"}
+
+
+def test_an_old_drivers_admin_counters_under_the_port_keep_their_device_names() -> None:
+    """Before r1.14.0 the admin counters sat in ports/1/hw_counters (no device-level directory)."""
+    values, _fams, errors = collect(FIXTURES / "old_driver" / "sys")
+    assert errors.count("efa") == 0
+    device_files = list(EFA_DEVICE_COUNTERS)[:12]  # the fixture's files, in DOMAIN.md's order
+    for i, name in enumerate(device_files):
+        metric = EFA_DEVICE_COUNTERS[name][0]
+        assert get(values, metric, device="efa_0") == 3 * 1000 + i, name
+    assert not any(k[0].endswith("_other_counter_total") for k in values)
+    # The port's own counters are unchanged.
+    nitro_v3, _, _ = collect(FIXTURES / "nitro_v3" / "sys")
+    assert get(values, "fmdiag_efa_tx_bytes_total", device="efa_0", port="1") == get(
+        nitro_v3, "fmdiag_efa_tx_bytes_total", device="efa_0", port="1"
+    )
+    assert {k for k in values if k[0] != "fmdiag_efa_hw_counters_lifespan_seconds"} == {
+        k for k in nitro_v3 if k[0] != "fmdiag_efa_hw_counters_lifespan_seconds"
+    }

@@ -87,7 +87,11 @@ def _families() -> list[Metric]:
         },
     )
     fams.add_histogram(
-        "fmdiag_step_duration_seconds", {"job": "j", "rank": "0"}, [(0.5, 1), (1.0, 3)], count=4, total=5.5
+        "fmdiag_step_duration_seconds",
+        {"training_job": "j", "rank": "0"},
+        [(0.5, 1), (1.0, 3)],
+        count=4,
+        total=5.5,
     )
     fams.add("fmdiag_exporter_build_info", 1, {"version": "0.1.0", "python_version": "3.11"})
     return list(fams)
@@ -102,7 +106,7 @@ def test_text_keeps_catalog_names_for_dcgm_and_fmdiag_counters() -> None:
     assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION_total" not in text
     assert "# TYPE fmdiag_efa_tx_bytes_total counter\n" in text
     assert "# TYPE fmdiag_step_duration_seconds histogram\n" in text
-    assert 'fmdiag_step_duration_seconds_bucket{job="j",rank="0",le="+Inf"} 4\n' in text
+    assert 'fmdiag_step_duration_seconds_bucket{training_job="j",rank="0",le="+Inf"} 4\n' in text
     assert 'fw_ver="a\\"b\\\\c\\nd"' in text
     assert not text.endswith("# EOF\n")
 

@@ -87,3 +87,39 @@ def test_sigterm_exits_even_with_a_collector_hung_on_a_source(start_exporter: An
         exp.proc.kill()
         exp.proc.wait()
     assert rc == 0, "the exporter did not exit within 8 s of SIGTERM"
+
+
+def test_connections_over_the_cap_are_refused_and_served_again_once_slots_free(start_exporter: Any) -> None:
+    """--web.max-connections: idle connections each hold a thread; one more is answered 503."""
+    exp = start_exporter(*EFA_ONLY, f"--path.sysfs={NITRO_V4}", "--web.max-connections=3")
+    idle = [socket.create_connection((exp.host, exp.port), timeout=10) for _ in range(3)]
+    try:
+        # Accepted in order after the three idle ones, so it finds no free slot.
+        with socket.create_connection((exp.host, exp.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = _read_all(sock)
+        assert data == b"" or data.startswith(b"HTTP/1.1 503 "), data[:80]  # refused, never served
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 20
+    status = 0
+    while time.monotonic() < deadline and status != 200:
+        try:
+            status = requests.get(f"{exp.url}/healthz", timeout=5).status_code
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    assert status == 200
+    assert "refused a connection from 127.0.0.1: 3 connections open (--web.max-connections)" in exp.log()
+
+
+def test_max_connections_must_not_be_negative(start_exporter: Any) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "fmdiag", "exporter", "--web.max-connections=-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "--web.max-connections" in run.stderr

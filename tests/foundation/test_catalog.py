@@ -107,16 +107,22 @@ def test_fmdiag_metrics_follow_prometheus_conventions(metric: catalog.Metric) ->
         assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", label)
         assert not label.startswith("__")
         assert not any(label.endswith(u) for u in UNIT_WORDS), "no unit in a label"
-        assert label not in ("instance", "job") or metric.subsystem == "steps", (
-            "would clash with target labels"
-        )
     assert metric.help.strip().endswith("."), "help is a sentence"
 
 
-def test_step_labels_document_the_job_label_clash() -> None:
-    # Step metrics carry the training job id as `job`; Prometheus renames the scrape job to
-    # `exported_job` only with honor_labels=false, so the ServiceMonitor must set honor_labels.
-    assert catalog.get("fmdiag_step_last").labels == ("job", "rank")
+@pytest.mark.parametrize("metric", catalog.CATALOG, ids=lambda m: m.name)
+def test_no_label_clashes_with_a_prometheus_target_label(metric: catalog.Metric) -> None:
+    # Prometheus attaches `job` and `instance` to every scraped series and renames an exported
+    # label of the same name to `exported_job`/`exported_instance`, so `by (job)` would
+    # silently group by scrape job. Every family, DCGM names included, must avoid them.
+    assert {"job", "instance"} == catalog.TARGET_LABELS
+    assert not set(metric.all_labels) & catalog.TARGET_LABELS, metric.all_labels
+
+
+def test_step_metrics_carry_the_training_job_as_training_job() -> None:
+    for metric in catalog.by_subsystem("steps"):
+        if metric.labels:
+            assert metric.labels[:2] == ("training_job", "rank"), metric.name
 
 
 @pytest.mark.parametrize(("name", "mtype"), sorted(DCGM_EXPORTER.items()))
@@ -171,6 +177,8 @@ def test_catalog_covers_every_efa_counter_in_the_domain_notes() -> None:
         "alloc_ucontext_err",
         "create_ah_err",
         "mmap_err",
+        "alloc_mr_err",  # amzn-drivers r2.12+, kernel verbs
+        "get_dma_mr_err",
     }
     assert set(catalog.EFA_PORT_COUNTERS) == port
     assert set(catalog.EFA_DEVICE_COUNTERS) == device

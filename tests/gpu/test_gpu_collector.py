@@ -11,7 +11,7 @@ import pytest
 
 from fmdiag import catalog
 from fmdiag.exporters import gpu_state_file
-from fmdiag.exporters.collector import CollectorContext
+from fmdiag.exporters.collector import CollectorContext, SourceUnavailableError
 from fmdiag.exporters.collectors import gpu as gpu_collector
 from fmdiag.exporters.collectors.gpu import GpuCollector
 from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
@@ -140,14 +140,47 @@ def test_unsupported_calls_are_tried_once_then_skipped(state_file: Path) -> None
     assert value(found, "fmdiag_gpu_nvml_errors_total", gpu="0", call="DCGM_FI_DEV_ECC_SBE_VOL_TOTAL") == 1
 
 
-def test_without_a_driver_the_node_reports_zero_gpus(state_file: Path) -> None:
+def unavailable(collector: GpuCollector) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+    """The reason a collect reported its source unavailable, and the families it still served."""
+    with pytest.raises(SourceUnavailableError) as info:
+        collector.collect()
+    found = {
+        (s.name, frozenset(s.labels.items())): s.value for fam in info.value.families for s in fam.samples
+    }
+    return info.value.reason, found
+
+
+def test_without_a_driver_the_node_reports_zero_gpus_and_fails_honestly(state_file: Path) -> None:
     c = GpuCollector(CollectorContext(hostname="h", nvml=FakeNvml(state_file, library_missing=True)))
     try:
-        found = samples(c)
+        reason, found = unavailable(c)
     finally:
         c.close()
+    # success 0 with the reason (the scrape logs it), and fmdiag_gpu_devices 0 still served.
+    assert "NVML cannot initialise (LibraryNotFound" in reason
     assert value(found, "fmdiag_gpu_devices") == 0
     assert value(found, "fmdiag_gpu_nvml_errors_total", call="nvmlInit", error="LibraryNotFound") == 1
+
+
+def test_the_xid_listener_picks_up_gpus_that_appear_after_start(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    gpu_state_file.write(path, make_gpus()[:2], time_s=time.time(), hostname="h")
+    c = GpuCollector(CollectorContext(options={"simulated-state": str(path)}, hostname="h"))
+    try:
+        assert value(samples(c), "fmdiag_gpu_devices") == 2  # the listener starts with GPUs 0 and 1
+        gpus = make_gpus(4)
+        gpu_state_file.write(path, gpus, time_s=time.time() + 1, hostname="h")
+        assert value(samples(c), "fmdiag_gpu_devices") == 4  # GPUs 2 and 3 registered now
+        gpus[3].xid_events = [48]
+        gpu_state_file.write(path, gpus, time_s=time.time() + 2, hostname="h")
+        deadline = time.monotonic() + 10
+        found = samples(c)
+        while time.monotonic() < deadline and not any(n == "fmdiag_gpu_xid_errors_total" for (n, _) in found):
+            time.sleep(0.1)
+            found = samples(c)
+        assert value(found, "fmdiag_gpu_xid_errors_total", gpu="3", xid="48", action="workflow") == 1
+    finally:
+        c.close()
 
 
 def test_xid_events_are_counted_with_their_action(collector: GpuCollector, state_file: Path) -> None:
@@ -275,12 +308,16 @@ def test_a_garbled_state_file_is_refused_at_start(tmp_path: Path) -> None:
     bad.write_text('{"format": "fmdiag-gpu-state", "version": 1, "time_s": 1.0, "gpus": [{"index": "0"}]}')
     with pytest.raises(OptionError, match=r"--collector\.gpu\.simulated-state=.*gpus\[0\]"):
         GpuCollector(CollectorContext(options={"simulated-state": str(bad)}))
-    # A file not written yet is a node whose driver is not loaded, not an error.
+    # A file not written yet is accepted at start and named as the reason, not "Driver Not
+    # Loaded"; once the simulator writes it, the next scrape serves its GPUs.
     later = tmp_path / "later.json"
     c = GpuCollector(CollectorContext(hostname="h", options={"simulated-state": str(later)}))
     try:
-        found = samples(c)
+        reason, found = unavailable(c)
+        assert reason == f"simulated GPU state file {later} does not exist (yet)"
+        assert value(found, "fmdiag_gpu_devices") == 0
+        assert not [k for k in found if k[0] == "fmdiag_gpu_nvml_errors_total"]
+        gpu_state_file.write(later, make_gpus()[:2], time_s=time.time(), hostname="h")
+        assert value(samples(c), "fmdiag_gpu_devices") == 2
     finally:
         c.close()
-    assert value(found, "fmdiag_gpu_devices") == 0
-    assert value(found, "fmdiag_gpu_nvml_errors_total", call="nvmlInit", error="DriverNotLoaded") == 1

@@ -36,7 +36,7 @@ SERVER = textwrap.dedent(f"""
             fams.add("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", {ENERGY}, GPU)
             fams.add("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", 0, GPU)
             fams.add("DCGM_FI_DEV_GPU_TEMP", 45, GPU)
-            fams.add_histogram("fmdiag_step_duration_seconds", {{"job": "j", "rank": "0"}},
+            fams.add_histogram("fmdiag_step_duration_seconds", {{"training_job": "j", "rank": "0"}},
                                [(0.5, 1), (1.0, 3)], count=4, total=3.5)
             return fams
 

@@ -156,8 +156,30 @@ def test_read_ahead_stats_underscore_spelling_and_sums() -> None:
         "snapshot_time 1.0 secs.nsecs\nzero_size_window 8726 samples [pages]\n"
         "readahead_pages 12 samples [pages] 15 2047 10772\nhits x\nfoo\n"
     )
-    assert ra.events == {"zero_size_window": 8726, "readahead_pages": 12}
+    # 2.16+'s readahead_pages carries min/max/sum of pages: the page sum is kept, not the
+    # number of read-ahead requests.
+    assert ra.events == {"zero_size_window": 8726}
+    assert ra.pages == 10772
     assert [e.lineno for e in ra.errors] == [4, 5]
+
+
+def test_read_ahead_pages_without_a_sum_stays_an_event() -> None:
+    ra = parse_read_ahead_stats("snapshot_time 1.0 secs.nsecs\nreadahead_pages 12 samples [pages]\n")
+    assert ra.events == {"readahead_pages": 12} and ra.pages is None
+
+
+def test_lctl_sections_whose_kind_has_a_dash() -> None:
+    out = parse_lctl_output(
+        "osd-ldiskfs.fs-OST0003.stats=\nsnapshot_time 1.0 secs.nsecs\nread_bytes 1 samples [bytes] 1 1 1\n"
+        "llite.fs-ffff88.stats=\nsnapshot_time 2.0 secs.nsecs\nopen 3 samples [usecs] 1 2 3\n"
+    )
+    assert out.errors == []
+    assert [(p.kind, p.instance, p.param) for p in out.params] == [
+        ("osd-ldiskfs", "fs-OST0003", "stats"),
+        ("llite", "fs-ffff88", "stats"),
+    ]
+    # The dashed section's lines are not appended to the previous parameter.
+    assert out.params[1].text.count("snapshot_time") == 1
 
 
 @pytest.mark.parametrize(

@@ -299,7 +299,7 @@ def test_collector_counts_exactly_the_valid_records_and_reports_the_bad(
         for fam in collector.collect():
             for s in fam.samples:
                 if s.name == "fmdiag_step_duration_seconds_count":
-                    counts[(s.labels["job"], s.labels["rank"])] = s.value
+                    counts[(s.labels["training_job"], s.labels["rank"])] = s.value
     expected: dict[tuple[str, str], float] = {}
     for kind, _, rec in items:
         if kind == "good":

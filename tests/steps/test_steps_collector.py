@@ -44,7 +44,7 @@ def get(samples: Samples, metric: str, /, **labels: str) -> float | None:
 
 
 def pairs(samples: Samples) -> set[tuple[str, str]]:
-    return {(dict(lab)["job"], dict(lab)["rank"]) for (n, lab) in samples if n == "fmdiag_step_last"}
+    return {(dict(lab)["training_job"], dict(lab)["rank"]) for (n, lab) in samples if n == "fmdiag_step_last"}
 
 
 def record(
@@ -83,7 +83,7 @@ def test_hand_written_spool_gives_exact_aggregates(tmp_path: Path) -> None:
     collector = make(spool, **{"stale-after": "100000d"})
     s = scrape(collector)
     assert pairs(s) == {("llama-70b-0412", "0"), ("llama-70b-0412", "1")}
-    r0 = {"job": "llama-70b-0412", "rank": "0"}
+    r0 = {"training_job": "llama-70b-0412", "rank": "0"}
     # rank 0: steps 0..3 lasting 1.9, 2.0, 2.1 and 9.5 s; the 3rd line of the file is garbage.
     assert get(s, "fmdiag_step_duration_seconds_count", **r0) == 4
     assert get(s, "fmdiag_step_duration_seconds_sum", **r0) == pytest.approx(15.5)
@@ -101,7 +101,7 @@ def test_hand_written_spool_gives_exact_aggregates(tmp_path: Path) -> None:
     assert get(s, "fmdiag_step_tokens_total", **r0) == 4 * 65536
     assert get(s, "fmdiag_step_samples_total", **r0) == 64
     assert get(s, "fmdiag_step_records_dropped_total", **r0) == 2
-    r1 = {"job": "llama-70b-0412", "rank": "1"}
+    r1 = {"training_job": "llama-70b-0412", "rank": "1"}
     assert get(s, "fmdiag_step_duration_seconds_count", **r1) == 2
     assert get(s, "fmdiag_step_tokens_total", **r1) is None  # this writer reports no tokens
     assert get(s, "fmdiag_step_spool_files") == 2
@@ -114,23 +114,26 @@ def test_bucket_bounds_are_inclusive(tmp_path: Path) -> None:
     append(tmp_path / "j.rank00000.jsonl", lines + record(step=99, dur_s=601.0))
     s = scrape(make(tmp_path))
     for i, bound in enumerate(STEP_DURATION_BUCKETS):
-        assert get(s, "fmdiag_step_duration_seconds_bucket", job="job1", rank="0", le=repr(bound)) == i + 1
-    assert get(s, "fmdiag_step_duration_seconds_bucket", job="job1", rank="0", le="+Inf") == 19
+        assert (
+            get(s, "fmdiag_step_duration_seconds_bucket", training_job="job1", rank="0", le=repr(bound))
+            == i + 1
+        )
+    assert get(s, "fmdiag_step_duration_seconds_bucket", training_job="job1", rank="0", le="+Inf") == 19
 
 
 def test_each_scrape_reads_only_what_was_appended(tmp_path: Path) -> None:
     path = tmp_path / "job1.rank00000.jsonl"
     append(path, record(step=0) + record(step=1))
     collector = make(tmp_path)
-    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 2
+    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 2
     offset = next(iter(collector.tail.files.values())).offset
     assert offset == path.stat().st_size
-    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 2
+    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 2
     append(path, record(step=2, dur_s=4.0))
     s = scrape(collector)
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 3
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 2
-    assert get(s, "fmdiag_step_last_duration_seconds", job="job1", rank="0") == 4.0
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 3
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 2
+    assert get(s, "fmdiag_step_last_duration_seconds", training_job="job1", rank="0") == 4.0
 
 
 def test_partial_last_line_waits_for_its_newline_without_an_error(tmp_path: Path) -> None:
@@ -139,11 +142,11 @@ def test_partial_last_line_waits_for_its_newline_without_an_error(tmp_path: Path
     append(path, record(step=6) + line[:25])
     collector = make(tmp_path)
     s = scrape(collector)
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 6
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 6
     append(path, line[25:-1])
-    assert get(scrape(collector), "fmdiag_step_last", job="job1", rank="0") == 6
+    assert get(scrape(collector), "fmdiag_step_last", training_job="job1", rank="0") == 6
     append(path, b"\n")
-    assert get(scrape(collector), "fmdiag_step_last", job="job1", rank="0") == 7
+    assert get(scrape(collector), "fmdiag_step_last", training_job="job1", rank="0") == 7
     assert errors(collector) == 0
 
 
@@ -159,7 +162,7 @@ def test_a_fragment_ended_by_a_restarted_writer_is_one_bad_line(tmp_path: Path) 
             with tracer.step():
                 pass
     s = scrape(collector)
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 4
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 4
     assert errors(collector) == 1
 
 
@@ -184,8 +187,8 @@ def test_garbage_lines_are_counted_and_good_lines_kept(tmp_path: Path) -> None:
     )
     collector = make(tmp_path)
     s = scrape(collector)
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 2
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 3
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 2
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 3
     assert errors(collector) == 7
 
 
@@ -219,10 +222,10 @@ def test_copytruncate_rotation_neither_loses_nor_repeats_records(tmp_path: Path)
     s = scrape(collector)
     # step 2 was in the file only between two scrapes and left with the copy; steps 0, 1
     # are not counted twice and step 3 is read from the truncated file's start.
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 3
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 3
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 3
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 3
     append(path, record(step=4))
-    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 4
+    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 4
     assert errors(collector) == 0
 
 
@@ -236,7 +239,7 @@ def test_a_renamed_file_is_followed_by_inode(tmp_path: Path) -> None:
     path.rename(moved)
     append(moved, record(step=1))
     s = scrape(collector)
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 2
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 2
     assert get(s, "fmdiag_step_spool_files") == 1
 
 
@@ -250,9 +253,9 @@ def test_a_replaced_file_is_read_from_its_start(tmp_path: Path) -> None:
     os.replace(replacement, path)
     s = scrape(collector)
     # The new inode is read from its start; the pair goes on (counters never go back).
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 4
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 6
-    assert get(s, "fmdiag_step_records_dropped_total", job="job1", rank="0") == 1
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 4
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 6
+    assert get(s, "fmdiag_step_records_dropped_total", training_job="job1", rank="0") == 1
 
 
 def test_pairs_of_a_deleted_file_are_forgotten(tmp_path: Path) -> None:
@@ -293,10 +296,13 @@ def test_files_present_at_start_are_joined_at_their_tail(tmp_path: Path) -> None
     s = scrape(collector)
     starts = [sum(map(len, lines[:i])) for i in range(len(lines))]
     whole = sum(1 for start in starts if start >= path.stat().st_size - 4096)  # lines wholly inside
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == whole
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 299
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == whole
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 299
     append(path, record(step=300))
-    assert get(scrape(collector), "fmdiag_step_duration_seconds_count", job="job1", rank="0") == whole + 1
+    assert (
+        get(scrape(collector), "fmdiag_step_duration_seconds_count", training_job="job1", rank="0")
+        == whole + 1
+    )
     assert errors(collector) == 0
 
 
@@ -323,9 +329,9 @@ def test_dropped_counts_survive_a_writer_restart(tmp_path: Path) -> None:
     path = tmp_path / "job1.rank00000.jsonl"
     append(path, record(step=0) + record(step=1, dropped=3) + record(step=2, dropped=5))
     collector = make(tmp_path)
-    assert get(scrape(collector), "fmdiag_step_records_dropped_total", job="job1", rank="0") == 5
+    assert get(scrape(collector), "fmdiag_step_records_dropped_total", training_job="job1", rank="0") == 5
     append(path, record(step=3) + record(step=4, dropped=1))  # a new writer process
-    assert get(scrape(collector), "fmdiag_step_records_dropped_total", job="job1", rank="0") == 6
+    assert get(scrape(collector), "fmdiag_step_records_dropped_total", training_job="job1", rank="0") == 6
 
 
 def test_a_long_backlog_is_read_over_several_scrapes(tmp_path: Path) -> None:
@@ -335,7 +341,9 @@ def test_a_long_backlog_is_read_over_several_scrapes(tmp_path: Path) -> None:
     append(path, b"".join(record(step=i) for i in range(300)))
     counts = []
     for _ in range(20):
-        counts.append(get(scrape(collector), "fmdiag_step_duration_seconds_count", job="job1", rank="0"))
+        counts.append(
+            get(scrape(collector), "fmdiag_step_duration_seconds_count", training_job="job1", rank="0")
+        )
     assert counts[0] is not None and counts[0] < 300
     assert counts == sorted(counts)
     assert counts[-1] == 300
@@ -409,7 +417,7 @@ def test_real_writers_appending_while_the_collector_scrapes(tmp_path: Path) -> N
     reader.join()
     s = scrape(collector)
     for rank in range(8):
-        labels = {"job": "live", "rank": str(rank)}
+        labels = {"training_job": "live", "rank": str(rank)}
         assert get(s, "fmdiag_step_duration_seconds_count", **labels) == steps_per_rank
         assert get(s, "fmdiag_step_last", **labels) == steps_per_rank - 1
         assert get(s, "fmdiag_step_tokens_total", **labels) == 10 * steps_per_rank
@@ -428,7 +436,7 @@ def test_a_garbage_file_is_counted_in_full_but_cannot_flood_the_log(
     with caplog.at_level("WARNING", logger="fmdiag.exporter"):
         s = scrape(collector)
     assert errors(collector) == 100
-    assert get(s, "fmdiag_step_duration_seconds_count", job="job1", rank="0") == 1
+    assert get(s, "fmdiag_step_duration_seconds_count", training_job="job1", rank="0") == 1
     logged = [r.getMessage() for r in caplog.records if "junk.jsonl" in r.getMessage()]
     assert 1 <= len(logged) <= 6
     assert any("junk.jsonl:1:" in m for m in logged)
@@ -440,9 +448,9 @@ def test_a_new_writer_process_is_told_apart_by_pid_even_when_it_drops_more(tmp_p
     path = tmp_path / "job1.rank00000.jsonl"
     append(path, record(step=0, pid=100, dropped=2) + record(step=1, pid=100, dropped=5))
     collector = make(tmp_path)
-    assert get(scrape(collector), "fmdiag_step_records_dropped_total", job="job1", rank="0") == 5
+    assert get(scrape(collector), "fmdiag_step_records_dropped_total", training_job="job1", rank="0") == 5
     append(path, record(step=0, pid=200, dropped=7))  # the rank restarted and dropped 7 of its own
-    assert get(scrape(collector), "fmdiag_step_records_dropped_total", job="job1", rank="0") == 12
+    assert get(scrape(collector), "fmdiag_step_records_dropped_total", training_job="job1", rank="0") == 12
 
 
 def test_last_step_follows_file_order_when_the_wall_clock_steps_back(tmp_path: Path) -> None:
@@ -451,7 +459,7 @@ def test_last_step_follows_file_order_when_the_wall_clock_steps_back(tmp_path: P
     path = tmp_path / "job1.rank00000.jsonl"
     append(path, record(step=1, end_s=NOW - 10) + record(step=2, end_s=NOW - 40))
     s = scrape(make(tmp_path))
-    assert get(s, "fmdiag_step_last", job="job1", rank="0") == 2
+    assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 2
 
 
 def test_a_record_with_a_huge_integer_is_one_bad_line_not_a_broken_collector(tmp_path: Path) -> None:
@@ -462,5 +470,23 @@ def test_a_record_with_a_huge_integer_is_one_bad_line_not_a_broken_collector(tmp
     collector = make(tmp_path)
     for _ in range(2):  # the series it would have updated must not poison later scrapes
         s = scrape(collector)
-        assert get(s, "fmdiag_step_last", job="job1", rank="0") == 0
+        assert get(s, "fmdiag_step_last", training_job="job1", rank="0") == 0
     assert errors(collector) == 1
+
+
+def test_a_file_of_only_stale_records_is_named_in_the_log_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records older than stale-after are skipped on purpose, but never silently."""
+    path = tmp_path / "done.rank00000.jsonl"
+    append(path, record(job="done", end_s=NOW - 7200) + record(job="done", step=1, end_s=NOW - 7100))
+    collector = make(tmp_path)
+    with caplog.at_level("INFO", logger="fmdiag.exporter"):
+        assert pairs(scrape(collector)) == set()
+        append(path, record(job="done", step=2, end_s=NOW - 7000))
+        scrape(collector)
+    lines = [r.getMessage() for r in caplog.records if "stale-after" in r.getMessage()]
+    assert lines == [
+        f"steps: {path}: 2 records not exported: their steps ended more than "
+        "--collector.steps.stale-after (3600s) ago"
+    ]
