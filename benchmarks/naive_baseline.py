@@ -89,9 +89,9 @@ def threshold_rule(x: np.ndarray, a: float, b: float, c: float, d: float) -> np.
     return out
 
 
-def fit_thresholds(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+def fit_thresholds(x: np.ndarray, y: np.ndarray, grid: int = 25) -> tuple[float, float, float, float]:
     """The grid point with the best training accuracy (candidates: quantiles of each feature)."""
-    grids = [np.unique(np.quantile(x[:, i], np.linspace(0.02, 0.98, 25))) for i in (1, 2, 3)]
+    grids = [np.unique(np.quantile(x[:, i], np.linspace(0.02, 0.98, grid))) for i in (1, 2, 3)]
     best, best_acc = (np.inf, np.inf, np.inf, np.inf), -1.0
     for a, b, c in itertools.product(*grids):
         for d in grids[2][grids[2] >= c]:
@@ -114,6 +114,21 @@ def score_dump(root: Path) -> list[tuple[str, str, tuple[float, float, float, fl
         for step, recs in sorted(by_step.items())
         if step in truth
     ]
+
+
+def macro_f1(pairs: list[tuple[str, str]]) -> float:
+    """Mean F1 over the classes the truth contains."""
+    counts = Counter(pairs)
+    f1s = []
+    for c in CLASSES:
+        tp = counts[(c, c)]
+        predicted = sum(v for (_, p), v in counts.items() if p == c)
+        actual = sum(v for (t, _), v in counts.items() if t == c)
+        if actual:
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / actual
+            f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return statistics.fmean(f1s) if f1s else 0.0
 
 
 def report(pairs: list[tuple[str, str]]) -> float:

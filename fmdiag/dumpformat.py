@@ -189,6 +189,8 @@ TRUTH_FORMAT = "fmdiag-truth"
 TRUTH_VERSION = 1
 LIVE_TRUTH_FORMAT = "fmdiag-live-truth"
 LIVE_TRUTH_VERSION = 1
+#: The ``lost_s`` key of the time communication itself cost (collectives made free).
+LOST_COMMUNICATION = "communication"
 #: The bottleneck classes a step can have: the same vocabulary as the analyzer's verdicts.
 VERDICT_CLASSES: tuple[str, ...] = ("compute", "network", "io", "host", "straggler")
 #: Keys a culprit may have, each only where it applies (a GPU straggler has no ``ost``).
@@ -284,7 +286,27 @@ def validate_truth(doc: object, source: str = TRUTH_FILE) -> dict[str, Any]:
         if step["fault"] is not None and not 0 <= step["fault"] < len(faults):
             raise DumpFormatError(f"{source}: {where}fault {step['fault']} does not index faults")
         _check_culprit(source, where, step["culprit"])
+        _check_optional_step_fields(source, where, step, len(faults))
     return doc
+
+
+def _check_optional_step_fields(source: str, where: str, step: Mapping[str, Any], nfaults: int) -> None:
+    """``secondary`` (other faults that cost the step enough), ``lost_s`` (seconds per cause:
+    a fault's index, or ``communication``), ``checkpoint`` (a normal checkpoint ran)."""
+    secondary = step.get("secondary", [])
+    if not isinstance(secondary, list) or any(
+        isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < nfaults for j in secondary
+    ):
+        raise DumpFormatError(f"{source}: {where}secondary must list indexes into faults")
+    lost = step.get("lost_s", {})
+    if not isinstance(lost, dict):
+        raise DumpFormatError(f"{source}: {where}lost_s must be an object")
+    for key, value in lost.items():
+        cause_ok = key == LOST_COMMUNICATION or (key.isdigit() and int(key) < nfaults)
+        if not cause_ok or isinstance(value, bool) or not isinstance(value, int | float):
+            raise DumpFormatError(f"{source}: {where}lost_s[{key!r}] is not a cause with seconds")
+    if not isinstance(step.get("checkpoint", False), bool):
+        raise DumpFormatError(f"{source}: {where}checkpoint must be true or false")
 
 
 def read_truth(path: Path) -> dict[str, Any]:

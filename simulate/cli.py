@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from fmdiag.simulate.cluster.kineto import KinetoOptions, parse_ranks
+from fmdiag.simulate.cluster.kineto import DETAIL_LAYERS, NCCL_NAMINGS, KinetoOptions, parse_ranks
 from fmdiag.simulate.cluster.model import MAX_RUN_NS, NS
+from fmdiag.simulate.cluster.physics import JOBS
 from fmdiag.simulate.cluster.scenarios import SCENARIOS
 from fmdiag.simulate.dump import DEFAULT_START_NS, SimOptions, write_dump
 from fmdiag.simulate.live import run_live
@@ -97,6 +98,12 @@ def list_scenarios() -> str:
 )
 @click.option("--job", default=None, help="Job id in step records and metrics [default: sim-SCENARIO].")
 @click.option(
+    "--preset",
+    type=click.Choice(list(JOBS)),
+    default=None,
+    help="The training job (model, parallelism, batch) [default: the scenario's, else vlm-8b-fsdp].",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(0),
     help="Checkpoint every N steps (0: never) [default: the scenario's].",
@@ -119,10 +126,18 @@ def list_scenarios() -> str:
 @click.option("--kineto-gzip", is_flag=True, help="Write rank<r>.json.gz instead of rank<r>.json.")
 @click.option(
     "--kineto-nccl",
-    default="alternate",
+    default="new",
     show_default=True,
-    type=click.Choice(["new", "old", "alternate"]),
-    help="NCCL kernel naming: ncclDevKernel_* (new), ncclKernel_* (old), or per rank parity.",
+    type=click.Choice(list(NCCL_NAMINGS)),
+    help="NCCL kernel names of the whole job: ncclDevKernel_* (new, NCCL >= 2.19) or ncclKernel_* (old).",
+)
+@click.option(
+    "--kineto-detail",
+    default="full",
+    show_default=True,
+    type=click.Choice(list(DETAIL_LAYERS)),
+    help="full: hundreds of kernels a step; compact: one model block a step and back-to-back "
+    "collectives merged (small files, same timings).",
 )
 @click.option(
     "--node-trees",
@@ -178,12 +193,14 @@ def simulate(
     step_seconds: float | None,
     scrape_interval: float,
     job: str | None,
+    preset: str | None,
     checkpoint_every: int | None,
     metrics: bool,
     kineto_ranks: str | None,
     kineto_steps: str,
     kineto_gzip: bool,
     kineto_nccl: str,
+    kineto_detail: str,
     node_trees: bool,
     efa_srd: bool,
     lustre_version: str,
@@ -215,7 +232,12 @@ def simulate(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--kineto") from None
         kineto = KinetoOptions(
-            ranks=ranks, first_step=first, last_step=last, nccl_naming=kineto_nccl, gzip=kineto_gzip
+            ranks=ranks,
+            first_step=first,
+            last_step=last,
+            nccl_naming=kineto_nccl,
+            detail=kineto_detail,
+            gzip=kineto_gzip,
         )
     opts = SimOptions(
         scenario=scenario,
@@ -228,6 +250,7 @@ def simulate(
         step_seconds=step_seconds,
         scrape_interval_s=scrape_interval,
         job=job,
+        job_preset=preset,
         efa_srd=efa_srd,
         lustre_version=lustre_version,
         lustre_filesystems=lustre_fs,

@@ -15,10 +15,11 @@ from typing import Any
 
 from fmdiag import dumpformat
 from fmdiag.simulate.cluster import scenarios
-from fmdiag.simulate.cluster.config import Hardware, Workload
+from fmdiag.simulate.cluster.config import Hardware, Workload, workload_for
 from fmdiag.simulate.cluster.kineto import KinetoOptions, write_kineto
 from fmdiag.simulate.cluster.metric_dump import check_size, write_metrics
-from fmdiag.simulate.cluster.model import ALLREDUCE_LATENCY_S, NS, Chunk, ClusterModel
+from fmdiag.simulate.cluster.model import NS, Chunk, ClusterModel
+from fmdiag.simulate.cluster.physics import DEFAULT_JOB, get_job
 from fmdiag.simulate.cluster.signals import Signals
 from fmdiag.simulate.cluster.steps import write_steps
 from fmdiag.simulate.cluster.truth import truth_doc, write_truth
@@ -51,6 +52,8 @@ class SimOptions:
     metrics: bool = True
     kineto: KinetoOptions | None = None
     node_trees: bool = False
+    #: The job to train (physics.JOBS); None: the scenario's, else the default.
+    job_preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,7 +72,9 @@ def build_model(opts: SimOptions) -> ClusterModel:
         lustre_filesystems=opts.lustre_filesystems,
         osts_per_fs=opts.osts,
     )
-    wl = Workload()
+    hw = dataclasses.replace(hw, **dict(scenario.hardware))  # type: ignore[arg-type]
+    job = get_job(opts.job_preset or scenario.job or DEFAULT_JOB)
+    wl = workload_for(job, hw, **dict(scenario.workload))
     if opts.checkpoint_every is not None:
         wl = dataclasses.replace(wl, checkpoint_every=opts.checkpoint_every)
         scenario = dataclasses.replace(scenario, checkpoint_every=None)
@@ -79,15 +84,19 @@ def build_model(opts: SimOptions) -> ClusterModel:
 
 
 def _scaled(wl: Workload, hw: Hardware, step_s: float) -> Workload:
-    """The workload with compute scaled so the healthy step takes ``step_s`` seconds."""
-    probe = ClusterModel(hw, wl, scenarios.get("healthy"), 0, 1)
-    fixed = probe.nominal_allreduce_s() + wl.base_data_wait_s
+    """The workload with compute scaled so the healthy step takes about ``step_s`` seconds.
+
+    A test and demo knob (live runs with short steps): it changes the job's effective FLOP
+    rate, so truth.json records it under ``parameters.step_seconds``.
+    """
+    probe = ClusterModel(hw, dataclasses.replace(wl, checkpoint_every=0), scenarios.get("healthy"), 0, 1)
+    nominal = probe.nominal_step_s()
     compute = wl.forward_s + wl.backward_s + wl.optimizer_s
+    fixed = max(0.0, nominal - compute)
     if step_s <= fixed + 0.01:
         raise ValueError(
-            f"--step-seconds {step_s}: must exceed the all-reduce and data time of "
-            f"{fixed + 0.01:.3f} s on this cluster "
-            f"(gradient all-reduce {probe.nominal_allreduce_s() - ALLREDUCE_LATENCY_S:.3f} s)"
+            f"--step-seconds {step_s}: must exceed the communication and data time of "
+            f"{fixed + 0.01:.3f} s that this job cannot hide on this cluster"
         )
     k = (step_s - fixed) / compute
     return dataclasses.replace(

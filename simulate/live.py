@@ -29,7 +29,7 @@ from fmdiag.exporters.gpu_state_file import atomic_write_text
 from fmdiag.simulate.cluster.model import NS, Chunk, ClusterModel, concat
 from fmdiag.simulate.cluster.signals import Signals
 from fmdiag.simulate.cluster.steps import rank_lines
-from fmdiag.simulate.cluster.truth import truth_doc, write_truth
+from fmdiag.simulate.cluster.truth import culprit, truth_doc, write_truth
 from fmdiag.simulate.dump import SimOptions, build_model, prepare_out, run_parameters
 from fmdiag.simulate.nodes.from_model import node_states
 from fmdiag.simulate.nodes.render import render_node
@@ -147,6 +147,10 @@ class LiveRun:
             "start_ns": self.start_ns,
             "steps_simulated": c.nsteps,
             "simulated_until_ns": self.start_ns + int(c.end.max()),
+            "faults": [
+                {"kind": f.kind.value, "class": f.verdict_class, "culprit": culprit(self.model, f, t)}
+                for f, t in zip(self.model.scenario.faults, self.model.targets, strict=True)
+            ],
             **self.expected_rates(),
         }
         atomic_write_text(self.layout.live_truth_path, json.dumps(doc, indent=1) + "\n")
@@ -156,7 +160,9 @@ class LiveRun:
         c = self.chunk
         if c is None:
             return
-        complete = int((c.end <= t_ns).all(axis=1).sum())
+        # Only steps whose records every rank has written: truth never names a step the
+        # dump's steps/ does not hold.
+        complete = min(int((c.end <= t_ns).all(axis=1).sum()), int(self.written.min()))
         if complete == 0:
             return
         part = c.slice(0, complete)

@@ -110,7 +110,7 @@ def write_samples(root: Path) -> list[Path]:
                 **{
                     **opts.__dict__,
                     "kineto": KinetoOptions(
-                        ranks=ranks, first_step=first, last_step=last, nccl_naming="alternate", gzip=True
+                        ranks=ranks, first_step=first, last_step=last, detail="compact", gzip=True
                     ),
                 }
             )

@@ -1,15 +1,18 @@
 """The simulated cluster's hardware and the training job's workload, as plain data.
 
 Defaults describe a p5.48xlarge-like node (8 H100, 32 EFA devices sharing 3,200 Gbit/s, 192
-vCPUs) reading its dataset from FSx for Lustre, running a data-parallel job whose healthy
-step is compute-bound: about 1.2 s of compute and 0.15 s of gradient all-reduce. Scenarios
-change the hardware's behaviour (faults), never these nominal figures, so a fault's effect
-is always measured against the same healthy baseline.
+vCPUs) reading its dataset from FSx for Lustre. The job's costs come from its description
+(:mod:`.physics`: FLOPs, memory, collective sizes) through :func:`workload_for`. Scenarios
+change the hardware's behaviour (faults), never these nominal figures, so a fault's effect is
+always measured against the same healthy cluster.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from fmdiag.simulate.cluster.physics import ADAM_BYTES_PER_PARAM, DEFAULT_JOB, Job
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -70,13 +73,22 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Workload:
-    forward_s: float = 0.33
-    backward_s: float = 0.66
-    optimizer_s: float = 0.05
-    #: Gradient bytes all-reduced per step (a 10B-parameter model in bf16).
-    grad_bytes: float = 20e9
+    """One job's per-step costs on this cluster, derived from its :class:`~.physics.Job` by
+    :func:`workload_for` (so they obey the FLOPs, memory and bandwidth budget), plus the data
+    pipeline, storage and the background noise every real cluster has."""
+
+    job: str = DEFAULT_JOB
+    parallelism: str = "fsdp"
+    tp: int = 1
+    #: Communication units per step (FSDP wrap units or groups of DDP buckets).
+    units: int = 16
+    forward_s: float = 0.337
+    backward_s: float = 0.674
+    optimizer_s: float = 0.004
+    #: Bytes of one unsharded bf16 parameter (or gradient) copy per tensor-parallel rank.
+    grad_bytes: float = 16e9
     samples_per_rank: int = 16
-    tokens_per_sample: int = 4096
+    tokens_per_sample: int = 512
     sample_bytes: int = 2 * MIB
     #: Dataloader worker processes per rank and the CPU time one sample costs them.
     loader_workers: int = 21
@@ -87,16 +99,30 @@ class Workload:
     base_data_wait_s: float = 0.003
     read_rpc_bytes: int = 1 * MIB
     write_rpc_bytes: int = 4 * MIB
-    #: What one client reaches to one healthy OST.
-    ost_read_bytes_per_s: float = 1.5e9
-    ost_write_bytes_per_s: float = 1.0e9
+    #: What one OST delivers in all, shared by every client reading from it at once.
+    ost_read_bytes_per_s: float = 6.0e9
+    ost_write_bytes_per_s: float = 6.0e9
     ost_rpc_latency_s: float = 0.002
     max_rpcs_in_flight: int = 8
-    #: Checkpoint every this many steps (0: never); each rank writes its shard.
-    checkpoint_every: int = 0
+    #: Checkpoint every this many steps (0: never); each rank writes its shard of the full
+    #: training state, so a checkpoint's bytes are the model's, whatever the job's size.
+    checkpoint_every: int = 25
     checkpoint_bytes_per_rank: int = 2 * GIB
     #: Relative standard deviation of every duration and volume.
     noise: float = 0.01
+    #: Persistent per-GPU speed differences (silicon, cooling): relative standard deviation.
+    gpu_speed_spread: float = 0.015
+    #: Data-dependent imbalance: per step and rank, compute scales by a lognormal of this sigma
+    #: (uneven sequence lengths move the slowest rank from step to step). 0: packed batches.
+    seq_imbalance: float = 0.0
+    #: The first steps run slower (allocator warm-up, autotuning, NCCL channel set-up).
+    warmup_steps: int = 3
+    #: Python garbage collection: about every this many steps one rank pauses for ``gc_pause_s``.
+    gc_every: int = 40
+    gc_pause_s: float = 0.18
+    #: Probability that one collective of a step is slow, and how much slower (heavy tail).
+    slow_collective_p: float = 0.03
+    slow_collective_factor: float = 3.0
 
     def validate(self, hw: Hardware) -> None:
         if (self.loader_workers + 1) * hw.gpus_per_node > 0.95 * hw.ncpus:
@@ -108,3 +134,30 @@ class Workload:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
         if not 0 <= self.noise < 0.2:
             raise ValueError(f"noise={self.noise} must be in [0, 0.2)")
+        if self.parallelism not in ("ddp", "fsdp") or self.units < 1:
+            raise ValueError(f"parallelism={self.parallelism!r}, units={self.units}: expected ddp|fsdp, >= 1")
+
+
+def workload_for(job: Job, hw: Hardware, **overrides: Any) -> Workload:
+    """The per-step costs of ``job`` on ``hw``; refuses a job that does not fit in GPU memory."""
+    world = hw.world_size
+    job.validate(world)
+    compute = job.compute_s()
+    fields: dict[str, Any] = {
+        "job": job.name,
+        "parallelism": job.parallelism,
+        "tp": job.tp,
+        "units": job.units(),
+        "forward_s": compute / 3.0,
+        "backward_s": 2.0 * compute / 3.0,
+        "optimizer_s": job.optimizer_s(world),
+        "grad_bytes": job.grad_bytes(),
+        "samples_per_rank": job.samples_per_rank,
+        "tokens_per_sample": job.seq_len,
+        "sample_bytes": job.sample_bytes,
+        "loader_cpu_s_per_sample": job.loader_cpu_s_per_sample,
+        # Each rank writes its shard of weights and optimizer state.
+        "checkpoint_bytes_per_rank": int(ADAM_BYTES_PER_PARAM * job.params / world),
+    }
+    fields.update(overrides)
+    return Workload(**fields)

@@ -1,94 +1,83 @@
 """PyTorch-profiler (Kineto) Chrome traces of simulated ranks, consistent with their step records.
 
-Per step: a ``ProfilerStep#N`` annotation spanning the step; the dataloader's ``cpu_op``; the
-batch's host-to-device ``Memcpy``; forward and backward compute kernels that exactly fill
-those phases (back to back: the CPU launches far ahead of the GPU, as in a compute-bound
-job); one NCCL all-reduce kernel on the communication stream from the moment this rank's
-backward ends until the collective completes (so it includes the waiting for late ranks);
-optimizer kernels and a ``Memset`` (zero_grad) filling the optimizer phase; the CPU then
-blocks in ``cudaStreamSynchronize``. Every GPU event has its launching runtime call with the
-same ``correlation`` and an ``ac2g`` flow pair. ``ts``/``dur`` are microseconds relative to
-``baseTimeNanoseconds``. The step after the traced range is cut in its backward pass, as a
-profiler stopping mid-step leaves it.
+Why so detailed: the peers (Holistic Trace Analysis, torch-tb-profiler) and fmdiag's own reader
+must meet what a real H100 DDP/FSDP job writes, not a tidy abstraction of it. Per step:
+
+- the main thread: ``ProfilerStep#N`` (spanning the step record), the dataloader's
+  ``enumerate(DataLoader)#...``, the batch's ``Memcpy HtoD`` ending as forward begins,
+  ``## forward ##`` > ``DistributedDataParallel.forward`` > nested ``aten::`` ops
+  (``aten::linear`` > ``aten::matmul`` > ``aten::mm`` > ``cudaLaunchKernelExC``) per
+  transformer block, ``## backward ##`` while the autograd thread works, the optimizer
+  (``Optimizer.step#AdamW.step``), zero_grad's ``Memset``, then ``cudaStreamSynchronize`` until
+  the GPU is done (a compute-bound job's CPU runs far ahead of its GPU);
+- the autograd thread: ``autograd::engine::evaluate_function: *Backward0`` ops, each joined to
+  its forward op by a ``fwdbwd`` flow (same ``Sequence number``), the DDP reducer's bucket
+  ``Memcpy DtoD``;
+- the GPU: compute kernels and memory ops that tile the forward, backward and optimizer phases
+  of the step record exactly (first starts at the phase's start, last ends at its end, with
+  the ~1 µs launch gaps of a saturated stream between them), ``gpu_user_annotation`` spans
+  over them, and one NCCL kernel per collective of ``ClusterModel.collectives`` on the
+  communication streams (20, and 21, ... when collectives overlap each other), concurrent
+  with compute, each launched inside ``nccl:*`` > ``record_param_comms`` (Collective name,
+  message sizes, Process Group Ranks, ...) after ``cudaEventRecord`` on the compute stream and
+  ``cudaStreamWaitEvent`` on the NCCL stream; consumers wait back with
+  ``cudaStreamWaitEvent`` (all-gathers right away, gradient reductions before the optimizer).
+
+Every GPU event has its launching runtime call with the same ``correlation`` and an ``ac2g``
+flow pair. The file is laid out as Kineto writes it (``"rank": N`` with the space, one key per
+line group, ``ts``/``dur`` as ``µs.nnn`` relative to ``baseTimeNanoseconds``, the ``Trace`` span,
+``Iteration Start`` and ``Record Window End`` framing, ``traceName`` last). The step after the
+traced range is cut in its backward pass, as a profiler stopping mid-step leaves it. Bytes
+depend only on the model, the seed and the options.
 """
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fmdiag import dumpformat
-from fmdiag.simulate.cluster.model import Chunk, ClusterModel
+from fmdiag.simulate.cluster import kineto_ops as ko
+from fmdiag.simulate.cluster.kineto_ops import CBID, Kernel, Leaf, Op, json_safe, nccl_kernel_name
+from fmdiag.simulate.cluster.model import Chunk, ClusterModel, Collective
 
-NCCL_NEW = "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevComm*, unsigned long, ncclWork*)"
-NCCL_OLD = "ncclKernel_AllReduce_RING_LL_Sum_bfloat16(ncclDevComm*, unsigned long, ncclWork*)"
-NCCL_VERSION = "2.21.5"
 COMPUTE_STREAM, COMM_STREAM = 7, 20
-#: CUPTI callback ids of the runtime calls used.
-CBID = {"cudaLaunchKernel": 211, "cudaMemcpyAsync": 41, "cudaMemsetAsync": 51, "cudaStreamSynchronize": 131}
-
-_GEMM = (
-    "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1"
-    "_execute_segment_k_off_kernel__5x_cublas"
-)
-_GEMM_BWD = (
-    "sm90_xmma_gemm_bf16bf16_bf16f32_f32_nt_n_tilesize128x128x64_warpgroupsize2x1x1"
-    "_execute_segment_k_off_kernel__5x_cublas"
-)
-_FLASH_FWD = (
-    "void flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4, false, false, cutlass::bfloat16_t>, "
-    "false, false, false, false, true, true, false, false>(Flash_fwd_params)"
-)
-_FLASH_BWD = (
-    "void flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<128, 64, 128, 8, 2, 4, 2, "
-    "false, false, cutlass::bfloat16_t>, false, false, false, false, false>(Flash_bwd_params)"
-)
-_LN = (
-    "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>"
-    "(int, float, c10::BFloat16 const*, c10::BFloat16 const*, c10::BFloat16 const*, float*, float*, "
-    "c10::BFloat16*)"
-)
-_LN_BWD = (
-    "void at::native::(anonymous namespace)::layer_norm_grad_input_kernel_vectorized<c10::BFloat16, float>"
-    "(c10::BFloat16 const*, c10::BFloat16 const*, float const*, float const*, c10::BFloat16 const*, "
-    "c10::BFloat16*, int)"
-)
-_ADAM = (
-    "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)"
-    "::TensorListMetadata<4>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 4, "
-    "(at::native::ADAM_MODE)1, false>, double*, double, double, double, double, double, bool, float*, "
-    "float*>(at::native::(anonymous namespace)::TensorListMetadata<4>, at::native::(anonymous namespace)"
-    "::FusedAdamMathFunctor<float, 4, (at::native::ADAM_MODE)1, false>, double*, double, double, double, "
-    "double, double, bool, float*, float*)"
-)
-
-#: (cpu_op name, kernel name, share of the phase) for one repetition of a phase's pattern.
-_FORWARD = (
-    ("aten::layer_norm", _LN, 0.04),
-    ("aten::linear", _GEMM, 0.36),
-    ("aten::_scaled_dot_product_flash_attention", _FLASH_FWD, 0.24),
-    ("aten::linear", _GEMM, 0.36),
-)
-_BACKWARD = (
-    ("autograd::engine::evaluate_function: MmBackward0", _GEMM_BWD, 0.2),
-    ("autograd::engine::evaluate_function: MmBackward0", _GEMM, 0.2),
-    ("autograd::engine::evaluate_function: ScaledDotProductFlashAttentionBackward0", _FLASH_BWD, 0.26),
-    ("autograd::engine::evaluate_function: MmBackward0", _GEMM_BWD, 0.15),
-    ("autograd::engine::evaluate_function: MmBackward0", _GEMM, 0.15),
-    ("autograd::engine::evaluate_function: NativeLayerNormBackward0", _LN_BWD, 0.04),
-)
-_OPTIMIZER = (("Optimizer.step#AdamW.step", _ADAM, 1.0),)
-_REPEATS = {"forward": 3, "backward": 4, "optimizer": 4}
-#: Host-side cost of one op and its launch (ns).
-_OP_NS, _LAUNCH_NS, _LAUNCH_GAP_NS = 18_000, 6_000, 25_000
+NCCL_NAMINGS = ("new", "old")
+#: Transformer blocks drawn per step: full gives hundreds of kernels a step, compact a few dozen.
+DETAIL_LAYERS = {"full": 4, "compact": 1}
+#: Each detail's transformer block (forward, backward).
+_BLOCKS = {
+    "full": (ko.LAYER_FORWARD, ko.LAYER_BACKWARD),
+    "compact": (ko.COMPACT_LAYER_FORWARD, ko.COMPACT_LAYER_BACKWARD),
+}
+#: Offset of the autograd thread's id from the main thread's (= the process id).
+_AUTOGRAD_TID_OFFSET = 113
 _H2D_BYTES_PER_S = 25e9
-_MEMSET_NS = 30_000
+#: Host cost (ns) of entering / leaving an op, of each runtime call, and of Python between ops.
+_ENTER_NS, _EXIT_NS, _PY_NS = 1_800, 700, 6_000
+_CALL_NS = {
+    "cudaLaunchKernel": 4_200,
+    "cudaLaunchKernelExC": 5_600,
+    "cudaMemcpyAsync": 6_500,
+    "cudaMemsetAsync": 4_800,
+    "cudaEventRecord": 1_600,
+    "cudaStreamWaitEvent": 1_300,
+    "cudaStreamIsCapturing": 600,
+    "cudaFuncSetAttribute": 1_100,
+    "cudaDeviceGetAttribute": 400,
+}
+#: Launch gaps between back-to-back kernels on a busy stream: lognormal median (ns), sigma, and
+#: the most of a phase they may take.
+_GAP_MEDIAN_NS, _GAP_SIGMA, _GAP_MAX_SHARE = 1_300, 0.6, 0.004
+#: Memory-bound kernels take at most this share of a phase (short --step-seconds runs).
+_FIXED_MAX_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -97,318 +86,713 @@ class KinetoOptions:
     first_step: int = 0
     #: Steps traced whole: [first_step, last_step); the next one (if any) is cut mid-step.
     last_step: int | None = None
-    nccl_naming: str = "new"  # new | old | alternate (even ranks new, odd ranks old)
+    #: NCCL kernel names of the whole job: ``new`` (ncclDevKernel_*, NCCL >= 2.19) or ``old``.
+    nccl_naming: str = "new"
+    #: ``full``: every block of the model's layers drawn (hundreds of kernels a step);
+    #: ``compact``: one block, and back-to-back collectives of one kind drawn as one kernel.
+    detail: str = "full"
     gzip: bool = False
 
-
-def nccl_kernel_name(naming: str, rank: int) -> str:
-    if naming == "new" or (naming == "alternate" and rank % 2 == 0):
-        return NCCL_NEW
-    if naming in ("old", "alternate"):
-        return NCCL_OLD
-    raise ValueError(f"nccl naming {naming!r}: expected new, old or alternate")
+    def __post_init__(self) -> None:
+        if self.nccl_naming not in NCCL_NAMINGS:
+            raise ValueError(f"kineto nccl naming {self.nccl_naming!r}: expected new or old")
+        if self.detail not in DETAIL_LAYERS:
+            raise ValueError(f"kineto detail {self.detail!r}: expected one of {', '.join(DETAIL_LAYERS)}")
 
 
-def _device_properties(model: ClusterModel) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": i,
-            "name": model.hw.gpu_name,
-            "totalGlobalMem": 85_045_870_592,
-            "computeMajor": 9,
-            "computeMinor": 0,
-            "maxThreadsPerBlock": 1024,
-            "maxThreadsPerMultiprocessor": 2048,
-            "regsPerBlock": 65536,
-            "regsPerMultiprocessor": 65536,
-            "warpSize": 32,
-            "sharedMemPerBlock": 49152,
-            "sharedMemPerMultiprocessor": 233472,
-            "numSms": 132,
-            "sharedMemPerBlockOptin": 232448,
-        }
+def _t(ns: int) -> str:
+    """Kineto's time format: integer microseconds, a dot, three digits of nanoseconds."""
+    return f"{ns // 1000}.{ns % 1000:03d}"
+
+
+def _device_properties(model: ClusterModel) -> str:
+    name = json_safe(model.hw.gpu_name)
+    return ",".join(
+        f"""
+    {{
+      "id": {i}, "name": "{name}", "totalGlobalMem": 85045870592,
+      "computeMajor": 9, "computeMinor": 0,
+      "maxThreadsPerBlock": 1024, "maxThreadsPerMultiprocessor": 2048,
+      "regsPerBlock": 65536, "regsPerMultiprocessor": 65536, "warpSize": 32,
+      "sharedMemPerBlock": 49152, "sharedMemPerMultiprocessor": 233472,
+      "numSms": 132, "sharedMemPerBlockOptin": 232448
+    }}"""
         for i in range(model.hw.gpus_per_node)
-    ]
+    )
 
 
-class _Trace:
-    """Accumulates one rank's events; ids (correlation, External id) count up from 1."""
+def merge_contiguous(colls: Sequence[Collective]) -> list[Collective]:
+    """Runs of same-kind collectives that follow each other without a gap, as one collective each.
 
-    def __init__(self, base_ns: int, host_pid: int, device: int) -> None:
-        self.base = base_ns
-        self.pid = host_pid
-        self.device = device
-        self.events: list[dict[str, Any]] = []
-        self.corr = 0
-        self.ext = 0
-        self.cut: int | None = None
-
-    def us(self, ns: int) -> float:
-        return round((ns - self.base) / 1000, 3)
-
-    def span(self, ns0: int, ns1: int) -> tuple[float, float]:
-        return self.us(ns0), round((ns1 - ns0) / 1000, 3)
-
-    def keep(self, end_ns: int) -> bool:
-        return self.cut is None or end_ns <= self.cut
-
-    def cpu(self, cat: str, name: str, ns0: int, ns1: int, args: dict[str, Any] | None = None) -> int:
-        self.ext += 1
-        if self.keep(ns1):
-            ts, dur = self.span(ns0, ns1)
-            self.events.append(
-                {
-                    "ph": "X",
-                    "cat": cat,
-                    "name": name,
-                    "pid": self.pid,
-                    "tid": self.pid,
-                    "ts": ts,
-                    "dur": dur,
-                    "args": {"External id": self.ext, **(args or {})},
-                }
+    The compact detail draws these as one kernel: the communication time, its overlap with
+    compute and the bytes moved stay exactly those of the run.
+    """
+    out: list[Collective] = []
+    for c in colls:
+        if out and out[-1].kind == c.kind and out[-1].end_ns >= c.start_ns and out[-1].dtype == c.dtype:
+            p = out[-1]
+            out[-1] = replace(
+                p,
+                end_ns=max(p.end_ns, c.end_ns),
+                nbytes=p.nbytes + c.nbytes,
+                in_nelems=p.in_nelems + c.in_nelems,
+                out_nelems=p.out_nelems + c.out_nelems,
             )
-        return self.ext
+        else:
+            out.append(c)
+    return out
 
-    def launch(
-        self, call: str, ns0: int, cat: str, name: str, k0: int, k1: int, stream: int, kargs: dict[str, Any]
-    ) -> None:
-        """A runtime call at ``ns0`` and the GPU event it starts at ``k0`` (flow-linked)."""
+
+def _tile(p0: int, p1: int, kernels: Sequence[Kernel], rng: np.random.Generator) -> list[tuple[int, int]]:
+    """GPU intervals for ``kernels`` run back to back from ``p0`` to exactly ``p1``.
+
+    Memory-bound kernels get their nominal time (jittered, capped to a share of the phase),
+    the others share the rest by weight, and small launch gaps separate consecutive kernels.
+    Integer nanoseconds that add up exactly to the phase.
+    """
+    n = len(kernels)
+    total = p1 - p0
+    if n == 0:
+        return []
+    if total <= 0:
+        return [(p0, p0)] * n
+    gaps = np.zeros(n, np.int64)
+    if n > 1:
+        g = _GAP_MEDIAN_NS * np.exp(_GAP_SIGMA * rng.standard_normal(n - 1))
+        g *= min(1.0, _GAP_MAX_SHARE * total / max(float(g.sum()), 1.0))
+        gaps[1:] = g.astype(np.int64)
+    avail = total - int(gaps.sum())
+    weight = np.array([k.weight for k in kernels])
+    fixed = np.array([k.fixed_us for k in kernels]) * 1000.0 * (1 + 0.03 * rng.standard_normal(n))
+    fixed = np.where(weight > 0, 0.0, np.maximum(fixed, 500.0))
+    if fixed.sum() > _FIXED_MAX_SHARE * avail or weight.sum() == 0:
+        share = _FIXED_MAX_SHARE if weight.sum() > 0 else 1.0
+        fixed *= share * avail / max(float(fixed.sum()), 1.0)
+    rest = avail - float(fixed.sum())
+    wsum = float(weight.sum())
+    durs = fixed + (rest * weight / wsum if wsum > 0 else 0.0)
+    d = np.floor(durs).astype(np.int64)
+    # The remainder goes to the longest kernel, so the phase is filled to the nanosecond.
+    d[int(np.argmax(d))] += avail - int(d.sum())
+    starts = p0 + np.cumsum(gaps) + np.concatenate([[0], np.cumsum(d)[:-1]])
+    return [(int(s), int(s + x)) for s, x in zip(starts, d, strict=True)]
+
+
+def compute_segments(p0: int, p1: int, gates: Sequence[int]) -> list[tuple[int, int]]:
+    """The compute stream's busy intervals in a phase of units gated by all-gathers.
+
+    The model (:mod:`.overlap`) runs a phase's compute as ``len(gates)`` units of equal length
+    (the last takes the remainder); unit k starts when the previous one ends and its gate (its
+    parameters' all-gather, or the phase start) has passed. The phase ends with the last unit,
+    so the total compute time is the one that reproduces ``p1``: found by bisection. Without
+    gates (DDP, the optimizer) the phase is one interval.
+    """
+    if len(gates) <= 1 and (not gates or gates[0] <= p0):
+        return [(p0, p1)]
+    k = len(gates)
+
+    def run(total: int) -> list[tuple[int, int]]:
+        u = total // k
+        out, free = [], p0
+        for j, g in enumerate(gates):
+            start = max(free, g)
+            free = start + (total - u * (k - 1) if j == k - 1 else u)
+            out.append((start, free))
+        return out
+
+    lo, hi = 0, max(p1 - p0, 0)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if run(mid)[-1][1] < p1:
+            lo = mid + 1
+        else:
+            hi = mid
+    # The last unit's end moves by a nanosecond or so either way with the rounding of the
+    # unit length: of the totals near the bisection's that end exactly at p1, take the largest.
+    exact = [t for t in range(max(0, lo - 2 * k), lo + 2 * k + 1) if run(t)[-1][1] == p1]
+    segs = run(exact[-1] if exact else lo)
+    last0 = min(segs[-1][0], p1)
+    segs[-1] = (last0, p1)  # to the nanosecond, whatever the rounding
+    return [(a, min(b, p1)) for a, b in segs]
+
+
+def unit_gates(colls: Sequence[Collective], f1: int, b1: int) -> tuple[list[int], list[int]]:
+    """When each forward and backward compute unit may start, from the step's all-gathers.
+
+    FSDP (:mod:`.overlap`): forward unit k waits for its parameters' all-gather, issued during
+    forward; in backward the last unit still holds its parameters (it starts with backward at
+    ``f1``) and each other unit waits for its all-gather, issued during backward. DDP issues no
+    all-gather: one unit each.
+    """
+    fwd = sorted(c.end_ns for c in colls if c.kind == "all_gather" and c.start_ns < f1)
+    bwd = sorted(c.end_ns for c in colls if c.kind == "all_gather" and f1 <= c.start_ns < b1)
+    return fwd, [f1, *bwd]
+
+
+def compute_windows(model: ClusterModel, chunk: Chunk, index: int, rank: int) -> list[tuple[int, int]]:
+    """The intervals (chunk ns) a rank's compute stream is busy in a step, by the model.
+
+    Forward, backward and optimizer, less the time FSDP units wait for their all-gathers: what
+    the trace's compute kernels cover (but for the launch gaps and the memory copies between
+    them), so a reader of the trace can be checked against the simulator's own numbers.
+    """
+    dw1, f1, b1, c1, o1 = (
+        int(getattr(chunk, k)[index, rank]) for k in ("dw_end", "fwd_end", "arrive", "coll_end", "opt_end")
+    )
+    gates_f, gates_b = unit_gates(model.collectives(chunk, index, rank), f1, b1)
+    return [*compute_segments(dw1, f1, gates_f), *compute_segments(f1, b1, gates_b), (c1, o1)]
+
+
+def tile_phase(
+    p0: int, p1: int, kernels: Sequence[Kernel], gates: Sequence[int], rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """GPU intervals for a phase's kernels: tiled over its compute segments, which they fill
+    exactly; the kernels are split among the segments in order, at least one each."""
+    segs = compute_segments(p0, p1, gates)
+    if len(segs) == 1:
+        return _tile(p0, p1, kernels, rng)
+    n = len(kernels)
+    virtual = _tile(0, sum(b - a for a, b in segs), kernels, rng)
+    vstarts = [a for a, _ in virtual]
+    out: list[tuple[int, int]] = []
+    lo, acc = 0, 0
+    for j, (a, b) in enumerate(segs):
+        if j == len(segs) - 1:
+            hi = n
+        else:
+            acc += b - a
+            hi = bisect.bisect_left(vstarts, acc)
+            hi = min(max(hi, lo + 1), n - (len(segs) - 1 - j))
+        out.extend(_tile(a, b, kernels[lo:hi], rng))
+        lo = hi
+    return out
+
+
+@dataclass
+class _CpuEv:
+    """A host event with times relative to the step's launch origin (scaled later)."""
+
+    tid: int
+    cat: str
+    name: str
+    t0: int
+    t1: int = 0
+    ext: int = 0
+    meta: str = ""
+    flow: tuple[str, int] | None = None  # fwdbwd ("s"|"f", id)
+    seq: int = 0
+
+
+@dataclass
+class _Rt:
+    """A runtime call; ``gpu`` indexes the GPU event it launches (-1: none)."""
+
+    tid: int
+    name: str
+    t0: int
+    t1: int
+    ext: int
+    corr: int
+    gpu: int = -1
+
+
+@dataclass
+class _Gpu:
+    """A GPU event (absolute ns); ``args`` is its CUPTI metadata after the correlation."""
+
+    stream: int
+    cat: str
+    name: str
+    g0: int
+    g1: int
+    ext: int
+    corr: int
+    args: str
+
+
+#: Runtime and driver API calls a training step makes (what CUPTI's correlation counter advances).
+CALLS_PER_STEP = 40_000
+
+
+class _RankWriter:
+    """Builds one rank's events step by step; External ids and flows count from 1.
+
+    Correlation ids are CUPTI's, which counts every runtime and driver call since CUDA started
+    in the process: a window taken after ``first_step`` steps starts far from 1 (about
+    ``CALLS_PER_STEP`` calls a step before it). Peers rely on that: HTA 0.6.1 stores
+    correlation ids below 32,768 as int16 and then fails on traces of more events than that.
+    """
+
+    def __init__(self, model: ClusterModel, rank: int, opts: KinetoOptions, base: int) -> None:
+        self.model, self.rank, self.opts, self.base = model, rank, opts, base
+        _, local = model.topo.place(rank)
+        self.local = local
+        self.pid = model.topo.pid(local)
+        self.autograd_tid = self.pid + _AUTOGRAD_TID_OFFSET
+        self.layers = DETAIL_LAYERS[opts.detail]
+        self.ext = 0
+        self.corr = CALLS_PER_STEP * (opts.first_step + 1)
+        self.seq = 0
+        self.flow_id = 0
+        self.ev_idx = 0
+        self.out: list[str] = []
+        self.streams: set[int] = {COMPUTE_STREAM}
+        world = model.hw.world_size
+        self.world = world
+        self.group_ranks = "[" + ", ".join(str(r) for r in range(world)) + "]"
+        self.last_ns = base
+        # Per-step state (reset by step()): the host clock relative to the step's launch origin,
+        # the host events, runtime calls and GPU events, the step's random draws.
+        self.clock = 0
+        self.cpu: list[_CpuEv] = []
+        self.rts: list[_Rt] = []
+        self.gpu: list[_Gpu] = []
+        self.gann: list[tuple[int, str, int, int, int]] = []
+        self.reduce_waits: list[int] = []
+        self.rng = np.random.default_rng(0)
+        self.copy_bytes = 0
+
+    # --- per-step construction (relative host clock) ---------------------------------------
+
+    def _begin(self, tid: int, cat: str, name: str, meta: str = "") -> _CpuEv:
+        self.ext += 1
+        self.ev_idx += 1
+        ev = _CpuEv(tid, cat, name, self.clock + _ENTER_NS // 2, ext=self.ext, meta=meta)
+        self.cpu.append(ev)
+        self.clock += _ENTER_NS
+        return ev
+
+    def _end(self, ev: _CpuEv) -> None:
+        self.clock += _EXIT_NS
+        ev.t1 = self.clock
+
+    def _rec_meta(self, extra: str = "") -> str:
+        return f',"Record function id": 0{extra}, "Ev Idx": {self.ev_idx}'
+
+    def _runtime(self, tid: int, call: str, ext: int, gpu: _Gpu | None = None) -> None:
         self.corr += 1
-        r1 = ns0 + _LAUNCH_NS
-        if not (self.keep(r1) and self.keep(k1)):
-            return
-        c = self.corr
-        ts, dur = self.span(ns0, r1)
-        self.events.append(
-            {
-                "ph": "X",
-                "cat": "cuda_runtime",
-                "name": call,
-                "pid": self.pid,
-                "tid": self.pid,
-                "ts": ts,
-                "dur": dur,
-                "args": {"External id": self.ext, "cbid": CBID[call], "correlation": c},
-            }
+        t0 = self.clock + 300
+        self.clock = t0 + _CALL_NS[call]
+        idx = -1
+        if gpu is not None:
+            gpu.ext, gpu.corr = ext, self.corr
+            self.gpu.append(gpu)
+            idx = len(self.gpu) - 1
+        self.rts.append(_Rt(tid, call, t0, self.clock, ext, self.corr, idx))
+
+    def _leaf(self, tid: int, leaf: Leaf, parent_ext: int, timing: Iterable[tuple[int, int]]) -> None:
+        opened = [self._begin(tid, "cpu_op", name, self._rec_meta()) for name in leaf.path]
+        k = leaf.kernel
+        if k is not None:
+            g0, g1 = next(iter(timing))
+            ext = opened[-1].ext if opened else parent_ext
+            if k.pre is not None:
+                self._runtime(tid, k.pre, ext)
+            args = self._gpu_args(k, g1 - g0)
+            self._runtime(tid, k.launch, ext, _Gpu(COMPUTE_STREAM, k.cat, k.name, g0, g1, 0, 0, args))
+        for ev in reversed(opened):
+            self._end(ev)
+
+    def _gpu_args(self, k: Kernel, dur_ns: int) -> str:
+        if k.cat == "kernel":
+            regs, smem, bps, wps, grid, block, occ = k.shape
+            return (
+                f'"registers per thread": {regs},\n      "shared memory": {smem},\n'
+                f'      "blocks per SM": {bps:.6f},\n      "warps per SM": {wps:.6f},\n'
+                f'      "grid": [{grid}, 1, 1],\n      "block": [{block}, 1, 1],\n'
+                f'      "est. achieved occupancy %": {occ}'
+            )
+        nbytes = self.copy_bytes if k is ko.H2D else int(1.6e12 * max(dur_ns, 1) / 1e9)
+        bw = nbytes / max(dur_ns, 1)
+        return f'"bytes": {nbytes}, "memory bandwidth (GB/s)": {bw:.6f}'
+
+    def _op(
+        self, tid: int, op: Op, timing: Iterable[tuple[int, int]], block: dict[str, list[_CpuEv]]
+    ) -> _CpuEv:
+        """One top-level op, its nested ops and launches; links forward and backward by ``fwdbwd``."""
+        self.clock += _PY_NS + int(self.rng.integers(0, 4_000))
+        meta = ""
+        flow: tuple[str, int] | None = None
+        if op.autograd:
+            self.seq += 1
+            meta = f', "Sequence number": {self.seq}, "Fwd thread id": 0'
+        elif op.twin is not None:
+            twins = block.get(op.twin)
+            if twins:
+                fwd = twins.pop()
+                self.flow_id += 1
+                fwd.flow = ("s", self.flow_id)
+                flow = ("f", self.flow_id)
+                meta = f', "Sequence number": {fwd.seq}, "Fwd thread id": 1'
+        ev = self._begin(tid, "cpu_op", op.name, self._rec_meta(meta))
+        ev.flow = flow
+        if op.autograd:
+            ev.seq = self.seq
+            block.setdefault(op.name, []).append(ev)
+        it = iter(timing)
+        for leaf in op.leaves:
+            self._leaf(tid, leaf, ev.ext, it)
+        self._end(ev)
+        return ev
+
+    def _collective(self, tid: int, c: Collective, stream: int) -> int:
+        """``nccl:*`` > ``record_param_comms`` and its runtime calls; returns the op's External id."""
+        coll_name, title = ko.COLLECTIVE_NAMES[c.kind]
+        self.clock += _PY_NS
+        ann = self._begin(tid, "user_annotation", title, self._rec_meta())
+        info = (
+            f'"Collective name": "{coll_name}", "dtype": "{c.dtype}", "In msg nelems": {c.in_nelems}, '
+            f'"Out msg nelems": {c.out_nelems}, "In split size": "[]", "Out split size": "[]", '
+            f'"Global rank start": 0, "Global rank stride": 1, "Group size": {c.group_size}, '
+            f'"Process Group Name": "0", "Process Group Description": "default_pg", '
+            f'"Process Group Ranks": "{self.group_ranks}"'
         )
-        kts, kdur = self.span(k0, k1)
-        self.events.append(
-            {
-                "ph": "X",
-                "cat": cat,
-                "name": name,
-                "pid": self.device,
-                "tid": stream,
-                "ts": kts,
-                "dur": kdur,
-                "args": {
-                    "External id": self.ext,
-                    "queued": 0,
-                    "device": self.device,
-                    "context": 1,
-                    "stream": stream,
-                    "correlation": c,
-                    **kargs,
-                },
-            }
+        rpc = self._begin(
+            tid, "cpu_op", "record_param_comms", self._rec_meta(", " + info + f', "Rank": {self.rank}')
         )
-        self.events.append(
-            {"ph": "s", "id": c, "pid": self.pid, "tid": self.pid, "ts": ts, "cat": "ac2g", "name": "ac2g"}
+        full = self.opts.detail == "full"
+        if full:
+            self._runtime(tid, "cudaStreamIsCapturing", rpc.ext)
+        self._runtime(tid, "cudaEventRecord", rpc.ext)  # on the compute stream: the inputs are ready
+        self._runtime(tid, "cudaStreamWaitEvent", rpc.ext)  # the NCCL stream waits for it
+        name = nccl_kernel_name(self.opts.nccl_naming, c.kind, c.dtype, c.nbytes)
+        args = (
+            '"registers per thread": 96,\n      "shared memory": 0,\n'
+            '      "blocks per SM": 0.121212,\n      "warps per SM": 2.060606,\n'
+            '      "grid": [16, 1, 1],\n      "block": [544, 1, 1],\n'
+            '      "est. achieved occupancy %": 3, '
+            f'"Collective name": "{coll_name}", "In msg nelems": {c.in_nelems}, '
+            f'"Out msg nelems": {c.out_nelems}, "Group size": {c.group_size}, "dtype": "{c.dtype}", '
+            '"In split size": "[]", "Out split size": "[]", "Process Group Name": "0", '
+            f'"Process Group Description": "default_pg", "Process Group Ranks": "{self.group_ranks}"'
         )
-        self.events.append(
-            {
-                "ph": "f",
-                "id": c,
-                "pid": self.device,
-                "tid": stream,
-                "ts": kts,
-                "cat": "ac2g",
-                "name": "ac2g",
-                "bp": "e",
-            }
+        gpu = _Gpu(stream, "kernel", name, c.start_ns, c.end_ns, 0, 0, args)
+        self._runtime(tid, "cudaLaunchKernelExC", rpc.ext, gpu)
+        if full:
+            self._runtime(tid, "cudaEventRecord", rpc.ext)  # on the NCCL stream: the work's end
+        self._end(rpc)
+        self._end(ann)
+        self.gann.append((stream, title, c.start_ns, c.end_ns, ann.ext))
+        self.streams.add(stream)
+        return rpc.ext
+
+    def step(self, chunk: Chunk, i: int, start_ns: int, cut: int | None) -> None:
+        model, opts = self.model, self.opts
+        r = self.rank
+        s0, dw1, f1, b1, c1, o1, e1 = (
+            int(getattr(chunk, k)[i, r]) + start_ns
+            for k in ("start", "dw_end", "fwd_end", "arrive", "coll_end", "opt_end", "end")
         )
+        step_no = int(chunk.steps[i])
+        self.rng = np.random.default_rng([model.seed, 0x4B1E70, r, step_no])
+        colls = [
+            replace(c, start_ns=c.start_ns + start_ns, end_ns=c.end_ns + start_ns)
+            for c in model.collectives(chunk, i, r)
+        ]
+        wl = model.wl
+        gates_f, gates_b = unit_gates(colls, f1, b1)
+        if opts.detail == "compact":
+            colls = merge_contiguous(colls)  # drawn merged; the units still wait for each gather
+        layer_f, layer_b = _BLOCKS[opts.detail]
+        # Enough blocks that every FSDP unit's compute gets at least one kernel.
+        units = max(len(gates_f), len(gates_b) - 1)
+        per_block = sum(1 for op in layer_f for lf in op.leaves if lf.kernel is not None)
+        L = max(self.layers, -(-units // per_block))
+        fwd_ops = list(ko.HEAD_FORWARD) + list(layer_f) * L + list(ko.TAIL_FORWARD)
+        bwd_ops = list(ko.TAIL_BACKWARD) + list(layer_b) * L + list(ko.HEAD_BACKWARD)
+        opt_ops = ([*ko.CLIP] if opts.detail == "full" else []) + [ko.ADAMW, ko.ZERO_GRAD]
+
+        def kernels(ops: Sequence[Op]) -> list[Kernel]:
+            return [lf.kernel for op in ops for lf in op.leaves if lf.kernel is not None]
+
+        # GPU intervals: the batch copy ends as forward begins; each phase tiled exactly.
+        dw = dw1 - s0
+        self.copy_bytes = wl.samples_per_rank * wl.sample_bytes
+        copy = max(min(int(self.copy_bytes / _H2D_BYTES_PER_S * 1e9), (dw - 40_000) // 2), 1_000)
+        t_fwd = tile_phase(dw1, f1, kernels(fwd_ops), gates_f, self.rng)
+        t_bwd = tile_phase(f1, b1, kernels([ko.SEED_GRAD, *bwd_ops]), gates_b, self.rng)
+        t_opt = _tile(c1, o1, kernels(opt_ops), self.rng)
+
+        # Streams: a collective takes the first communication stream free when it starts.
+        free: dict[int, int] = {}
+        placed: list[tuple[Collective, int]] = []
+        for c in colls:
+            stream = next((s for s in sorted(free) if free[s] <= c.start_ns), COMM_STREAM + len(free))
+            free[stream] = c.end_ns
+            placed.append((c, stream))
+        # Each collective is launched by the thread running the phase its kernel starts in,
+        # right after the last op whose first kernel starts no later than it.
+        segs: dict[str, list[tuple[int, Collective, int]]] = {"fwd": [], "bwd": [], "opt": []}
+        starts = {
+            "fwd": [t[0] for t in t_fwd],
+            "bwd": [t[0] for t in t_bwd[1:]],  # the autograd thread's kernels (after the seed)
+            "opt": [t[0] for t in t_opt],
+        }
+        for c, stream in placed:
+            seg = "fwd" if c.start_ns < f1 else ("bwd" if c.start_ns < c1 else "opt")
+            segs[seg].append((bisect.bisect_right(starts[seg], c.start_ns), c, stream))
+
+        self.cpu, self.rts, self.gpu, self.gann, self.reduce_waits = [], [], [], [], []
+        self.clock = 0
+        main, ag = self.pid, self.autograd_tid
+        nh, nl, nt = len(ko.HEAD_FORWARD), len(layer_f), len(ko.TAIL_BACKWARD)
+        fwd_blocks = [0, *(nh + nl * b for b in range(L + 1))]
+        bwd_blocks = [0, *(nt + len(layer_b) * b for b in range(L + 1))]
+        # Forward, on the main thread: the batch copy first, then the model.
+        fwd_ann = self._begin(main, "user_annotation", "## forward ##", self._rec_meta())
+        self._op(main, ko.BATCH_COPY, [(dw1 - copy, dw1)], {})
+        ddp = self._begin(main, "user_annotation", "DistributedDataParallel.forward", self._rec_meta())
+        fwd_records = self._run_blocks(main, fwd_ops, t_fwd, segs["fwd"], fwd_blocks, pairs=None)
+        self._end(ddp)
+        self._end(fwd_ann)
+        # Backward: the main thread seeds the gradient and waits; the autograd thread runs it,
+        # and at its end (DDP's finalize) the compute stream waits for the gradient reductions.
+        bwd_ann = self._begin(main, "user_annotation", "## backward ##", self._rec_meta())
+        self._op(main, ko.SEED_GRAD, t_bwd[:1], {})
+        self._run_blocks(ag, bwd_ops, t_bwd[1:], segs["bwd"], bwd_blocks, pairs=fwd_records)
+        for _ in self.reduce_waits:
+            self._runtime(ag, "cudaStreamWaitEvent", 0)
+        self.reduce_waits = []
+        self._end(bwd_ann)
+        # Optimizer on the main thread, then zero_grad's memset.
+        opt_ann = self._begin(main, "user_annotation", "Optimizer.step#AdamW.step", self._rec_meta())
+        self._run_blocks(main, opt_ops[:-1], t_opt[:-1], segs["opt"], [0], pairs=None)
+        for _ in self.reduce_waits:
+            self._runtime(main, "cudaStreamWaitEvent", 0)
+        self._end(opt_ann)
+        zero_ann = self._begin(
+            main, "user_annotation", "Optimizer.zero_grad#AdamW.zero_grad", self._rec_meta()
+        )
+        self._op(main, ko.ZERO_GRAD, t_opt[-1:], {})
+        self._end(zero_ann)
+
+        # The host starts launching 20 µs before the first GPU work of the step (the batch
+        # copy, or an earlier collective); its clock is compressed, if need be, so every launch
+        # ends before its GPU work starts (the CPU of a compute-bound job runs ahead).
+        first_gpu = min([dw1 - copy, *(c.start_ns for c in colls)])
+        t0 = max(s0 + 2_000, first_gpu - 20_000)
+        f = 1.0
+        for rt in self.rts:
+            if rt.gpu >= 0:
+                room = self.gpu[rt.gpu].g0 - t0
+                if room < rt.t1 * f:
+                    f = max(room, 1) / rt.t1
+        self._emit_step(step_no, s0, t0, f, o1, e1, cut, fwd_ann, bwd_ann, opt_ann, ddp, t_fwd, t_bwd, t_opt)
+
+    def _run_blocks(
+        self,
+        tid: int,
+        ops: Sequence[Op],
+        timing: Sequence[tuple[int, int]],
+        pending_in: list[tuple[int, Collective, int]],
+        blocks: list[int],
+        *,
+        pairs: list[dict[str, list[_CpuEv]]] | None,
+    ) -> list[dict[str, list[_CpuEv]]]:
+        """``ops`` in order on thread ``tid``, with the segment's collectives launched in between.
+
+        ``blocks`` are the op indices where a model block (head, transformer layer, tail) begins.
+        Forward runs (``pairs`` None) return each block's autograd ops by name; a backward run
+        pops each op's twin from the matching forward block (backward runs the blocks last to
+        first), so ``fwdbwd`` flows join an op to its own layer's forward op.
+        """
+        pending = sorted(pending_in, key=lambda x: (x[0], x[1].start_ns))
+        recorded: list[dict[str, list[_CpuEv]]] = []
+        block: dict[str, list[_CpuEv]] = {}
+        starts = {j: b for b, j in enumerate(blocks)}
+        k = 0
+        for j, op in enumerate(ops):
+            b = starts.get(j)
+            if b is not None:
+                if pairs is None:
+                    block = {}
+                    recorded.append(block)
+                else:
+                    block = pairs[len(pairs) - 1 - b] if b < len(pairs) else {}
+            nk = sum(1 for lf in op.leaves if lf.kernel is not None)
+            while pending and pending[0][0] <= k:
+                self._launch_collective(tid, pending.pop(0))
+            self._op(tid, op, timing[k : k + nk], block)
+            k += nk
+        while pending:
+            self._launch_collective(tid, pending.pop(0))
+        return recorded
+
+    def _launch_collective(self, tid: int, item: tuple[int, Collective, int]) -> None:
+        """A collective's launch; an all-gather's consumer (the next block) waits for it at once,
+        a gradient reduction's (the optimizer) at the end of backward."""
+        _, c, stream = item
+        ext = self._collective(tid, c, stream)
+        if c.kind == "all_gather":
+            self._runtime(tid, "cudaStreamWaitEvent", 0)
+        else:
+            self.reduce_waits.append(ext)
+
+    # --- formatting -------------------------------------------------------------------------
+
+    def _emit_step(
+        self,
+        step_no: int,
+        s0: int,
+        t0: int,
+        f: float,
+        o1: int,
+        e1: int,
+        cut: int | None,
+        fwd_ann: _CpuEv,
+        bwd_ann: _CpuEv,
+        opt_ann: _CpuEv,
+        ddp: _CpuEv,
+        t_fwd: list[tuple[int, int]],
+        t_bwd: list[tuple[int, int]],
+        t_opt: list[tuple[int, int]],
+    ) -> None:
+        out, base, pid = self.out, self.base, self.pid
+
+        def ab(rel: int) -> int:
+            return t0 + int(rel * f)
+
+        def keep(end: int) -> bool:
+            return cut is None or end <= cut
+
+        def x_event(cat: str, name: str, p: int | str, tid: int | str, a: int, b: int, args: str) -> None:
+            out.append(
+                f'\n  {{\n    "ph": "X", "cat": "{cat}", "name": "{name}", "pid": {p}, "tid": {tid},\n'
+                f'    "ts": {_t(a - base)}, "dur": {_t(b - a)},\n    "args": {{\n      {args}\n    }}\n  }}'
+            )
+
+        def flow(ph: str, fid: int, p: int, tid: int, a: int, cat: str) -> None:
+            bp = ', "bp": "e"' if ph == "f" else ""
+            out.append(
+                f'\n  {{\n    "ph": "{ph}", "id": {fid}, "pid": {p}, "tid": {tid}, "ts": {_t(a - base)},\n'
+                f'    "cat": "{cat}", "name": "{cat}"{bp}\n  }}'
+            )
+
+        self.ext += 1
+        step_ext = self.ext
+        end = e1 if cut is None else cut
+        x_event(
+            "user_annotation",
+            f"ProfilerStep#{step_no}",
+            pid,
+            pid,
+            s0,
+            end,
+            f'"External id": {step_ext},"Record function id": 0, "Ev Idx": {self.ev_idx}',
+        )
+        self.ext += 1
+        self.ev_idx += 1
+        t_dl = max(t0 - 3_000, s0 + 1_000)
+        if keep(t_dl):
+            x_event(
+                "user_annotation",
+                "enumerate(DataLoader)#_MultiProcessingDataLoaderIter.__next__",
+                pid,
+                pid,
+                s0 + 500,
+                t_dl,
+                f'"External id": {self.ext},"Record function id": 0, "Ev Idx": {self.ev_idx}',
+            )
+        # Forward-backward flows need both ends kept.
+        kept_flow: dict[int, int] = {}
+        for ev in self.cpu:
+            if ev.flow is not None and keep(ab(ev.t1)):
+                kept_flow[ev.flow[1]] = kept_flow.get(ev.flow[1], 0) + 1
+        for ev in self.cpu:
+            a, b = ab(ev.t0), ab(ev.t1)
+            if not keep(b):
+                continue
+            x_event(ev.cat, ev.name, pid, ev.tid, a, b, f'"External id": {ev.ext}{ev.meta}')
+            if ev.flow is not None and kept_flow.get(ev.flow[1]) == 2:
+                flow(ev.flow[0], ev.flow[1], pid, ev.tid, a, "fwdbwd")
+        gpu_kept = [False] * len(self.gpu)
+        for rt in self.rts:
+            a, b = ab(rt.t0), ab(rt.t1)
+            if not keep(b):
+                continue
+            g = self.gpu[rt.gpu] if rt.gpu >= 0 else None
+            if g is not None and not keep(g.g1):
+                continue
+            # Kineto writes no External id for a call made outside any op.
+            ext_arg = f'"External id": {rt.ext},' if rt.ext else ""
+            x_event(
+                "cuda_runtime", rt.name, pid, rt.tid, a, b,
+                f'{ext_arg}"cbid": {CBID[rt.name]}, "correlation": {rt.corr}',
+            )  # fmt: skip
+            if g is not None:
+                gpu_kept[rt.gpu] = True
+                flow("s", rt.corr, pid, rt.tid, a, "ac2g")
+        # The host blocks until the GPU is done (loss.item()), then checkpoints on checkpoint steps.
+        sync0 = ab(max((rt.t1 for rt in self.rts), default=0)) + 2_000
+        self.corr += 1
+        if keep(o1) and sync0 < o1:
+            sync_args = f'"cbid": {CBID["cudaStreamSynchronize"]}, "correlation": {self.corr}'
+            x_event(
+                "cuda_runtime", "cudaStreamSynchronize", pid, pid, sync0, o1,
+                f'"External id": {step_ext},{sync_args}',
+            )  # fmt: skip
+        if e1 > o1 and keep(e1):
+            self.ext += 1
+            x_event(
+                "cpu_op", "torch.distributed.checkpoint.save", pid, pid, o1, e1,
+                f'"External id": {self.ext},"Record function id": 0, "Ev Idx": {self.ev_idx}',
+            )  # fmt: skip
+        dev = self.local
+        for idx, g in enumerate(self.gpu):
+            if not gpu_kept[idx]:
+                continue
+            x_event(
+                g.cat, g.name, dev, g.stream, g.g0, g.g1,
+                f'"External id": {g.ext},\n      "queued": 0, "device": {dev}, "context": 1,\n'
+                f'      "stream": {g.stream}, "correlation": {g.corr},\n      {g.args}'
+                if g.cat == "kernel"
+                else f'"External id": {g.ext},\n      "device": {dev}, "context": 1,\n'
+                f'      "stream": {g.stream}, "correlation": {g.corr},\n      {g.args}',
+            )  # fmt: skip
+            flow("f", g.corr, dev, g.stream, g.g0, "ac2g")
+        # GPU user annotations span the kernels their host annotation launched (Kineto widens
+        # them by a nanosecond each side so they enclose the kernels in viewers).
+        spans = [
+            (COMPUTE_STREAM, ddp.name, t_fwd, ddp.ext),
+            (COMPUTE_STREAM, bwd_ann.name, t_bwd, bwd_ann.ext),
+            (COMPUTE_STREAM, opt_ann.name, t_opt[:-1], opt_ann.ext),
+        ]
+        for stream, name, ts, ext in spans:
+            if ts and keep(ts[-1][1]):
+                x_event(
+                    "gpu_user_annotation",
+                    name,
+                    dev,
+                    stream,
+                    ts[0][0] - 1,
+                    ts[-1][1] + 1,
+                    f'"External id": {ext}',
+                )
+        for stream, name, a, b, ext in self.gann:
+            if keep(b):
+                x_event("gpu_user_annotation", name, dev, stream, a - 1, b + 1, f'"External id": {ext}')
+        self.last_ns = max(self.last_ns, end)
 
 
-def _split(total: int, shares: Sequence[float]) -> list[int]:
-    """Integer durations with the given shares that add up exactly to ``total``."""
-    w = np.asarray(shares, dtype=float)
-    parts = np.floor(total * w / w.sum()).astype(np.int64)
-    parts[-1] = total - int(parts[:-1].sum())
-    return [int(x) for x in parts]
-
-
-_KERNEL_ARGS = {
-    "registers per thread": 168,
-    "shared memory": 213_248,
-    "blocks per SM": 1.0,
-    "warps per SM": 12.0,
-    "grid": [132, 1, 1],
-    "block": [384, 1, 1],
-    "est. achieved occupancy %": 19,
-}
-
-
-def rank_trace(
-    model: ClusterModel, chunk: Chunk, rank: int, start_ns: int, opts: KinetoOptions
-) -> dict[str, Any]:
-    """The Kineto document for one rank."""
-    hw, topo, wl = model.hw, model.topo, model.wl
-    node, local = topo.place(rank)
+def rank_trace_text(model: ClusterModel, chunk: Chunk, rank: int, start_ns: int, opts: KinetoOptions) -> str:
+    """The Kineto document for one rank, as the text PyTorch's profiler writes."""
     first = max(0, opts.first_step - int(chunk.steps[0]))
     last = chunk.nsteps if opts.last_step is None else min(chunk.nsteps, opts.last_step - int(chunk.steps[0]))
     if last <= first:
         raise ValueError(f"kineto steps {opts.first_step}:{opts.last_step} select no simulated step")
-    abs_ = {
-        k: getattr(chunk, k)[:, rank] + start_ns
-        for k in ("start", "dw_end", "fwd_end", "arrive", "coll_end", "opt_end", "end")
-    }
-    base = int(abs_["start"][first]) - 1_000_000
-    tr = _Trace(base, topo.pid(local), local)
-    world = hw.world_size
-    nelems = int(wl.grad_bytes // 2)
-    nccl_name = nccl_kernel_name(opts.nccl_naming, rank)
-    coll_args = {
-        "Collective name": "allreduce",
-        "In msg nelems": nelems,
-        "Out msg nelems": nelems,
-        "Group size": world,
-        "dtype": "BFloat16",
-        "In split size": "[]",
-        "Out split size": "[]",
-        "Process Group Name": "0",
-        "Process Group Description": "default_pg",
-    }
+    node, local = model.topo.place(rank)
+    host = model.topo.hostnames[node]
+    base = int(chunk.start[first, rank]) + start_ns - 1_000_000
+    w = _RankWriter(model, rank, opts, base)
     stop = min(last + 1, chunk.nsteps)
     for i in range(first, stop):
-        s0, dw1, f1, b1, c1, o1, e1 = (
-            int(abs_[k][i]) for k in ("start", "dw_end", "fwd_end", "arrive", "coll_end", "opt_end", "end")
-        )
+        f1, b1 = int(chunk.fwd_end[i, rank]) + start_ns, int(chunk.arrive[i, rank]) + start_ns
         # The profiler stops in the middle of the step after the traced range.
         cut = f1 + (b1 - f1) // 2 if i == last else None
-        tr.cut = None
-        tr.cpu("user_annotation", f"ProfilerStep#{int(chunk.steps[i])}", s0, e1 if cut is None else cut)
-        tr.cut = cut
-        # Batch: dataloader wait, then the pinned host-to-device copy ending as forward starts.
-        dw = dw1 - s0
-        copy = min(
-            int(wl.samples_per_rank * wl.sample_bytes / _H2D_BYTES_PER_S * 1e9),
-            max((dw - 40_000) // 2, 1_000),
-        )
-        launch0 = dw1 - copy - 20_000
-        tr.cpu(
-            "cpu_op",
-            "enumerate(DataLoader)#_MultiProcessingDataLoaderIter.__next__",
-            s0,
-            max(launch0 - 2_000, s0),
-        )
-        tr.cpu("cpu_op", "aten::copy_", launch0, launch0 + _OP_NS)
-        tr.launch(
-            "cudaMemcpyAsync",
-            launch0 + 2_000,
-            "gpu_memcpy",
-            "Memcpy HtoD (Pinned -> Device)",
-            dw1 - copy,
-            dw1,
-            COMPUTE_STREAM,
-            {
-                "bytes": wl.samples_per_rank * wl.sample_bytes,
-                "memory bandwidth (GB/s)": _H2D_BYTES_PER_S / 1e9,
-            },
-        )
-        cpu_t = launch0 + _LAUNCH_GAP_NS
-        # Forward and backward kernels fill their phases exactly.
-        for phase, p0, p1 in (("forward", dw1, f1), ("backward", f1, b1)):
-            pattern = (_FORWARD if phase == "forward" else _BACKWARD) * _REPEATS[phase]
-            durs = _split(p1 - p0, [sh for _, _, sh in pattern])
-            k0 = p0
-            for (op, kernel, _), d in zip(pattern, durs, strict=True):
-                tr.cpu("cpu_op", op, cpu_t, cpu_t + _OP_NS)
-                tr.launch(
-                    "cudaLaunchKernel",
-                    cpu_t + 4_000,
-                    "kernel",
-                    kernel,
-                    k0,
-                    k0 + d,
-                    COMPUTE_STREAM,
-                    _KERNEL_ARGS,
-                )
-                k0 += d
-                cpu_t += _LAUNCH_GAP_NS
-        # The all-reduce: from this rank's arrival to the collective's end.
-        tr.cpu("cpu_op", "record_param_comms", cpu_t, cpu_t + _OP_NS, coll_args)
-        tr.cpu("cpu_op", "nccl:all_reduce", cpu_t + 1_000, cpu_t + _OP_NS - 1_000, coll_args)
-        tr.launch(
-            "cudaLaunchKernel",
-            cpu_t + 4_000,
-            "kernel",
-            nccl_name,
-            b1,
-            c1,
-            COMM_STREAM,
-            {
-                "registers per thread": 96,
-                "shared memory": 0,
-                "blocks per SM": 0.12,
-                "warps per SM": 2.06,
-                "grid": [16, 1, 1],
-                "block": [544, 1, 1],
-                "est. achieved occupancy %": 3,
-                **coll_args,
-            },
-        )
-        cpu_t += _LAUNCH_GAP_NS
-        # Optimizer kernels after the collective, then zero_grad's memset.
-        pattern = _OPTIMIZER * _REPEATS["optimizer"]
-        memset = min(_MEMSET_NS, (o1 - c1) // 10)
-        durs = _split(o1 - c1 - memset, [sh for _, _, sh in pattern])
-        k0 = c1
-        for (op, kernel, _), d in zip(pattern, durs, strict=True):
-            tr.cpu("cpu_op", op, cpu_t, cpu_t + _OP_NS)
-            tr.launch(
-                "cudaLaunchKernel", cpu_t + 4_000, "kernel", kernel, k0, k0 + d, COMPUTE_STREAM, _KERNEL_ARGS
-            )
-            k0 += d
-            cpu_t += _LAUNCH_GAP_NS
-        tr.cpu("cpu_op", "aten::zero_", cpu_t, cpu_t + _OP_NS)
-        tr.launch(
-            "cudaMemsetAsync",
-            cpu_t + 4_000,
-            "gpu_memset",
-            "Memset (Device)",
-            k0,
-            o1,
-            COMPUTE_STREAM,
-            {"bytes": int(wl.grad_bytes), "memory bandwidth (GB/s)": 0.0},
-        )
-        cpu_t += _LAUNCH_GAP_NS
-        # The host waits for the GPU (loss.item()), then checkpoints on checkpoint steps.
-        tr.corr += 1
-        if tr.keep(o1):
-            ts, dur = tr.span(cpu_t, o1)
-            tr.events.append(
-                {
-                    "ph": "X",
-                    "cat": "cuda_runtime",
-                    "name": "cudaStreamSynchronize",
-                    "pid": tr.pid,
-                    "tid": tr.pid,
-                    "ts": ts,
-                    "dur": dur,
-                    "args": {
-                        "External id": tr.ext,
-                        "cbid": CBID["cudaStreamSynchronize"],
-                        "correlation": tr.corr,
-                    },
-                }
-            )
-        if e1 > o1:
-            tr.cpu("cpu_op", "torch.distributed.checkpoint.save", o1, e1)
-    return {
-        "schemaVersion": 1,
-        "deviceProperties": _device_properties(model),
-        "distributedInfo": {
+        w.step(chunk, i, start_ns, cut)
+    world = model.hw.world_size
+    dist = json.dumps(
+        {
             "backend": "nccl",
             "rank": rank,
             "world_size": world,
@@ -422,61 +806,67 @@ def rank_trace(
                     "ranks": list(range(world)),
                 }
             ],
-            "nccl_version": NCCL_VERSION,
-        },
-        "cupti_version": 22,
-        "cuda_runtime_version": 12040,
-        "cuda_driver_version": 12040,
-        "trace_id": f"{topo.hostnames[node]}_{tr.pid}",
-        "displayTimeUnit": "ms",
-        "baseTimeNanoseconds": base,
-        "traceEvents": _metadata(tr, topo.hostnames[node], local) + tr.events,
-    }
-
-
-def _metadata(tr: _Trace, host: str, device: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": "process_name",
-            "ph": "M",
-            "ts": 0.0,
-            "pid": tr.pid,
-            "tid": 0,
-            "args": {"name": f"python3 ({host})"},
-        },
-        {
-            "name": "thread_name",
-            "ph": "M",
-            "ts": 0.0,
-            "pid": tr.pid,
-            "tid": tr.pid,
-            "args": {"name": "thread 1 (python3)"},
-        },
-        {
-            "name": "process_name",
-            "ph": "M",
-            "ts": 0.0,
-            "pid": device,
-            "tid": 0,
-            "args": {"name": f"GPU {device}"},
-        },
-        {
-            "name": "thread_name",
-            "ph": "M",
-            "ts": 0.0,
-            "pid": device,
-            "tid": COMPUTE_STREAM,
-            "args": {"name": f"stream {COMPUTE_STREAM}"},
-        },
-        {
-            "name": "thread_name",
-            "ph": "M",
-            "ts": 0.0,
-            "pid": device,
-            "tid": COMM_STREAM,
-            "args": {"name": f"stream {COMM_STREAM}"},
-        },
+            "nccl_version": ko.NCCL_VERSIONS[opts.nccl_naming],
+        }
+    )
+    pid = w.pid
+    begin = _t(1_000_000 - 500_000)
+    span_end = w.last_ns - base
+    trace_id = json_safe(f"{host}_{pid}")
+    meta = [
+        _meta("process_name", pid, 0, begin, '"name": "python3"'),
+        _meta("process_labels", pid, 0, begin, '"labels": "CPU"'),
+        _meta("process_sort_index", pid, 0, begin, f'"sort_index": {pid}'),
+        _meta("process_name", local, 0, begin, f'"name": "GPU {local}"'),
+        _meta("process_labels", local, 0, begin, f'"labels": "GPU {local}"'),
+        _meta("process_sort_index", local, 0, begin, f'"sort_index": {5000000 + local}'),
+        _meta("thread_name", pid, pid, begin, f'"name": "thread {pid} (python3)"'),
+        _meta("thread_sort_index", pid, pid, begin, f'"sort_index": {pid}'),
+        _meta(
+            "thread_name", pid, w.autograd_tid, begin, f'"name": "thread {w.autograd_tid} (pt_autograd_0)"'
+        ),
+        _meta("thread_sort_index", pid, w.autograd_tid, begin, f'"sort_index": {w.autograd_tid}'),
     ]
+    for s in sorted(w.streams):
+        meta.append(_meta("thread_name", local, s, begin, f'"name": "stream {s}"'))
+        meta.append(_meta("thread_sort_index", local, s, begin, f'"sort_index": {s}'))
+    meta.append(
+        f'\n  {{\n    "ph": "X", "cat": "Trace", "ts": {begin}, "dur": {_t(span_end - 500_000)},\n'
+        f'    "pid": "Spans", "tid": "PyTorch Profiler",\n    "name": "PyTorch Profiler (0)",\n'
+        f'    "args": {{\n      "Op count": 0\n    }}\n  }},\n  {{\n'
+        f'    "name": "process_sort_index", "ph": "M", "ts": {begin},\n    "pid": "Spans", "tid": 0,\n'
+        f'    "args": {{\n      "sort_index": 536870912\n    }}\n  }},\n  {{\n'
+        f'    "name": "Iteration Start: PyTorch Profiler", "ph": "i", "s": "g",\n'
+        f'    "pid": "Traces", "tid": "Trace PyTorch Profiler", "ts": {begin}\n  }}'
+    )
+    header = (
+        f'{{\n  "schemaVersion": 1,\n  "deviceProperties": [{_device_properties(model)}\n  ],'
+        f'\n  "cupti_version": 22,\n  "cuda_runtime_version": 12040,\n  "cuda_driver_version": 12040,'
+        f'\n  "trace_id": "{trace_id}",\n  "distributedInfo": {dist},'
+        f'\n  "displayTimeUnit": "ms",\n  "baseTimeNanoseconds": {base},\n  "traceEvents": ['
+    )
+    name = dumpformat.kineto_file_name(rank, gzip=opts.gzip)
+    tail = (
+        f'\n  {{\n    "name": "Record Window End", "ph": "i", "s": "g",\n    "pid": "", "tid": "", '
+        f'"ts": {_t(span_end + 1_000)}\n  }}\n  ],\n  "traceName": "kineto/{name}"\n}}\n'
+    )
+    return header + ",".join(meta + w.out) + "," + tail
+
+
+def _meta(kind: str, pid: int, tid: int, ts: str, args: str) -> str:
+    return (
+        f'\n  {{\n    "name": "{kind}", "ph": "M", "ts": {ts}, "pid": {pid}, "tid": {tid},\n'
+        f'    "args": {{\n      {args}\n    }}\n  }}'
+    )
+
+
+def rank_trace(
+    model: ClusterModel, chunk: Chunk, rank: int, start_ns: int, opts: KinetoOptions
+) -> dict[str, Any]:
+    """The Kineto document for one rank, parsed (for callers that want the events)."""
+    doc = json.loads(rank_trace_text(model, chunk, rank, start_ns, opts))
+    assert isinstance(doc, dict)
+    return doc
 
 
 def write_kineto(
@@ -488,14 +878,12 @@ def write_kineto(
     for rank in opts.ranks:
         if not 0 <= rank < model.hw.world_size:
             raise ValueError(f"kineto rank {rank} is outside the job's ranks 0..{model.hw.world_size - 1}")
-        doc = rank_trace(model, chunk, rank, start_ns, opts)
-        data = json.dumps(doc, separators=(",", ":")).encode()
+        data = rank_trace_text(model, chunk, rank, start_ns, opts).encode()
+        path = out / dumpformat.kineto_file_name(rank, gzip=opts.gzip)
         if opts.gzip:
-            path = out / dumpformat.kineto_file_name(rank, gzip=True)
             # mtime=0 and no file name in the header: the same trace gives the same bytes.
             path.write_bytes(gzip.compress(data, compresslevel=6, mtime=0))
         else:
-            path = out / dumpformat.kineto_file_name(rank)
             path.write_bytes(data)
         paths.append(path)
     return paths

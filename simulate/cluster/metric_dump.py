@@ -11,7 +11,7 @@ String columns are dictionary-encoded (pandas reads them as categoricals).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ from fmdiag.simulate.cluster.model import NS, Chunk, ClusterModel
 from fmdiag.simulate.cluster.signals import CPU_MODES, Signals, SignalSamples, op_bounds
 
 F64 = npt.NDArray[np.float64]
+#: Rows per Parquet row group, and per piece the table is built in.
+ROW_GROUP_ROWS = 1 << 20
 
 #: DCGM field -> the snapshot's GPU signal (or a constant).
 _DCGM_SIGNALS: dict[str, str | float] = {
@@ -125,27 +127,40 @@ class _Table:
             per_series[dumpformat.INSTANCE.name] = [h for h in self.instances for _ in range(per_node)]
         self.blocks.append((metric, v, per_series))
 
-    def to_arrow(self) -> pa.Table:
+    def to_arrow(self, max_rows: int = ROW_GROUP_ROWS) -> Iterator[pa.Table]:
+        """The table in pieces of whole series, each at most about ``max_rows`` rows.
+
+        Pieces keep every series whole and in time order (the documented layout) while the
+        columns of a large dump are never all in memory at once.
+        """
         T = len(self.times)
         keys: list[str] = [dumpformat.INSTANCE.name]
         for _, _, labels in self.blocks:
             keys += [k for k in labels if k not in keys]
         metrics = [m for m, v, _ in self.blocks for _ in range(v.shape[1])]
         values = np.concatenate([v for _, v, _ in self.blocks], axis=1)  # [T, M]
-        keep = ~np.isnan(values.T.ravel())
-        columns: dict[str, pa.Array] = {
-            dumpformat.TIMESTAMP.name: pa.array(np.tile(self.times, values.shape[1])[keep]),
-            dumpformat.METRIC.name: _dict_column(metrics, T, keep),
-            dumpformat.VALUE.name: pa.array(values.T.ravel()[keep]),
-        }
-        for key in keys:
-            col = [
+        label_cols = {
+            key: [
                 x
                 for _, v, labels in self.blocks
                 for x in (labels.get(key) or [dumpformat.NO_LABEL] * v.shape[1])
             ]
-            columns[key] = _dict_column(col, T, keep)
-        return pa.table(columns)
+            for key in keys
+        }
+        M = values.shape[1]
+        per_piece = max(1, max_rows // max(T, 1))
+        for lo in range(0, M, per_piece):
+            hi = min(M, lo + per_piece)
+            part = values[:, lo:hi].T.ravel()
+            keep = ~np.isnan(part)
+            columns: dict[str, pa.Array] = {
+                dumpformat.TIMESTAMP.name: pa.array(np.tile(self.times, hi - lo)[keep]),
+                dumpformat.METRIC.name: _dict_column(metrics[lo:hi], T, keep),
+                dumpformat.VALUE.name: pa.array(part[keep]),
+            }
+            for key in keys:
+                columns[key] = _dict_column(label_cols[key][lo:hi], T, keep)
+            yield pa.table(columns)
 
 
 def _dict_column(per_series: Sequence[str], T: int, keep: npt.NDArray[np.bool_]) -> pa.Array:
@@ -211,12 +226,22 @@ def write_metrics(
 
 
 def _write(out: Path, subsystem: str, table: _Table) -> int:
-    """Write one subsystem's file, checked against the core's schema first."""
+    """Write one subsystem's file piece by piece, checked against the core's schema first."""
     path = out / f"{subsystem}{dumpformat.METRICS_SUFFIX}"
-    arrow = table.to_arrow()
-    dumpformat.check_metrics_schema(str(path), subsystem, {f.name: str(f.type) for f in arrow.schema})
-    pq.write_table(arrow, path, compression="zstd", row_group_size=1 << 20)
-    return int(arrow.num_rows)
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for piece in table.to_arrow():
+            if writer is None:
+                schema = {f.name: str(f.type) for f in piece.schema}
+                dumpformat.check_metrics_schema(str(path), subsystem, schema)
+                writer = pq.ParquetWriter(path, piece.schema, compression="zstd")
+            writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
+            rows += piece.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 def _gpu(table: _Table, model: ClusterModel, snap: SignalSamples) -> None:
@@ -410,7 +435,8 @@ def _steps(
     has = done > 0
     dur = (c.end - c.start) / NS  # [S, R]
     ranks = [str(r) for r in range(R)]
-    lab = {"job": job, "rank": ranks}
+    job_label, rank_label = catalog.STEP_LABELS
+    lab = {job_label: job, rank_label: ranks}
 
     def cum(x: F64) -> F64:
         return np.concatenate([np.zeros((1, R)), np.cumsum(x, axis=0)])[done, cols]

@@ -1,19 +1,26 @@
 """The cluster model: a synchronous data-parallel job stepped through time, vectorised over ranks.
 
-Per rank and step: wait for the dataloader's batch, forward, backward, then one gradient
-all-reduce that cannot finish before the last rank arrives (so a slow rank makes every other
-rank wait inside the collective), then the optimizer, then on checkpoint steps a shard write
-and a barrier. Everything else — counters, gauges, step records, Kineto kernels, the ground
-truth — is derived from the arrays produced here, so every signal tells the same story.
+Per rank and step: wait for the dataloader's batch, forward, backward, optimizer, and on
+checkpoint steps a shard write and a barrier. Communication runs on its own stream and
+overlaps compute the way the job's parallelism does it (:mod:`.overlap`): DDP all-reduces
+gradient buckets during backward; FSDP all-gathers each unit's parameters ahead of its forward
+and backward and reduce-scatters its gradients after. A collective completes only when every
+rank has joined it, so a slow rank makes every other rank wait; exposed communication is what
+the overlap leaves uncovered, never a fixed number. Everything else — counters, gauges, step
+records, Kineto kernels, the ground truth — is derived from the arrays produced here, so every
+signal tells the same story.
 
 - Data loading: each rank's loader keeps ``prefetch_batches`` batches ready; a batch takes
   ``max(I/O time, CPU time)`` where the node's reads are striped over all OSTs of the data
   filesystem (the slowest OST decides) and the CPU time is the per-sample cost spread over
   the loader's workers. The step waits only when the loader falls behind.
-- All-reduce (ring): every node sends and receives ``2(n-1)/n * grad_bytes`` over its EFA
-  devices, split evenly across them, so the slowest device of any node sets the time; inside
-  a node NVLink carries the same volume per GPU.
-- A throttled GPU's compute time scales with ``max clock / throttled clock``.
+- Collectives (ring, trees beyond 64 ranks): each node moves ``(n-1)/n`` of the buffer per
+  phase over its EFA devices, split across them, so the slowest device of any node sets the
+  time; a latency per hop grows with the ring; inside a node NVLink carries the rest.
+- A throttled GPU's compute time scales with its clock for the compute-bound part of its
+  kernels only (memory-bound kernels barely notice a lower SM clock).
+- Truth is counterfactual: the chunk is replayed with each fault removed (same random draws),
+  and the time each removal gives back is that fault's cost per step.
 
 All times are integer nanoseconds relative to the job's start, so phases derived as
 differences add up exactly to the step.
@@ -21,12 +28,16 @@ differences add up exactly to the step.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fmdiag.simulate.cluster.config import Hardware, Workload
+from fmdiag.simulate.cluster.overlap import Slot, schedule, step_times
+from fmdiag.simulate.cluster.physics import JOBS, get_job, ring_latency_s
 from fmdiag.simulate.cluster.scenarios import Fault, FaultKind, Scenario
 from fmdiag.simulate.cluster.topology import Topology
 
@@ -36,8 +47,6 @@ I32 = npt.NDArray[np.int32]
 BOOL = npt.NDArray[np.bool_]
 
 NS = 1_000_000_000
-#: Fixed NCCL cost of one all-reduce (launch, ring set-up), seconds.
-ALLREDUCE_LATENCY_S = 0.0004
 #: Retransmitted fraction of packets on a healthy fabric.
 BASE_RETRANS_RATE = 2e-6
 #: A step counts as slowed by a cause when the cause added this fraction of a healthy step.
@@ -96,7 +105,15 @@ class Chunk:
     #: Node step windows [S, N] ns (first rank start .. last rank end), for rate-like host signals.
     node_a: I64
     node_b: I64
-    #: Ground truth per step: verdict class and index of the responsible fault (-1 none, -2 a checkpoint).
+    #: Every collective of each step, in communication-stream order (see ``ClusterModel.schedule``):
+    #: when each rank joined it [S, R, C], and when it ran for everyone [S, C].
+    coll_issue: I64
+    coll_a: I64
+    coll_b: I64
+    #: Seconds each cause cost each step [S, F + 1]: the step's duration minus its duration with
+    #: that fault removed (columns per fault), and with communication free (last column).
+    truth_lost: F64
+    #: Ground truth per step: verdict class and index of the dominant fault (-1 none).
     truth_class: list[str] = field(default_factory=list)
     truth_fault: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
 
@@ -123,6 +140,27 @@ class Chunk:
 
 
 _CHUNK_ARRAYS = tuple(n for n in Chunk.__dataclass_fields__ if n not in ("truth_class", "truth_fault"))
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One collective as one rank's communication kernel sees it (the Kineto writer draws these).
+
+    ``start_ns`` is when this rank's kernel starts (its data is ready and the stream is free),
+    ``end_ns`` when the collective completes for everyone; the difference includes the wait for
+    late ranks, as a real NCCL kernel's duration does.
+    """
+
+    kind: str  # "all_reduce" | "all_gather" | "reduce_scatter"
+    start_ns: int
+    end_ns: int
+    #: Bytes of this rank's input buffer (``In msg nelems`` x element size).
+    nbytes: int
+    #: Elements of the input and output buffers, as PyTorch's record_param_comms reports them.
+    in_nelems: int
+    out_nelems: int
+    group_size: int
+    dtype: str = "BFloat16"
 
 
 def concat(chunks: list[Chunk]) -> Chunk:
@@ -166,14 +204,18 @@ class ClusterModel:
             wl.checkpoint_every if scenario.checkpoint_every is None else scenario.checkpoint_every
         )
         self.targets = [self._pick(f, i) for i, f in enumerate(scenario.faults)]
-        self._rng = np.random.default_rng([seed, 0x5EED])
+        #: The step's collectives in communication-stream order.
+        self.schedule: tuple[Slot, ...] = schedule(wl.parallelism, wl.units)
+        # Runs of different scenarios with the same seed are not paired copies of each other.
+        self._rng = np.random.default_rng([seed, 0x5EED, _stable_hash(scenario.name)])
         N, E = hw.nodes, hw.efa_devices
         shares = 1.0 + 0.002 * self._rng.standard_normal((N, E))
         #: Each EFA device's fixed share of its node's traffic (NCCL channel placement).
         self.efa_share: F64 = shares / shares.sum(axis=1, keepdims=True)
-        #: Per-rank compute speed spread (silicon lottery), tiny.
-        self.rank_speed: F64 = 1.0 + 0.002 * self._rng.standard_normal(hw.world_size)
+        #: Persistent per-GPU speed (silicon lottery, cooling): a few percent apart.
+        self.rank_speed: F64 = 1.0 + wl.gpu_speed_spread * self._rng.standard_normal(hw.world_size)
         self._state = self._initial_state()
+        self._nominal_step = self._nominal_step_s()
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -207,194 +249,428 @@ class ClusterModel:
     def _nominal_load_s(self) -> float:
         hw, wl = self.hw, self.wl
         per_ost = hw.gpus_per_node * wl.samples_per_rank * wl.sample_bytes / hw.osts_per_fs
-        io = per_ost / wl.ost_read_bytes_per_s + (
+        client_bw = wl.ost_read_bytes_per_s / hw.nodes
+        io = per_ost / client_bw + (
             per_ost / wl.read_rpc_bytes * wl.ost_rpc_latency_s / wl.max_rpcs_in_flight
         )
         cpu = wl.samples_per_rank * wl.loader_cpu_s_per_sample / wl.loader_workers
         return max(io, cpu)
 
-    # --- nominal figures (the healthy baseline the truth is measured against) ---------------
+    # --- communication volumes ---------------------------------------------------------------
+
+    @property
+    def dp_ranks(self) -> int:
+        """Ranks in one data-parallel group (the collectives' ring)."""
+        return self.hw.world_size // self.wl.tp
+
+    def slot_bytes(self) -> tuple[F64, F64]:
+        """Per collective: bytes each node moves over EFA, and bytes each rank sends in all."""
+        n, wl = self.dp_ranks, self.wl
+        unit = wl.grad_bytes / wl.units
+        frac = (n - 1) / n if n > 1 else 0.0
+        phases = np.array([s.phases for s in self.schedule], dtype=np.float64)
+        rank = frac * unit * phases
+        # One ring per tensor-parallel rank crosses each node once in and once out.
+        node = rank * wl.tp if self.hw.nodes > 1 else np.zeros_like(rank)
+        return node, rank
 
     @property
     def wire_bytes_per_node(self) -> float:
-        """Bytes each node sends (and receives) over EFA per all-reduce (0 on one node)."""
-        n = self.hw.world_size
-        return 2 * (n - 1) / n * self.wl.grad_bytes if self.hw.nodes > 1 else 0.0
+        """Bytes each node sends (and receives) over EFA per step (0 on one node)."""
+        return float(self.slot_bytes()[0].sum())
 
     @property
     def rank_ring_bytes(self) -> float:
-        n = self.hw.world_size
-        return 2 * (n - 1) / n * self.wl.grad_bytes
+        """Bytes each rank sends per step over its ring (NVLink and EFA together)."""
+        return float(self.slot_bytes()[1].sum())
 
-    def nominal_allreduce_s(self) -> float:
-        hw = self.hw
-        t = self.rank_ring_bytes / hw.nvlink_bytes_per_s
-        if hw.nodes > 1:
-            efa_bw = hw.efa_node_gbps * 1e9 / 8 * hw.efa_efficiency
-            t = max(t, self.wire_bytes_per_node / efa_bw)
-        return t + ALLREDUCE_LATENCY_S
+    def _tp_comm_s(self) -> float:
+        """Tensor-parallel all-reduces of activations inside forward and backward (NVLink)."""
+        wl = self.wl
+        if wl.tp <= 1:
+            return 0.0
+        activation = wl.samples_per_rank * wl.tokens_per_sample * _hidden(wl.job) * 2.0
+        per_layer = 4 * 2 * (wl.tp - 1) / wl.tp * activation / self.hw.nvlink_bytes_per_s
+        return per_layer * _layers(wl.job)
+
+    # --- nominal figures (the healthy baseline the truth is measured against) ---------------
+
+    def nominal_comm_s(self) -> float:
+        """The step's collectives back to back on a healthy fabric (what overlap must hide)."""
+        return float(self._collective_s(np.ones((1, self.hw.nodes, self.hw.efa_devices)))[0].sum())
 
     def nominal_step_s(self) -> float:
-        wl = self.wl
-        return (
-            wl.base_data_wait_s + wl.forward_s + wl.backward_s + self.nominal_allreduce_s() + wl.optimizer_s
-        )
+        return self._nominal_step
+
+    def _nominal_step_s(self) -> float:
+        """A healthy, noise-free step at full clock, with its overlap, without a checkpoint."""
+        hw, wl = self.hw, self.wl
+        R = hw.world_size
+        tp = self._tp_comm_s()
+        fwd = np.full(R, _ns(wl.forward_s + tp / 3))[0]
+        bwd = np.full(R, _ns(wl.backward_s + 2 * tp / 3))[0]
+        dur = _ns(self._collective_s(np.ones((1, hw.nodes, hw.efa_devices)))[0])
+        t0 = np.full(R, _ns(wl.base_data_wait_s + max(0.0, self._nominal_load_s() * 0)), np.int64)
+        st = step_times(self.schedule, wl.units, wl.parallelism, t0, np.full(R, fwd), np.full(R, bwd), dur)
+        return float(st.coll_end + int(_ns(wl.optimizer_s))) / NS
+
+    def _collective_s(self, bw_factor: F64, nvl_factor: float = 1.0) -> F64:
+        """Transfer + latency of each collective [S, C], given each device's bandwidth factor [S, N, E]."""
+        hw = self.hw
+        node, rank = self.slot_bytes()
+        lat = np.array([ring_latency_s(self.dp_ranks, s.phases) for s in self.schedule])
+        t = (rank / (hw.nvlink_bytes_per_s * nvl_factor))[None, :]
+        if hw.nodes > 1:
+            dev_bw = hw.efa_device_bytes_per_s * hw.efa_efficiency * bw_factor  # [S, N, E]
+            worst = (self.efa_share[None] / dev_bw).max(axis=(1, 2))  # [S]: seconds per node byte
+            t = np.maximum(t, node[None, :] * worst[:, None])
+        return np.asarray(t + lat[None, :], dtype=np.float64)
 
     # --- faults ------------------------------------------------------------------------------
+
+    def collectives(self, chunk: Chunk, index: int, rank: int) -> list[Collective]:
+        """The collectives rank ``rank`` runs in the step at position ``index`` of ``chunk``, in order.
+
+        A rank's kernel starts when it joins (its data ready, the stream free) and ends when the
+        collective completes for everyone, so it includes the wait for late ranks.
+        """
+        unit = int(self.wl.grad_bytes // self.wl.units)
+        n = self.dp_ranks
+        out = []
+        for c, slot in enumerate(self.schedule):
+            elems = unit // 2
+            in_n, out_n = {
+                "all_reduce": (elems, elems),
+                "all_gather": (elems // n, elems),
+                "reduce_scatter": (elems, elems // n),
+            }[slot.kind]
+            out.append(
+                Collective(
+                    kind=slot.kind,
+                    start_ns=int(chunk.coll_issue[index, rank, c]),
+                    end_ns=int(chunk.coll_b[index, c]),
+                    nbytes=in_n * 2,
+                    in_nelems=in_n,
+                    out_nelems=out_n,
+                    group_size=n,
+                )
+            )
+        return out
 
     def active(self, steps: I64) -> list[BOOL]:
         """For each fault, whether it is active at each of ``steps``."""
         frac = (steps % self.period) / self.period
-        return [(frac >= f.start) & (frac < f.end) for f in self.scenario.faults]
+        out = []
+        for f in self.scenario.faults:
+            on = (frac >= f.start) & (frac < f.end)
+            if f.on_steps > 0 and f.off_steps > 0:  # intermittent: on/off in a fixed rhythm
+                on &= (steps % (f.on_steps + f.off_steps)) < f.on_steps
+            out.append(on)
+        return out
+
+    def severity(self, steps: I64, index: int) -> F64:
+        """How far fault ``index`` has developed at each step, 0..1 (a ramp, then full)."""
+        f = self.scenario.faults[index]
+        if f.ramp <= 0:
+            return np.ones(len(steps))
+        frac = (steps % self.period) / self.period
+        return np.clip((frac - f.start) / f.ramp, 0.0, 1.0)
 
     # --- stepping ----------------------------------------------------------------------------
 
     def run(self, nsteps: int) -> Chunk:
-        """The next ``nsteps`` steps (the first call starts at step 0)."""
-        hw, wl, rng, st = self.hw, self.wl, self._rng, self._state
-        S, R, N, G, E = nsteps, hw.world_size, hw.nodes, hw.gpus_per_node, hw.efa_devices
-        n_ost, n_ost_ckpt = hw.osts_per_fs, self.topo.checkpoint_fs.osts
-        steps = np.arange(st.next_step, st.next_step + S, dtype=np.int64)
+        """The next ``nsteps`` steps (the first call starts at step 0), with their truth."""
+        st = self._state
+        steps = np.arange(st.next_step, st.next_step + nsteps, dtype=np.int64)
         active = self.active(steps)
-        node_of = np.repeat(np.arange(N), G)
+        draws = self._draws(steps)
+        env = self._environment(steps, active, draws)
+        chunk, new_state = self._timeline(steps, env, st)
+        # Counterfactual replays from the same state with the same draws: each fault removed,
+        # then communication made free (what volume alone costs).
+        duration = self._durations(chunk, st)
+
+        def replay(acts: list[BOOL], free_comm: bool = False) -> F64:
+            e = self._environment(steps, acts, draws)
+            if free_comm:
+                e["coll_ns"] = np.zeros_like(e["coll_ns"])
+            return self._durations(self._timeline(steps, e, st, full=False)[0], st)
+
+        F = len(active)
+        none = [np.zeros_like(a) for a in active]
+        lost = np.zeros((nsteps, F + 1))
+        live = [j for j in range(F) if active[j].any()]
+        for j in live:
+            lost[:, j] = duration - replay([a if k != j else none[k] for k, a in enumerate(active)])
+        lost[:, -1] = duration - replay(active, free_comm=True)
+        # Where faults overlap, removing either alone may give back little (the other still
+        # binds): then each fault's cost is what it adds on its own to a fault-free step.
+        alone = np.zeros((nsteps, F))
+        if len(live) > 1:
+            base = replay(none)
+            for j in live:
+                alone[:, j] = replay([a if k == j else none[k] for k, a in enumerate(active)]) - base
+            joint = duration - base
+            threshold = TRUTH_THRESHOLD * self.nominal_step_s()
+            masked = (lost[:, :F].max(axis=1) < threshold) & (joint >= threshold)
+            lost[masked, :F] = np.minimum(alone[masked], joint[masked, None])
+        chunk.truth_lost = lost / NS
+        chunk.truth_class, chunk.truth_fault = self._truth(chunk.truth_lost)
+        self._state = new_state
+        return chunk
+
+    @staticmethod
+    def _durations(chunk: Chunk, st: _State) -> F64:
+        """Each step's duration: from the previous step's last rank done to this one's."""
+        ends = chunk.end.max(axis=1)
+        prev = np.concatenate([[int(st.rank_end.max())], ends[:-1]])
+        return np.asarray(ends - prev, dtype=np.float64)
+
+    def _draws(self, steps: I64) -> dict[str, F64]:
+        """Every random number the chunk needs, drawn once so replays see the same cluster."""
+        hw, wl, rng = self.hw, self.wl, self._rng
+        S, R, N, E, C = len(steps), hw.world_size, hw.nodes, hw.efa_devices, len(self.schedule)
+        n_ost, n_ckpt = hw.osts_per_fs, self.topo.checkpoint_fs.osts
         noise = wl.noise
 
         def jitter(shape: tuple[int, ...], scale: float = 1.0) -> F64:
             return np.clip(1.0 + noise * scale * rng.standard_normal(shape), 0.5, 1.5)
 
-        # GPUs: clocks and compute time.
-        sm_clock = np.full((S, R), hw.sm_clock_mhz, np.int32)
+        d: dict[str, F64] = {
+            "fwd": jitter((S, R)),
+            "bwd": jitter((S, R)),
+            "opt": jitter((S, R)),
+            "dw": jitter((S, R), 5.0),
+            # OST latency varies a lot from RPC to RPC; a lognormal keeps it positive.
+            "read_lat": rng.lognormal(0.0, 0.25, (S, N, n_ost)),
+            "cpu": jitter((S, N)),
+            "efa": jitter((S, N), 0.2),
+            "coll": jitter((S, C), 0.5),
+            "write_lat": rng.lognormal(0.0, 0.25, (S, N, n_ckpt)),
+            "impaired_u": rng.random((S, N, E)),
+            "sw_bits": rng.random((S, R)),
+        }
+        # Heavy-tailed collectives: now and then one collective of a step is several times slower.
+        tail = np.ones((S, C))
+        slow = rng.random(S) < wl.slow_collective_p
+        which = rng.integers(0, C, S)
+        tail[slow, which[slow]] = 1.0 + (wl.slow_collective_factor - 1.0) * rng.pareto(
+            3.0, int(slow.sum()) + 0
+        )[: int(slow.sum())].clip(0.3, 3.0)
+        d["tail"] = tail
+        # Data-dependent imbalance: uneven sequence lengths, mean 1 across ranks.
+        if wl.seq_imbalance > 0:
+            imb = rng.lognormal(0.0, wl.seq_imbalance, (S, R))
+            d["imbalance"] = imb / imb.mean(axis=1, keepdims=True)
+        else:
+            d["imbalance"] = np.ones((S, R))
+        # Python GC: one rank at a time pauses, about every gc_every steps.
+        gc = np.zeros((S, R))
+        if wl.gc_every > 0:
+            hit = rng.random(S) < 1.0 / wl.gc_every
+            gc[hit, rng.integers(0, R, S)[hit]] = wl.gc_pause_s * rng.uniform(0.6, 1.6, int(hit.sum()))
+        d["gc"] = gc
+        warm = np.ones(S)
+        early = steps < wl.warmup_steps
+        warm[early] = 1.0 + 1.2 * 0.5 ** steps[early].astype(np.float64)
+        d["warm"] = warm
+        return d
+
+    def _environment(self, steps: I64, active: list[BOOL], d: dict[str, F64]) -> dict[str, Any]:
+        """What the hardware does at each step with ``active`` faults: durations, rates, volumes."""
+        hw, wl = self.hw, self.wl
+        S, R, N, G, E = len(steps), hw.world_size, hw.nodes, hw.gpus_per_node, hw.efa_devices
+        n_ost, n_ckpt = hw.osts_per_fs, self.topo.checkpoint_fs.osts
+        faults = self.scenario.faults
+
+        # GPUs: clocks, clock-event reasons and compute time.
+        sm_clock = np.full((S, R), float(hw.sm_clock_mhz))
         reasons = np.zeros((S, R), np.int32)
+        # Healthy H100s under load routinely report SW power cap and SW thermal slowdown.
+        reasons[d["sw_bits"] < 0.3] |= SW_POWER_CAP
+        reasons[d["sw_bits"] > 0.93] |= SW_THERMAL
         thermal = np.zeros((S, R), bool)
         power = np.zeros((S, R), bool)
-        for f, t, on in zip(self.scenario.faults, self.targets, active, strict=True):
+        for j, (f, t, on) in enumerate(zip(faults, self.targets, active, strict=True)):
             if f.kind in (FaultKind.GPU_THERMAL, FaultKind.GPU_POWER):
                 r = self.topo.rank(t.node, t.gpu)
-                sm_clock[on, r] = f.sm_clock_mhz
+                sev = self.severity(steps, j)
+                clock = hw.sm_clock_mhz - sev * (hw.sm_clock_mhz - f.sm_clock_mhz)
+                if f.kind is FaultKind.GPU_THERMAL:  # the throttle hunts around its target
+                    clock = clock + 45.0 * sev * np.where(steps % 2 == 0, 1.0, -1.0)
+                sm_clock[on, r] = np.minimum(sm_clock[on, r], clock[on])
                 reasons[on, r] |= f.clocks_event_reasons
                 (thermal if f.kind is FaultKind.GPU_THERMAL else power)[on, r] = True
-        slow = (hw.sm_clock_mhz / sm_clock) * self.rank_speed[None, :]
-        fwd_s = wl.forward_s * slow * jitter((S, R))
-        bwd_s = wl.backward_s * slow * jitter((S, R))
-        opt_s = wl.optimizer_s * slow * jitter((S, R))
-        base_dw_s = wl.base_data_wait_s * jitter((S, R), 5.0)
-        fwd, bwd, opt, base_dw = _ns(fwd_s), _ns(bwd_s), _ns(opt_s), _ns(base_dw_s)
+        # Compute-bound kernels (GEMMs, attention) slow with the clock; memory-bound ones barely.
+        clock_slow = COMPUTE_BOUND * (hw.sm_clock_mhz / sm_clock) + (1.0 - COMPUTE_BOUND)
+        slow = clock_slow * self.rank_speed[None, :] * d["imbalance"] * d["warm"][:, None]
+        tp = self._tp_comm_s()
+        fwd_s = (wl.forward_s + tp / 3) * slow * d["fwd"] + d["gc"]
+        bwd_s = (wl.backward_s + 2 * tp / 3) * slow * d["bwd"]
+        opt_s = wl.optimizer_s * clock_slow * d["opt"]
+        base_dw_s = wl.base_data_wait_s * d["dw"]
 
-        # Storage: per-OST bandwidth and latency, the node's load time per batch.
+        # Storage: an OST's bandwidth is shared by every client reading from it.
         ost_bw = np.full((S, n_ost), wl.ost_read_bytes_per_s)
         lat_mult = np.ones((S, n_ost))
         cpu_mult = np.ones(S)
         ckpt_bw = np.full(S, wl.ost_write_bytes_per_s)
-        for f, t, on in zip(self.scenario.faults, self.targets, active, strict=True):
+        for j, (f, t, on) in enumerate(zip(faults, self.targets, active, strict=True)):
+            sev = self.severity(steps, j)[on]
             if f.kind is FaultKind.OST_SLOW:
-                ost_bw[on, t.ost] *= f.bandwidth_factor
-                lat_mult[on, t.ost] *= f.latency_factor
+                ost_bw[on, t.ost] *= 1 - sev * (1 - f.bandwidth_factor)
+                lat_mult[on, t.ost] *= 1 + sev * (f.latency_factor - 1)
             elif f.kind is FaultKind.LOADER_CPU:
-                cpu_mult[on] *= f.cpu_factor
+                cpu_mult[on] *= 1 + sev * (f.cpu_factor - 1)
             elif f.kind is FaultKind.CHECKPOINT_SLOW:
-                ckpt_bw[on] *= f.bandwidth_factor
+                ckpt_bw[on] *= 1 - sev * (1 - f.bandwidth_factor)
         node_batch = G * wl.samples_per_rank * wl.sample_bytes
         read_bytes = np.broadcast_to(float(node_batch) / n_ost, (S, N, n_ost)).copy()
-        # One RPC's service time: the OST's latency plus the transfer at the bandwidth one RPC
-        # stream gets (max_rpcs_in_flight streams share what the OST gives this client).
-        stream_bw = ost_bw / wl.max_rpcs_in_flight
+        client_bw = ost_bw / N
+        stream_bw = client_bw / wl.max_rpcs_in_flight
+        # A slow OST gets slower as more clients queue on it (its latency grows with load).
+        load_mult = 1.0 + (lat_mult - 1.0) * (N / 4.0) ** 0.5
         read_latency = (
-            wl.ost_rpc_latency_s * lat_mult[:, None, :] * jitter((S, N, n_ost), 3.0)
+            wl.ost_rpc_latency_s * load_mult[:, None, :] * d["read_lat"]
             + wl.read_rpc_bytes / stream_bw[:, None, :]
         )
         rpcs = read_bytes / wl.read_rpc_bytes
-        io_time = (rpcs * read_latency / wl.max_rpcs_in_flight).max(axis=2)
+        io_time = (np.maximum(rpcs, 1.0) * read_latency / wl.max_rpcs_in_flight).max(axis=2)
         cpu_time = (
             wl.samples_per_rank * wl.loader_cpu_s_per_sample * cpu_mult[:, None] / wl.loader_workers
-        ) * jitter((S, N))
+        ) * d["cpu"]
         load_s = np.maximum(io_time, cpu_time)
-        load_ns = _ns(load_s)
-        # The workers are busy for cpu_time on each rank: that is the CPU the node spends.
-        loader_cpu_s = G * wl.loader_workers * cpu_time
 
-        # Fabric: per-device bandwidth, the all-reduce transfer time, volumes and errors.
-        dev_bw = np.full((S, N, E), hw.efa_device_bytes_per_s * hw.efa_efficiency)
+        # Fabric: per-device bandwidth, errors, and every collective's duration.
+        bw_factor = np.ones((S, N, E))
         retrans = np.full((S, N, E), BASE_RETRANS_RATE)
         impaired_lam = np.zeros((S, N, E))
         unresp_lam = np.zeros((S, N, E))
-        for f, t, on in zip(self.scenario.faults, self.targets, active, strict=True):
+        for j, (f, t, on) in enumerate(zip(faults, self.targets, active, strict=True)):
+            sev = self.severity(steps, j)
             if f.kind is FaultKind.FABRIC:
-                dev_bw[on] *= f.bandwidth_factor
-                retrans[on] = f.retrans_rate
+                bw_factor[on] *= (1 - sev[on] * (1 - f.bandwidth_factor))[:, None, None]
+                retrans[on] = np.maximum(retrans[on], (sev[on] * f.retrans_rate)[:, None, None])
                 impaired_lam[on] = 0.02
             elif f.kind is FaultKind.EFA_NODE:
-                devs = list(t.efa)
-                idx = np.ix_(np.flatnonzero(on), np.array([t.node]), np.array(devs))
-                dev_bw[idx] *= f.bandwidth_factor
-                retrans[idx] = f.retrans_rate
+                rows = np.flatnonzero(on)
+                devs = np.array(t.efa)
+                idx = np.ix_(rows, np.array([t.node]), devs)
+                bw_factor[idx] *= (1 - sev[rows] * (1 - f.bandwidth_factor))[:, None, None]
+                retrans[idx] = (sev[rows] * f.retrans_rate)[:, None, None]
                 impaired_lam[idx] = 1.5
                 unresp_lam[idx] = 0.1
-        wire = self.wire_bytes_per_node
-        efa_bytes = wire * jitter((S, N), 0.2)[:, :, None] * self.efa_share[None, :, :]
-        t_ar = np.full(S, self.rank_ring_bytes / hw.nvlink_bytes_per_s)
-        if N > 1:
-            t_ar = np.maximum(t_ar, (efa_bytes / dev_bw).max(axis=(1, 2)))
-        t_ar_s = t_ar * jitter((S,), 0.5) + ALLREDUCE_LATENCY_S
-        t_ar_ns = _ns(t_ar_s)
-        impaired_events = rng.poisson(impaired_lam).astype(np.int64)
-        unresponsive_events = rng.poisson(unresp_lam).astype(np.int64)
+                # Its peers feel it too: their retransmits and timeouts toward it rise.
+                others = np.array([n for n in range(N) if n != t.node], dtype=np.int64)
+                if len(others):
+                    peer = np.ix_(rows, others, np.arange(E))
+                    retrans[peer] = np.maximum(retrans[peer], 0.05 * f.retrans_rate)
+                    unresp_lam[peer] = 0.01
+        coll_s = self._collective_s(bw_factor) * d["coll"] * d["tail"]
+        node_bytes, _ = self.slot_bytes()
+        efa_bytes = node_bytes.sum() * d["efa"][:, :, None] * self.efa_share[None, :, :]
+        impaired = _poisson(impaired_lam, d["impaired_u"])
+        unresponsive = _poisson(unresp_lam, 1.0 - d["impaired_u"])
 
-        # Checkpoints.
+        # Checkpoints: every rank's shard, bounded by the filesystem's aggregate bandwidth.
         ckpt_step = np.zeros(S, bool)
         if self.checkpoint_every > 0:
             ckpt_step = (steps + 1) % self.checkpoint_every == 0
         ckpt_node_bytes = float(G * wl.checkpoint_bytes_per_rank)
-        write_bytes = np.zeros((S, N, n_ost_ckpt))
-        write_bytes[ckpt_step] = ckpt_node_bytes / n_ost_ckpt
-        write_latency = wl.ost_rpc_latency_s * 2.0 * jitter((S, N, n_ost_ckpt), 3.0) + wl.write_rpc_bytes / (
-            ckpt_bw[:, None, None] / wl.max_rpcs_in_flight
+        write_bytes = np.zeros((S, N, n_ckpt))
+        write_bytes[ckpt_step] = ckpt_node_bytes / n_ckpt
+        client_write = ckpt_bw / N  # every node writes at once: each gets its share of an OST
+        write_latency = wl.ost_rpc_latency_s * 2.0 * d["write_lat"] + wl.write_rpc_bytes / (
+            client_write[:, None, None] / wl.max_rpcs_in_flight
         )
-        wrpcs = ckpt_node_bytes / n_ost_ckpt / wl.write_rpc_bytes
+        wrpcs = ckpt_node_bytes / n_ckpt / wl.write_rpc_bytes
         write_s = wrpcs * write_latency.max(axis=2) / wl.max_rpcs_in_flight
+        return {
+            "sm_clock": sm_clock.round().astype(np.int32),
+            "reasons": reasons,
+            "thermal": thermal,
+            "power": power,
+            "fwd_ns": _ns(fwd_s),
+            "bwd_ns": _ns(bwd_s),
+            "opt_ns": _ns(opt_s),
+            "base_dw_ns": _ns(base_dw_s),
+            "load_ns": _ns(load_s),
+            "io_time": io_time,
+            "cpu_time": cpu_time,
+            "loader_cpu_s": G * wl.loader_workers * cpu_time,
+            "read_bytes": read_bytes,
+            "read_latency": read_latency,
+            "coll_ns": _ns(coll_s),
+            "efa_bytes": efa_bytes,
+            "retrans": retrans,
+            "impaired": impaired,
+            "unresponsive": unresponsive,
+            "ckpt_step": ckpt_step,
+            "write_bytes": write_bytes,
+            "write_latency": write_latency,
+            "write_ns": _ns(write_s),
+            "longest_s": float(
+                np.sum(
+                    load_s.max(axis=1)
+                    + (base_dw_s + fwd_s + bwd_s + opt_s).max(axis=1)
+                    + coll_s.sum(axis=1)
+                    + np.where(ckpt_step, write_s.max(axis=1), 0.0)
+                )
+            ),
+        }
+
+    def _timeline(
+        self, steps: I64, env: dict[str, Any], st: _State, *, full: bool = True
+    ) -> tuple[Chunk, _State]:
+        """The recurrence over steps: loader queues, overlapped collectives, checkpoints.
+
+        A counterfactual replay (``full=False``) needs only the step boundaries: the
+        per-collective arrays, the largest of the chunk, are then not kept.
+        """
+        hw, wl = self.hw, self.wl
+        S, R, N, G, C = len(steps), hw.world_size, hw.nodes, hw.gpus_per_node, len(self.schedule)
+        node_of = np.repeat(np.arange(N), G)
         # No step can last longer than all of its parts one after another: refuse a run whose
         # timestamps would overflow instead of writing wrapped-around garbage.
-        longest_s = float(st.rank_end.max()) / NS + float(
-            np.sum(
-                load_s.max(axis=1)
-                + (base_dw_s + fwd_s + bwd_s + opt_s).max(axis=1)
-                + t_ar_s
-                + np.where(ckpt_step, write_s.max(axis=1), 0.0)
-            )
-        )
-        if not longest_s * NS < MAX_RUN_NS:
+        if not (float(st.rank_end.max()) / NS + env["longest_s"]) * NS < MAX_RUN_NS:
             raise ValueError(
-                f"the run could last {longest_s:.3g} s, beyond the {MAX_RUN_NS / NS:.3g} s that "
-                "nanosecond timestamps hold: lower --steps or --step-seconds"
+                f"the run could last {float(st.rank_end.max()) / NS + env['longest_s']:.3g} s, beyond the "
+                f"{MAX_RUN_NS / NS:.3g} s that nanosecond timestamps hold: lower --steps or --step-seconds"
             )
-
-        # The recurrence over steps: loader queues, the collective's barrier, checkpoints.
         out = {
             k: np.empty((S, R), np.int64)
             for k in ("start", "dw_end", "fwd_end", "arrive", "coll_end", "opt_end", "end")
         }
-        coll_start = np.empty(S, np.int64)
-        load_a = np.empty((S, N), np.int64)
-        load_b = np.empty((S, N), np.int64)
-        ckpt_a = np.empty((S, N), np.int64)
-        ckpt_b = np.empty((S, N), np.int64)
-        node_a = np.empty((S, N), np.int64)
-        node_b = np.empty((S, N), np.int64)
+        kept = S if full else 1
+        coll_issue = np.empty((kept, R, C), np.int64)
+        coll_a = np.empty((kept, C), np.int64)
+        coll_b = np.empty((kept, C), np.int64)
+        load_a, load_b = np.empty((S, N), np.int64), np.empty((S, N), np.int64)
+        ckpt_a, ckpt_b = np.empty((S, N), np.int64), np.empty((S, N), np.int64)
+        node_a, node_b = np.empty((S, N), np.int64), np.empty((S, N), np.int64)
         end_prev, ready_prev, consumed = st.rank_end, st.ready_prev, st.consumed
         prev_load_b, prev_node_b, prev_ckpt_b = st.load_b, st.node_b, st.ckpt_b
+        load_ns, write_ns = env["load_ns"], env["write_ns"]
         for i in range(S):
             start = end_prev
             loader_start = np.maximum(ready_prev, consumed[0])
             ready = loader_start + load_ns[i, node_of]
             taken = np.maximum(start, ready)
-            dw_end = taken + base_dw[i]
-            fwd_end = dw_end + fwd[i]
-            arrive = fwd_end + bwd[i]
-            cs = arrive.max()
-            ce = cs + t_ar_ns[i]
-            opt_end = ce + opt[i]
-            if ckpt_step[i]:
+            dw_end = taken + env["base_dw_ns"][i]
+            times = step_times(
+                self.schedule,
+                wl.units,
+                wl.parallelism,
+                dw_end,
+                env["fwd_ns"][i],
+                env["bwd_ns"][i],
+                env["coll_ns"][i],
+            )
+            ce = max(times.coll_end, int(times.arrive.max()))
+            opt_end = ce + env["opt_ns"][i]
+            if env["ckpt_step"][i]:
                 first = opt_end.reshape(N, G).min(axis=1)
-                wend = first + _ns(write_s[i])
+                wend = first + write_ns[i]
                 end = np.full(R, max(int(wend.max()), int(opt_end.max())), np.int64)
                 ckpt_a[i] = np.maximum(first, prev_ckpt_b)
                 ckpt_b[i] = np.maximum(wend, ckpt_a[i])
@@ -410,48 +686,49 @@ class ClusterModel:
             nb = np.maximum(end.reshape(N, G).max(axis=1), na)
             node_a[i], node_b[i] = na, nb
             prev_node_b = nb
-            for k, v in (
-                ("start", start),
-                ("dw_end", dw_end),
-                ("fwd_end", fwd_end),
-                ("arrive", arrive),
-                ("coll_end", np.broadcast_to(ce, (R,))),
-                ("opt_end", opt_end),
-                ("end", end),
-            ):
-                out[k][i] = v
-            coll_start[i] = cs
+            out["start"][i] = start
+            out["dw_end"][i] = dw_end
+            out["fwd_end"][i] = times.fwd_end
+            out["arrive"][i] = times.arrive
+            out["coll_end"][i] = ce
+            out["opt_end"][i] = opt_end
+            out["end"][i] = end
+            k = i if full else 0
+            coll_issue[k], coll_a[k], coll_b[k] = times.issue, times.a, times.b
             consumed = np.concatenate([consumed[1:], taken[None, :]])
             ready_prev = ready
             end_prev = end
-        self._state = _State(
+        state = _State(
             int(steps[-1]) + 1, end_prev, ready_prev, consumed, prev_load_b, prev_node_b, prev_ckpt_b
         )
-
         chunk = Chunk(
             steps=steps,
-            coll_start=coll_start,
-            sm_clock=sm_clock,
-            reasons=reasons,
-            thermal=thermal,
-            power=power,
+            coll_start=np.minimum(coll_a[:, 0], out["coll_end"][:, 0]) if full else out["coll_end"][:, 0],
+            sm_clock=env["sm_clock"],
+            reasons=env["reasons"],
+            thermal=env["thermal"],
+            power=env["power"],
             load_a=load_a,
             load_b=load_b,
-            io_time=io_time,
-            cpu_time=cpu_time,
-            loader_cpu_s=loader_cpu_s,
-            read_bytes=read_bytes,
-            read_latency=read_latency,
+            io_time=env["io_time"],
+            cpu_time=env["cpu_time"],
+            loader_cpu_s=env["loader_cpu_s"],
+            read_bytes=env["read_bytes"],
+            read_latency=env["read_latency"],
             ckpt_a=ckpt_a,
             ckpt_b=ckpt_b,
-            write_bytes=write_bytes,
-            write_latency=write_latency,
-            efa_bytes=efa_bytes,
-            retrans_rate=retrans,
-            impaired_events=impaired_events,
-            unresponsive_events=unresponsive_events,
+            write_bytes=env["write_bytes"],
+            write_latency=env["write_latency"],
+            efa_bytes=env["efa_bytes"],
+            retrans_rate=env["retrans"],
+            impaired_events=env["impaired"],
+            unresponsive_events=env["unresponsive"],
             node_a=node_a,
             node_b=node_b,
+            coll_issue=coll_issue,
+            coll_a=coll_a,
+            coll_b=coll_b,
+            truth_lost=np.zeros((S, len(self.scenario.faults) + 1)),
             start=out["start"],
             dw_end=out["dw_end"],
             fwd_end=out["fwd_end"],
@@ -460,67 +737,74 @@ class ClusterModel:
             opt_end=out["opt_end"],
             end=out["end"],
         )
-        chunk.truth_class, chunk.truth_fault = self._truth(chunk, active, ckpt_step)
-        return chunk
+        return chunk, state
 
     # --- ground truth -----------------------------------------------------------------------
 
-    def _truth(self, c: Chunk, active: list[BOOL], ckpt_step: BOOL) -> tuple[list[str], I64]:
-        """Per step, the cause that added the most time to the critical path, if enough.
+    def _truth(self, lost: F64) -> tuple[list[str], I64]:
+        """Per step, the cause whose removal gives back the most time, if it gives back enough.
 
-        The step's critical path is the rank that reached the all-reduce last: its data wait
-        beyond the fixed cost is a data cause (``io`` when its node's loader was I/O-bound,
-        else ``host``), its compute beyond the median rank's is a straggler, then the
-        all-reduce beyond its healthy duration is the network, and the checkpoint is I/O.
-        Measured on the model's own numbers, not assumed from the scenario: a fault that is
-        active but does not bind (a slow OST the prefetcher still hides) leaves the step
-        compute-bound, which is what an honest verdict must say too.
+        Causes are the injected faults (replayed away one at a time) and, last, communication
+        itself (replayed free): a job whose collectives outgrow the overlap is network-bound
+        with no fault to blame. Waiting in a collective for a late rank is not communication:
+        with free collectives the ranks still wait for the last one, so that time stays with
+        the straggler. A normal checkpoint or GC pause is no fault: such a step stays
+        ``compute`` unless a fault also slowed it.
         """
-        wl = self.wl
-        S = c.nsteps
-        G = self.hw.gpus_per_node
         threshold = TRUTH_THRESHOLD * self.nominal_step_s()
-        rows = np.arange(S)
-        late = c.arrive.argmax(axis=1)  # [S] the rank on the critical path
-        compute = c.arrive - c.dw_end
-        dw = c.dw_end - c.start
-        excess: dict[str, F64] = {
-            "straggler": (compute[rows, late] - np.median(compute, axis=1)) / NS,
-            "network": (c.coll_end[:, 0] - c.coll_start) / NS - self.nominal_allreduce_s(),
-            "data": dw[rows, late] / NS - wl.base_data_wait_s,
-            "checkpoint": (c.end - c.opt_end).max(axis=1) / NS,
-        }
-        late_node = late // G
-        io_bound = c.io_time[rows, late_node] >= c.cpu_time[rows, late_node]
-        classes: list[str] = []
-        fault_idx = np.full(S, -1, np.int64)
         faults = self.scenario.faults
-        for i in range(S):
-            cause = max(excess, key=lambda k: float(excess[k][i]))
-            if float(excess[cause][i]) < threshold:
+        classes: list[str] = []
+        fault_idx = np.full(len(lost), -1, np.int64)
+        for i, row in enumerate(lost):
+            j = int(np.argmax(row[:-1])) if len(faults) else -1
+            if j >= 0 and row[j] >= threshold:
+                classes.append(faults[j].verdict_class)
+                fault_idx[i] = j
+            elif row[-1] >= threshold:
+                classes.append("network")
+            else:
                 classes.append("compute")
-                continue
-            if cause == "data":
-                cls = "io" if io_bound[i] else "host"
-            elif cause == "checkpoint":
-                cls = "io"
-            else:
-                cls = cause
-            classes.append(cls)
-            kinds = {
-                "straggler": (FaultKind.GPU_THERMAL, FaultKind.GPU_POWER),
-                "network": (FaultKind.FABRIC, FaultKind.EFA_NODE),
-                "data": (FaultKind.OST_SLOW,) if cls == "io" else (FaultKind.LOADER_CPU,),
-                "checkpoint": (FaultKind.CHECKPOINT_SLOW,),
-            }[cause]
-            for j, f in enumerate(faults):
-                if f.kind in kinds and active[j][i]:
-                    fault_idx[i] = j
-                    break
-            else:
-                if cause == "checkpoint" and ckpt_step[i]:
-                    fault_idx[i] = -2
         return classes, fault_idx
+
+    def secondary(self, chunk: Chunk, index: int) -> list[int]:
+        """Faults other than the dominant one that still cost the step enough to matter."""
+        threshold = TRUTH_THRESHOLD * self.nominal_step_s()
+        row = chunk.truth_lost[index]
+        main = int(chunk.truth_fault[index])
+        return [j for j in range(len(row) - 1) if j != main and row[j] >= threshold]
+
+
+#: Share of a step's kernel time that is compute-bound (scales with the SM clock).
+COMPUTE_BOUND = 0.8
+SW_POWER_CAP, SW_THERMAL = 0x4, 0x20
+
+
+def _poisson(lam: F64, u: F64) -> I64:
+    """Poisson counts by inversion of fixed uniforms, so replays draw the same events."""
+    out = np.zeros(lam.shape, np.int64)
+    p = np.exp(-lam)
+    cdf = p.copy()
+    k = np.zeros(lam.shape, np.int64)
+    todo = (u > cdf) & (lam > 0)
+    while todo.any():
+        k[todo] += 1
+        p = np.where(todo, p * lam / np.maximum(k, 1), p)
+        cdf = np.where(todo, cdf + p, cdf)
+        todo = todo & (u > cdf) & (k < 50)
+    out[:] = k
+    return out
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big")
+
+
+def _hidden(job: str) -> int:
+    return get_job(job).hidden if job in JOBS else 4096
+
+
+def _layers(job: str) -> int:
+    return get_job(job).layers if job in JOBS else 32
 
 
 def _ns(seconds: F64 | float) -> I64:

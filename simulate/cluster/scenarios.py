@@ -9,6 +9,7 @@ ground truth both follow from the same physics.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -64,6 +65,12 @@ class Fault:
     retrans_rate: float = 0.0
     #: How many EFA devices of the hit node are impaired (EFA_NODE).
     devices: int = 1
+    #: Fraction of the run over which the fault grows from nothing to full strength after
+    #: ``start`` (a GPU heating up, a filling OST); 0: at full strength at once.
+    ramp: float = 0.0
+    #: Intermittent faults: on for ``on_steps``, then off for ``off_steps``, repeating (0: steady).
+    on_steps: int = 0
+    off_steps: int = 0
 
     @property
     def verdict_class(self) -> str:
@@ -77,6 +84,12 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     #: Overrides the workload's checkpoint cadence (None: keep it).
     checkpoint_every: int | None = None
+    #: The job this scenario trains (physics.JOBS); None: the default job.
+    job: str | None = None
+    #: Hardware fields this scenario changes (e.g. a slower fabric), as a mapping.
+    hardware: tuple[tuple[str, object], ...] = ()
+    #: Workload fields this scenario changes (e.g. uneven sequence lengths).
+    workload: tuple[tuple[str, object], ...] = ()
 
 
 _THERMAL = Fault(
@@ -105,8 +118,11 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "network-degraded",
-            "Fabric-wide congestion: every EFA path at 30% of its bandwidth with retransmits; no late rank.",
-            (Fault(FaultKind.FABRIC, bandwidth_factor=0.3, retrans_rate=0.01),),
+            (
+                "Fabric-wide congestion: every EFA path at 8% of its bandwidth with 2% retransmits, so the "
+                "collectives outgrow what FSDP's overlap can hide; no late rank."
+            ),
+            (Fault(FaultKind.FABRIC, bandwidth_factor=0.08, retrans_rate=0.02),),
         ),
         Scenario(
             "network-node",
@@ -156,6 +172,53 @@ SCENARIOS: dict[str, Scenario] = {
                 "hardware cause."
             ),
             (_POWER,),
+        ),
+        Scenario(
+            "straggler-ramp",
+            (
+                "A GPU that heats up: from a third of the run its clock sinks over the next third to "
+                "1260 MHz (HW thermal slowdown, hunting around its target); at first the slowdown is "
+                "within the noise, then it binds."
+            ),
+            (dataclasses.replace(_THERMAL, start=0.33, ramp=0.33),),
+        ),
+        Scenario(
+            "network-intermittent",
+            (
+                "One node's EFA device fails intermittently from a quarter of the run on: 3 steps impaired, "
+                "5 steps fine, repeating; retransmits rise on its peers too while it is bad."
+            ),
+            (dataclasses.replace(_EFA_NODE, start=0.25, on_steps=3, off_steps=5),),
+        ),
+        Scenario(
+            "network-volume",
+            (
+                "No fault: a 1.3B model under DDP on a 200 Gbit/s fabric moves more gradient bytes than "
+                "backward can hide. EFA runs near line rate with no errors: network-bound by volume."
+            ),
+            job="gpt-1.3b-ddp",
+            hardware=(("efa_node_gbps", 200.0),),
+        ),
+        Scenario(
+            "imbalance-data",
+            (
+                "No fault: uneven sequence lengths make a different rank the slowest each step "
+                "(data-dependent imbalance). Ranks wait for each other in the collectives, but no GPU is "
+                "a hardware straggler."
+            ),
+            workload=(("seq_imbalance", 0.22),),
+        ),
+        Scenario(
+            "overlap",
+            (
+                "Two faults overlapping in time: a thermally throttled GPU for the first two thirds of the "
+                "run and a slow OST from the second third on; the truth names the dominant cause per step "
+                "and lists the other."
+            ),
+            (
+                dataclasses.replace(_THERMAL, start=0.0, end=0.67),
+                dataclasses.replace(_OST_SLOW, start=0.33, end=1.0),
+            ),
         ),
         Scenario(
             "mixed",

@@ -422,7 +422,9 @@ class Signals:
         lus_sys = Windows.cumulative(load_now, 0.4 * read_gb) + Windows.cumulative(
             self.ckpt_w.locate(t), 0.6 * write_gb
         )
-        blocked = 0.5 * G * wl.loader_workers * np.maximum(c.io_time - c.cpu_time, 0.0)
+        # Workers block on their reads: a little on any node (baseline iowait), a lot when the
+        # reads take longer than the decoding they feed.
+        blocked = G * wl.loader_workers * (0.5 * np.maximum(c.io_time - c.cpu_time, 0.0) + 0.05 * c.io_time)
         room = np.maximum(0.8 * (hw.ncpus * load_len - c.loader_cpu_s - (G + 2) * load_len), 0.0)
         iowait = Windows.cumulative(load_now, np.minimum(blocked, room))
         # The job's processes spin one core each (CUDA synchronisation) from the job's start.

@@ -1,8 +1,10 @@
 """truth.json: what was injected, where, and per step which bottleneck really bound.
 
-The per-step class comes from the model's own numbers (see ``ClusterModel._truth``): the
-cause that added the most time over a healthy step, when it added at least 10% of one;
-otherwise ``compute``. The culprit names the hardware the responsible fault hit.
+The per-step class is counterfactual (``ClusterModel.run`` replays the chunk without each
+fault, and with free communication): the cause whose removal gives back the most time, when
+it gives back at least 10% of a healthy step; otherwise ``compute``. Each step lists the time
+every cause cost it and the secondary causes; the culprit names the hardware the dominant
+fault hit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from fmdiag import dumpformat
 from fmdiag.simulate.cluster.config import Hardware, Workload
 from fmdiag.simulate.cluster.model import TRUTH_THRESHOLD, Chunk, ClusterModel, Target
+from fmdiag.simulate.cluster.physics import get_job
 from fmdiag.simulate.cluster.scenarios import Fault, FaultKind
 
 
@@ -71,14 +74,27 @@ def truth_doc(
                 "culprit": c,
             }
         )
-    ckpt_culprit = {"fs": model.topo.checkpoint_fs.fsname}
     steps = []
     counts: dict[str, int] = {}
-    for step, cls, fi in zip(
-        chunk.steps.tolist(), chunk.truth_class, chunk.truth_fault.tolist(), strict=True
+    ckpt = (chunk.end - chunk.opt_end).max(axis=1) > 0
+    for i, (step, cls, fi) in enumerate(
+        zip(chunk.steps.tolist(), chunk.truth_class, chunk.truth_fault.tolist(), strict=True)
     ):
-        cul = culprits[fi] if fi >= 0 else (ckpt_culprit if fi == -2 else None)
-        steps.append({"step": step, "class": cls, "fault": fi if fi >= 0 else None, "culprit": cul})
+        lost = chunk.truth_lost[i]
+        steps.append(
+            {
+                "step": step,
+                "class": cls,
+                "fault": fi if fi >= 0 else None,
+                "culprit": culprits[fi] if fi >= 0 else None,
+                "secondary": model.secondary(chunk, i),
+                "lost_s": {
+                    **{str(j): round(float(x), 6) for j, x in enumerate(lost[:-1]) if x > 0},
+                    "communication": round(float(max(lost[-1], 0.0)), 6),
+                },
+                "checkpoint": bool(ckpt[i]),
+            }
+        )
         counts[cls] = counts.get(cls, 0) + 1
     hw: Hardware = model.hw
     wl: Workload = model.wl
@@ -94,11 +110,12 @@ def truth_doc(
         "parameters": {
             "hardware": dataclasses.asdict(hw),
             "workload": {**dataclasses.asdict(wl), "checkpoint_every": model.checkpoint_every},
+            "job": dataclasses.asdict(get_job(wl.job)),
             **extra,
         },
         "nominal": {
             "step_s": model.nominal_step_s(),
-            "allreduce_s": model.nominal_allreduce_s(),
+            "communication_s": model.nominal_comm_s(),
             "efa_bytes_per_node_per_step": model.wire_bytes_per_node,
             "lustre_read_bytes_per_node_per_step": hw.gpus_per_node * wl.samples_per_rank * wl.sample_bytes,
             "truth_threshold_fraction": TRUTH_THRESHOLD,

@@ -18,6 +18,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 STEP_S = 0.25
+#: No checkpoints: a pause of seconds would make a 20 s window unrepresentative of the average.
 #: How long Prometheus scrapes after the first sample: ~80 steps, since EFA traffic comes in
 #: one burst per step (live-truth.json asks for windows of twenty steps or more).
 RUN_S = 20.0
@@ -28,7 +29,7 @@ def _simulate(out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "fmdiag", "simulate", "--scenario", "healthy", "--nodes", "2", "--gpus", "4",
          "--efa-devices", "4", "--osts", "4", "--node-trees", "--live", "--live-seconds", "300",
-         "--step-seconds", str(STEP_S), "--no-metrics", "--out", str(out)],
+         "--step-seconds", str(STEP_S), "--checkpoint-every", "0", "--no-metrics", "--out", str(out)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 

@@ -94,8 +94,8 @@ def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
         "--scenario", "healthy", "--kineto", "0", "--kineto-steps", "5:2", "--out", str(tmp_path / "x")
     )
     assert code == 2 and "FIRST:LAST" in text
-    code, text = run("--scenario", "healthy", "--step-seconds", "0.05", "--out", str(tmp_path / "x"))
-    assert code == 1 and "--step-seconds 0.05" in text
+    code, text = run("--scenario", "healthy", "--step-seconds", "0.01", "--out", str(tmp_path / "x"))
+    assert code == 1 and "--step-seconds 0.01" in text
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
@@ -113,7 +113,7 @@ def test_step_seconds_and_start(tmp_path: Path) -> None:
         "--gpus",
         "1",
         "--steps",
-        "5",
+        "8",
         "--step-seconds",
         "3",
         "--start",
@@ -128,12 +128,23 @@ def test_step_seconds_and_start(tmp_path: Path) -> None:
     assert not (out / "metrics").exists()
     recs = steprecord.read_file(steprecord.step_files(out / "steps")[0]).records
     assert recs[0].start_ns == 1_704_164_645 * 10**9 and recs[0].job == "my job"
-    mean = sum(r.duration_s for r in recs) / len(recs)
-    assert abs(mean - 3.0) < 0.1
+    after_warmup = sorted(r.duration_s for r in recs[3:])
+    assert abs(after_warmup[len(after_warmup) // 2] - 3.0) < 0.15
 
 
 def test_values_beyond_what_the_dump_can_hold_are_refused_clearly(tmp_path: Path) -> None:
-    base = ("--scenario", "healthy", "--nodes", "1", "--gpus", "1", "--efa-devices", "1")
+    base = (
+        "--scenario",
+        "healthy",
+        "--nodes",
+        "1",
+        "--gpus",
+        "1",
+        "--efa-devices",
+        "1",
+        "--preset",
+        "gpt-1.3b-ddp",
+    )
     # Nanosecond timestamps end in 2262: a start or a run past that must not wrap silently.
     code, text = run(*base, "--steps", "2", "--start", "1e11", "--out", str(tmp_path / "a"))
     assert code == 2 and "--start" in text

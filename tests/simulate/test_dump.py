@@ -26,7 +26,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_the_same_bytes(tmp_path: Path, small_opts: Callable[..., SimOptions]) -> None:
-    kin = KinetoOptions(ranks=(0, 3), first_step=2, last_step=5, gzip=True, nccl_naming="alternate")
+    kin = KinetoOptions(ranks=(0, 3), first_step=2, last_step=5, gzip=True, nccl_naming="old")
     opts = small_opts("mixed", kineto=kin, steps=30)
     write_dump(opts, tmp_path / "a")
     write_dump(opts, tmp_path / "b")
@@ -55,7 +55,8 @@ def test_step_records_are_valid_and_add_up(dump_of: DumpOf, scenario: str) -> No
         assert [r.step for r in recs] == list(range(24))
         for r in recs:
             assert r.job == f"sim-{scenario}" and r.node.startswith("node-")
-            assert r.tokens == 16 * 4096 and r.samples == 16
+            wl = res.model.wl
+            assert r.tokens == wl.samples_per_rank * wl.tokens_per_sample and r.samples == wl.samples_per_rank
             # Phases are printed from integer nanoseconds: they add up exactly.
             assert round(sum(r.phases.values()) * 1e9) == r.end_ns - r.start_ns
         assert all(a.end_ns == b.start_ns for a, b in itertools.pairwise(recs))
@@ -107,8 +108,9 @@ def test_efa_bytes_match_the_collective_volume(dump_of: DumpOf) -> None:
     m, c = res.model, res.chunk
     tx = _series(df, "fmdiag_efa_tx_bytes_total", instance="node-001")
     n = m.hw.world_size
-    per_step = 2 * (n - 1) / n * m.wl.grad_bytes
-    # Between two scrapes the node sent one all-reduce volume per collective that finished.
+    per_step = m.wire_bytes_per_node
+    assert per_step == pytest.approx((n - 1) / n * m.wl.grad_bytes / m.wl.units * (3 * m.wl.units - 1))
+    # Between two scrapes the node sent one step's collective volume per step that finished.
     t = tx.index.to_numpy()
     ends = (c.coll_end[:, 0] + 1_748_822_400 * NS) / 1e9
     for a, b, va, vb in zip(t, t[1:], tx.to_numpy(), tx.to_numpy()[1:], strict=False):
@@ -156,7 +158,9 @@ def test_gpu_metrics_show_the_throttled_gpu(dump_of: DumpOf) -> None:
     busy = clock[
         (clock["timestamp"] > clock["timestamp"].min()) & (clock["timestamp"] < clock["timestamp"].max())
     ]
-    assert set(busy[busy["gpu"] == str(t.gpu)]["value"]) == {1260.0}
+    # The throttle hunts around its 1260 MHz target.
+    hot_clock = busy[busy["gpu"] == str(t.gpu)]["value"]
+    assert len(hot_clock) and hot_clock.between(1215, 1305).all()
     viol = _series(df, "DCGM_FI_DEV_THERMAL_VIOLATION", UUID=uuid)
     span = viol.index[-2] - viol.index[0]
     assert (viol.iloc[-2] - viol.iloc[0]) / 1e6 == pytest.approx(span, rel=0.02)  # throttled all the time
@@ -248,6 +252,6 @@ def test_node_trees_show_the_throttled_gpu(dump_of: DumpOf, scenario: str) -> No
         for gpu in state["gpus"]:
             if (node, gpu["index"]) == (t.node, t.gpu):
                 assert gpu["clocks_event_reasons"] & fault.clocks_event_reasons == fault.clocks_event_reasons
-                assert gpu["sm_clock_mhz"] in (fault.sm_clock_mhz, 345)
+                assert abs(gpu["sm_clock_mhz"] - fault.sm_clock_mhz) <= 45 or gpu["sm_clock_mhz"] == 345
             else:
                 assert gpu["clocks_event_reasons"] & 0xC8 == 0

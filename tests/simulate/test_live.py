@@ -44,7 +44,8 @@ def _lustre_read(root: Path) -> int:
 def test_tree_rates_match_live_truth(
     tmp_path: Path, small_opts: Callable[..., SimOptions], scenario: str
 ) -> None:
-    run = LiveRun(small_opts(scenario, nodes=2), tmp_path, START_NS)
+    # No checkpoint in the window: a 30 s checkpoint would make two minutes unrepresentative.
+    run = LiveRun(small_opts(scenario, nodes=2, checkpoint_every=0), tmp_path, START_NS)
     run.tick(5 * NS)
     host = "node-001"
     root = tmp_path / "nodes" / host
@@ -53,6 +54,10 @@ def test_tree_rates_match_live_truth(
     tx1, rd1 = _efa_tx(root), _lustre_read(root)
     truth = json.loads((tmp_path / "live-truth.json").read_text())
     assert truth["format"] == "fmdiag-live-truth" and truth["scenario"] == scenario
+    # It names the fault and its culprit, as truth.json does.
+    assert [f["kind"] for f in truth["faults"]] == [f.kind.value for f in run.model.scenario.faults]
+    if scenario == "network-node":
+        assert truth["faults"][0]["culprit"]["efa_device"]
     want = truth["nodes"][host]
     for dev, rates in want["efa_devices"].items():
         assert (tx1[dev] - tx0[dev]) / 120 == pytest.approx(rates["tx_bytes_per_s"], rel=0.05)
@@ -67,6 +72,8 @@ def test_tree_rates_match_live_truth(
     run.finish(125 * NS)
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert truth["steps_total"] == len(truth["steps"]) > 50
+    written = [len(steprecord.read_file(p).records) for p in steprecord.step_files(tmp_path / "steps")]
+    assert truth["steps_total"] == min(written)  # truth names no step the records lack
 
 
 def test_live_command_stops_on_sigterm(tmp_path: Path) -> None:
