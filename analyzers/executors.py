@@ -1,0 +1,57 @@
+"""Where the per-rank work runs: in this process, a local process pool, or a Dask cluster.
+
+The only module that knows about process pools and Dask. A map function takes one input file
+and returns a small, picklable result (one rank's columns or breakdown, never its raw events),
+so the parent holds reductions and each worker at most one rank's working set.
+
+The pool uses the ``forkserver`` start method: forking a process that has threads (Dask,
+pyarrow's pools, a logging handler) can deadlock the child, which is one of HTA's faults.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def map_items(
+    fn: Callable[[T], R], items: Sequence[T], workers: int | None = None, scheduler: str | None = None
+) -> list[R]:
+    """``[fn(x) for x in items]``, in order, on Dask at ``scheduler``, else on ``workers`` processes."""
+    if not items:
+        return []
+    if scheduler:
+        return _dask_map(fn, items, scheduler)
+    workers = default_workers() if workers is None else workers
+    workers = min(workers, len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    chunksize = max(1, math.ceil(len(items) / (workers * 4)))
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(fn, items, chunksize=chunksize))
+
+
+def _dask_map(fn: Callable[[T], R], items: Sequence[T], scheduler: str) -> list[R]:
+    # Dask is its own extra and starts threads on import: load it only when a scheduler is given.
+    from distributed import Client  # noqa: PLC0415
+
+    with Client(scheduler, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+        futures = client.map(fn, list(items), pure=False)
+        results: list[R] = client.gather(futures)
+    return results

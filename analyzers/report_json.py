@@ -1,0 +1,108 @@
+"""``fmdiag analyze --json``: the analysis as one versioned JSON document (docs/analyze.md).
+
+This module only renders an :class:`~fmdiag.analyzers.pipeline.Analysis`; every number in it
+was computed by the pipeline. Tables (per-rank per-step rows, spreads) are written column-wise —
+``{"columns": [...], "rows": [[...], ...]}`` — which keeps a 4,096-rank job's output a third of
+the size of one object per row. NaN (a phase a rank did not record) is written as ``null``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from fmdiag import __version__
+from fmdiag.analyzers import columns
+from fmdiag.analyzers.pipeline import Analysis
+
+FORMAT = "fmdiag-analyze"
+#: Bumped when a field changes meaning or goes away; new fields do not bump it.
+VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def table(frame: Any) -> dict[str, Any]:
+    """A pandas frame or numpy columns as ``{"columns": [...], "rows": [[...]]}``, NaN as null."""
+    if hasattr(frame, "to_json"):
+        # pandas' C writer turns NaN into null and numpy scalars into numbers, fast on millions of rows
+        split = json.loads(frame.to_json(orient="split", index=False, double_precision=15))
+        return {"columns": [str(c) for c in frame.columns], "rows": split["data"]}
+    return {"columns": list(frame), "rows": columns.rows(frame)}
+
+
+def document(a: Analysis, table_of: Any = None) -> dict[str, Any]:
+    """The JSON document of an analysis (see docs/analyze.md for every field)."""
+    table_of = table_of or table
+    cov = dataclasses.asdict(a.steps_coverage)
+    kineto_cov = {
+        "files": len(a.traces),
+        "ranks": sorted({t.rank for t in a.traces}),
+        "rank_from_file_name": sorted(t.rank for t in a.traces if t.rank_from != "distributedInfo"),
+        "cpu_only": sorted(t.rank for t in a.traces if t.cpu_only),
+        "partial_steps": {str(t.rank): t.partial_steps for t in a.traces if t.partial_steps},
+        "gpu_events_outside_steps": {str(t.rank): t.outside_steps for t in a.traces if t.outside_steps},
+        "events": {str(t.rank): t.counts for t in a.traces},
+    }
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "fmdiag_version": __version__,
+        "dump": a.dump,
+        "options": {
+            "hta_compatible": a.options.hta_compatible,
+            "keep_going": a.options.keep_going,
+            "kernel_wait_us": a.options.kernel_wait_us,
+        },
+        "inputs": {
+            "steps": {"files": cov["files"], "records": cov["records"]},
+            "kineto": {"files": [t.source for t in a.traces]},
+            "metrics": {
+                "source": a.metrics_source,
+                "subsystems": {k: dataclasses.asdict(v) for k, v in a.metrics.items()},
+            },
+        },
+        "coverage": {"steps": cov, "kineto": kineto_cov, "clock_offsets_s": a.clock_offsets},
+        "skipped": [dataclasses.asdict(s) for s in a.skipped],
+        "warnings": a.warnings,
+        "steps": {"per_rank": table_of(a.step_breakdown), "spread": table_of(a.step_spread)},
+        "kineto": {"per_rank": table_of(a.kineto_breakdown), "spread": table_of(a.kineto_spread)},
+        "hta": a.hta,
+        "verdicts": [],
+    }
+    cleaned: dict[str, Any] = _clean(doc)
+    return cleaned
+
+
+def dumps(a: Analysis) -> str:
+    """The document as text. Big pandas tables are written by pandas' C writer and spliced in,
+    so a 4,096-rank x 1,000-step job's output is not built as millions of Python lists first."""
+    fast: dict[str, str] = {}
+
+    def splice(frame: Any) -> Any:
+        if not hasattr(frame, "to_json"):
+            return table(frame)
+        key = f"@@fmdiag-table-{len(fast)}@@"
+        text = frame.to_json(orient="split", index=False, double_precision=15)
+        # pandas writes {"columns":[...],"data":[...]}; the schema calls the rows "rows"
+        cols_end = text.index('],"data":') + 1
+        fast[key] = text[:cols_end] + ',"rows":' + text[cols_end + len(',"data":') :]
+        return key
+
+    doc = document(a, table_of=splice)
+    text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
+    for key, value in fast.items():
+        text = text.replace(f'"{key}"', value, 1)
+    return text + "\n"

@@ -1,0 +1,148 @@
+"""The terminal summary of ``fmdiag analyze``: what was read, what is missing, the breakdown.
+
+Renders an :class:`~fmdiag.analyzers.pipeline.Analysis` as plain text lines; computes nothing
+the JSON document does not also carry (means and shares are of columns the JSON holds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fmdiag import steprecord
+from fmdiag.analyzers import columns
+from fmdiag.analyzers.pipeline import Analysis
+
+#: How many of the slowest steps to list.
+SLOWEST = 5
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:5.1f}%" if whole > 0 and not math.isnan(part) else "    -"
+
+
+def _ranges(ranges: list[list[int]]) -> str:
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def render(a: Analysis) -> str:
+    lines: list[str] = [f"fmdiag analyze {a.dump}"]
+    cov = a.steps_coverage
+    if cov.records:
+        lines.append(
+            f"  step records: {cov.records} from {cov.files} files, ranks {len(cov.ranks)}"
+            f" ({cov.ranks[0]}-{cov.ranks[-1]}), steps {cov.first_step}-{cov.last_step},"
+            f" job {', '.join(cov.jobs)}"
+        )
+        if cov.missing_ranks:
+            lines.append(f"    missing ranks: {_ranges(_as_ranges(cov.missing_ranks))}")
+        for rank, missing in sorted(cov.missing_steps.items())[:10]:
+            lines.append(f"    rank {rank} lacks steps {_ranges(missing)}")
+        if cov.steps_missing_everywhere:
+            lines.append(f"    no rank recorded steps {_ranges(cov.steps_missing_everywhere)}")
+        if cov.implausible:
+            lines.append(f"    {cov.implausible} records with a phase longer than the step (kept)")
+        if cov.superseded:
+            lines.append(
+                f"    {cov.superseded} records superseded by a later record of the same step (restarts)"
+            )
+    else:
+        lines.append("  step records: none")
+    if a.traces:
+        ranks = sorted({t.rank for t in a.traces})
+        lines.append(f"  kineto traces: {len(a.traces)} (ranks {', '.join(map(str, ranks))})")
+    if a.metrics:
+        subs = ", ".join(f"{k} {v.series} series" for k, v in sorted(a.metrics.items()))
+        lines.append(f"  metrics ({a.metrics_source}): {subs}")
+    for s in a.skipped:
+        lines.append(f"  skipped: {s.reason}")
+    for w in a.warnings:
+        lines.append(f"  warning: {w}")
+    lines.extend(_steps_section(a))
+    lines.extend(_kineto_section(a))
+    lines.extend(_hta_section(a))
+    return "\n".join(lines) + "\n"
+
+
+def _as_ranges(values: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for v in values:
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return out
+
+
+def _steps_section(a: Analysis) -> list[str]:
+    b = a.step_breakdown
+    if a.steps is None or not len(b):
+        return []
+    lines = ["", "Step records: mean per step across ranks (share of step time)"]
+    total = float(b["duration_s"].mean())
+    lines.append(f"  step time {total:.3f} s")
+    for phase in (*steprecord.PHASES, "unattributed_s"):
+        if phase in b and b[phase].notna().any():
+            mean = float(b[phase].fillna(0.0).mean())
+            lines.append(f"  {phase:<16} {mean:8.3f} s {_pct(mean, total)}")
+    sp = columns.select(a.step_spread, a.step_spread["value"] == "duration_s")
+    order = np.argsort(-sp["max"], kind="stable")[:SLOWEST]
+    if order.size:
+        lines.append("  slowest steps (max across ranks; rank):")
+        for i in order:
+            lines.append(
+                f"    step {int(sp['step'][i]):>6}  max {sp['max'][i]:.3f} s (rank {int(sp['max_rank'][i])})"
+                f"  median {sp['median'][i]:.3f} s  min {sp['min'][i]:.3f} s (rank {int(sp['min_rank'][i])})"
+            )
+    big = {n: o for n, o in a.clock_offsets.items() if abs(o) >= 1e-3}
+    if big:
+        lines.append(
+            "  node clock offsets (from step ends): "
+            + ", ".join(f"{n} {o * 1e3:+.1f} ms" for n, o in sorted(big.items()))
+        )
+    return lines
+
+
+def _kineto_section(a: Analysis) -> list[str]:
+    kb = a.kineto_breakdown
+    complete = columns.select(kb, ~kb["partial"])
+    if not columns.length(complete):
+        return []
+    lines = ["", "Kineto: GPU time per rank, complete steps (share of span)"]
+    names = ("compute", "comm exp", "comm ovl", "memory", "idle", "host wt", "kern wt")
+    lines.append(f"  {'rank':>5} {'steps':>5} {'span s':>9} " + " ".join(f"{n:>8}" for n in names))
+    shown = (
+        "compute_s",
+        "comm_exposed_s",
+        "comm_overlapped_s",
+        "memory_s",
+        "idle_s",
+        "idle_host_wait_s",
+        "idle_kernel_wait_s",
+    )
+    for rank in np.unique(complete["rank"]):
+        on = complete["rank"] == rank
+        span = float(complete["span_s"][on].sum())
+        steps = int(np.unique(complete["step"][on]).size)
+        shares = " ".join(f"{_pct(float(complete[c][on].sum()), span):>8}" for c in shown)
+        lines.append(f"  {int(rank):>5} {steps:>5} {span:9.4f} {shares}")
+    return lines
+
+
+def _hta_section(a: Analysis) -> list[str]:
+    if not a.hta:
+        return []
+    lines = ["", "HTA-compatible (Holistic Trace Analysis' definitions, µs)"]
+    lines.append(
+        f"  {'rank':>5} {'kernel time':>12} {'idle':>10} {'compute':>12} {'non-compute':>12} {'overlap %':>9}"
+    )
+    for r in a.hta:
+        t = r["temporal"]
+        ov = r["comm_comp_overlap_pctg"]
+        lines.append(
+            f"  {r['rank']:>5} {t['kernel_time_us']:12.0f} {t['idle_time_us']:10.0f}"
+            f" {t['compute_time_us']:12.0f}"
+            f" {t['non_compute_time_us']:12.0f} {'-' if ov is None else f'{ov:.2f}':>9}"
+        )
+    return lines
