@@ -25,7 +25,7 @@ from fmdiag import __version__
 #: extra (pyproject's optional-dependencies) -> the top-level modules its distributions provide.
 #: A ModuleNotFoundError naming one of these means "install the extra", anything else is a bug.
 EXTRA_MODULES: dict[str, frozenset[str]] = {
-    "analyze": frozenset({"numpy", "pandas", "pyarrow", "plotly"}),
+    "analyze": frozenset({"numpy", "pandas", "pyarrow", "plotly", "msgspec"}),
     "dashboards": frozenset({"grafana_foundation_sdk"}),
     "dask": frozenset({"dask", "distributed"}),
 }
@@ -43,8 +43,27 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
+    "alerts": Subcommand(
+        "fmdiag.dashboards.alerts_cli:alerts",
+        "Prometheus alert and recording rules: check them with promtool.",
+    ),
+    "analyze": Subcommand(
+        "fmdiag.analyzers.cli:analyze",
+        "Per-step, per-rank time breakdown of a trace dump: step records, Kineto traces, node metrics.",
+        extra="analyze",
+    ),
     "catalog": Subcommand(
         "fmdiag.catalog_cli:catalog", "Every metric fmdiag's exporters emit: name, type, unit, help, labels."
+    ),
+    "collect": Subcommand(
+        "fmdiag.analyzers.cli:collect",
+        "Copy a training job's node metrics from Prometheus into a trace dump's metrics/ folder.",
+        extra="analyze",
+    ),
+    "dashboards": Subcommand(
+        "fmdiag.dashboards.cli:dashboards",
+        "Grafana dashboards (and the Prometheus rules) built from one config.",
+        extra="dashboards",
     ),
     "exporter": Subcommand(
         "fmdiag.exporters.cli:exporter",

@@ -1,0 +1,57 @@
+"""Where a query looks: the selectors of the config plus the filters of its consumer.
+
+Rules see every cluster and node (their aggregations keep the cluster and node labels);
+dashboards narrow each selector to the template variables. Keeping that difference in one
+object is what lets the same query function serve both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fmdiag.dashboards.config import Config
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Regex values (usually ``$variable``) that narrow selectors; ``None`` leaves a label free."""
+
+    cluster: str | None = None
+    node: str | None = None
+    job: str | None = None
+    gpu_index: str | None = None
+
+    def fmdiag(self, c: Config, extra: str = "", *, steps: bool = False) -> str:
+        """Selector for a series from fmdiag's exporter (``steps``: also narrow to the job)."""
+        parts = [c.selectors.fmdiag, *self._common(c, c.node_label)]
+        if steps and self.job is not None:
+            parts.append(f'{c.job_label}=~"{self.job}"')
+        if extra:
+            parts.append(extra)
+        return "{" + ",".join(parts) + "}"
+
+    def gpu(self, c: Config, extra: str = "") -> str:
+        """Selector for a DCGM-named GPU series (fmdiag's exporter or a stock dcgm-exporter)."""
+        parts = [c.selectors.gpu, *self._common(c, c.gpu_node_label)]
+        if self.gpu_index is not None:
+            parts.append(f'gpu=~"{self.gpu_index}"')
+        if extra:
+            parts.append(extra)
+        return "{" + ",".join(parts) + "}"
+
+    def _common(self, c: Config, node_label: str) -> list[str]:
+        parts = []
+        if self.cluster is not None:
+            parts.append(f'{c.cluster_label}=~"{self.cluster}"')
+        if self.node is not None:
+            parts.append(f'{node_label}=~"{self.node}"')
+        return parts
+
+
+#: Rules: no template filters.
+RULES = Scope()
+
+
+def by(*labels: str) -> str:
+    """``by (a, b)`` with empty labels left out (a config may not use every label)."""
+    return "by (" + ", ".join(label for label in labels if label) + ")"
