@@ -176,6 +176,17 @@ class FakeNvml:
         if self._refcount <= 0:
             raise _err("Uninitialized")
 
+    def simulated_hostname(self) -> str:
+        """The simulated node's host name from the state file ("" when it names none).
+
+        The exporter serving a simulated node runs on another machine; dcgm-exporter's
+        ``Hostname`` label must still name the node the GPUs belong to.
+        """
+        try:
+            return self._doc().hostname
+        except (pynvml.NVMLError, gpu_state_file.GpuStateError):
+            return ""
+
     def _doc(self) -> gpu_state_file.GpuStateDoc:
         try:
             data = self.state_path.read_bytes()

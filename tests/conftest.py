@@ -15,6 +15,8 @@ from support import exporter_proc
 settings.register_profile(
     "fmdiag", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow]
 )
+# HYPOTHESIS_PROFILE=thorough digs ten times deeper, to flush out rare cases before CI meets them.
+settings.register_profile("thorough", parent=settings.get_profile("fmdiag"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fmdiag"))
 
 

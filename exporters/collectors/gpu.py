@@ -296,6 +296,9 @@ class GpuCollector(Collector):
             return False
         self._initialised = True
         self._driver = self._try(lambda: _text(self.nvml.nvmlSystemGetDriverVersion()), "")
+        simulated = getattr(self.nvml, "simulated_hostname", None)
+        if callable(simulated) and simulated():
+            self.hostname = str(simulated())  # a simulated node's GPUs carry its name, not ours
         return True
 
     def _count_error(self, gpu: str, call: str, exc: pynvml.NVMLError) -> None:

@@ -91,6 +91,18 @@ def test_dcgm_names_labels_and_units(collector: GpuCollector) -> None:
     assert ("device", "nvidia0") in sample_labels or ("device", "nvidia1") in sample_labels
 
 
+def test_a_simulated_node_keeps_its_own_host_name(state_file: Path) -> None:
+    """The exporter serving a simulated node runs elsewhere: Hostname names the simulated node."""
+    ctx = CollectorContext(options={"simulated-state": str(state_file)}, hostname="the-laptop")
+    c = GpuCollector(ctx)
+    try:
+        found = samples(c)
+    finally:
+        c.close()
+    hosts = {v for (n, ls) in found if n == "DCGM_FI_DEV_SM_CLOCK" for k, v in ls if k == "Hostname"}
+    assert hosts == {"p5-001"}
+
+
 def test_throttled_gpu_shows_bitmask_and_decoded_reason(collector: GpuCollector) -> None:
     found = samples(collector)
     assert value(found, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS", gpu="2") == 0x40
