@@ -291,6 +291,8 @@ EFA: tuple[Metric, ...] = (
         _m("fmdiag_efa_devices", G, "", "Amazon EFA devices (PCI vendor 0x1d0f) found on this node.", (), "efa", "class/infiniband/*/device/vendor"),
         _m("fmdiag_efa_pod_info", G, "", "The Kubernetes pod and container an EFA device is assigned to, from the kubelet; join on (instance, device).",
            POD_INFO_LABELS_EFA, "efa", "kubelet pod-resources v1 List", default=False),
+        _m("fmdiag_efa_slurm_job_info", G, "", "A Slurm job using this EFA device (its GPU processes hold the device's uverbs node open); join on (instance, device).",
+           ("device", "slurm_job_id", "via"), "efa", "/proc/<pid>/fd, class/infiniband_verbs/*/ibdev", default=False),
     )
 )
 

@@ -33,6 +33,7 @@ from prometheus_client.core import Metric
 from fmdiag.exporters.collector import Collector, CollectorContext, SourceUnavailableError, register
 from fmdiag.exporters.options import Option, duration, regex
 from fmdiag.exporters.podresources import DEFAULT_SOCKET, PodResourcesUnavailableError
+from fmdiag.exporters.rdma_names import efa_device
 
 if TYPE_CHECKING:
     from fmdiag.exporters.podresources import api_pb2
@@ -79,25 +80,6 @@ def assignments(
 def gpu_uuid(device_id: str) -> str:
     """The UUID a GPU device id names: ``GPU-x::3`` (a time-sliced replica) -> ``GPU-x``."""
     return device_id.split("::", 1)[0]
-
-
-def efa_device(sysfs: Path, device_id: str) -> str:
-    """The RDMA device name an EFA device id stands for, "" when sysfs does not know it.
-
-    A name under ``class/infiniband`` is itself; ``uverbsN`` (the character device a plugin
-    may hand out) names its device in ``class/infiniband_verbs/uverbsN/ibdev``.
-    """
-    name = device_id.rsplit("/", 1)[-1]  # "/dev/infiniband/uverbs0" -> "uverbs0"
-    if not name or name in (".", ".."):
-        return ""
-    if (sysfs / "class" / "infiniband" / name).exists():
-        return name
-    if name.startswith("uverbs"):
-        try:
-            return (sysfs / "class" / "infiniband_verbs" / name / "ibdev").read_text().strip()
-        except OSError:
-            return ""
-    return ""
 
 
 SOCKET: Option[Path] = Option(

@@ -1,4 +1,4 @@
-"""Slurm attribution: which Slurm job uses each GPU, as ``fmdiag_gpu_slurm_job_info``.
+"""Slurm attribution: which Slurm job uses each GPU and EFA device, as info series.
 
 An info series per (GPU, job), joined in PromQL on ``UUID`` (docs/attribution.md), instead of a
 job label on every GPU series: the per-GPU ``hpc_job`` label is what made one operator drop
@@ -17,6 +17,10 @@ Three sources, in the order they win when they name the same job:
 
 The GPU processes and the GPUs' UUIDs come from the ``gpu`` collector's previous scrape
 (``CollectorContext.gpu_processes``), so the first scrape after start has none of them.
+
+EFA devices (``fmdiag_efa_slurm_job_info``): the ``/dev/infiniband/uverbsN`` devices a job's GPU
+processes hold open (``/proc/<pid>/fd``, readable by root or the job's user), named as the EFA
+collector names them through sysfs (``class/infiniband_verbs/uverbsN/ibdev``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from prometheus_client.core import Metric
 
 from fmdiag.exporters.collector import Collector, CollectorContext, register
 from fmdiag.exporters.options import optional_text, switch
+from fmdiag.exporters.rdma_names import efa_device
 
 _CGROUP_JOB = re.compile(r"(?:^|/)job_([0-9]+)(?:/|$)")
+_UVERBS = re.compile(r"/dev/infiniband/uverbs[0-9]+")
 _JOB_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")
 _ENV_KEYS = (b"SLURM_JOB_ID=", b"SLURM_JOBID=")
 #: A mapping file larger than this is not a prolog's list of job ids.
@@ -93,6 +99,7 @@ MAPPING_DIR = optional_text(
 )
 CGROUP = switch("cgroup", True, "Read the job id from the cgroup path of each GPU process.")
 ENVIRON = switch("environ", True, "Read SLURM_JOB_ID from the environment of each GPU process.")
+EFA = switch("efa", True, "Attribute the EFA devices a job's GPU processes hold open (/proc/<pid>/fd).")
 
 
 @register
@@ -101,7 +108,7 @@ class SlurmCollector(Collector):
 
     name = "slurm"
     default_enabled = False
-    options = (MAPPING_DIR, CGROUP, ENVIRON)
+    options = (MAPPING_DIR, CGROUP, ENVIRON, EFA)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
@@ -109,6 +116,7 @@ class SlurmCollector(Collector):
         self.mapping_dir = Path(mapping) if mapping else None
         self.cgroup = self.option(CGROUP)
         self.environ = self.option(ENVIRON)
+        self.efa = self.option(EFA)
 
     def source_problem(self) -> str | None:
         if self.mapping_dir is not None and not self.mapping_dir.is_dir():
@@ -123,11 +131,12 @@ class SlurmCollector(Collector):
         identities = self.ctx.gpu_processes.identities
         uuids: dict[int, str] = dict(identities()) if identities is not None else {}
         found: dict[tuple[str, str], str] = {}  # (gpu index, job) -> via
+        efas: dict[tuple[str, str], str] = {}  # (EFA device, job) -> via
 
-        def note(gpu: str, job: str, via: str) -> None:
-            known = found.get((gpu, job))
+        def note(gpu: str, job: str, via: str, into: dict[tuple[str, str], str] = found) -> None:
+            known = into.get((gpu, job))
             if known is None or _RANK[via] < _RANK[known]:
-                found[(gpu, job)] = via
+                into[(gpu, job)] = via
 
         if self.mapping_dir is not None:
             for gpu, jobs in self._mapping(uuids).items():
@@ -140,7 +149,12 @@ class SlurmCollector(Collector):
                     continue
                 for gpu in gpus.split(","):
                     note(gpu, owner, via)
+                if self.efa:
+                    for device in self._efa_devices(pid):
+                        note(device, owner, via, efas)
         fam = self.families()
+        for (device, job), via in sorted(efas.items()):
+            fam.add("fmdiag_efa_slurm_job_info", 1, {"device": device, "slurm_job_id": job, "via": via})
         by_index = {str(i): u for i, u in uuids.items()}
         for (gpu, job), via in sorted(found.items()):
             uuid = by_index.get(gpu, gpu if not gpu.isdigit() else "")
@@ -153,6 +167,28 @@ class SlurmCollector(Collector):
     def _gpu_processes(self) -> Mapping[int, str]:
         provider = self.ctx.gpu_processes.provider
         return provider() if provider is not None else {}
+
+    def _efa_devices(self, pid: int) -> set[str]:
+        """EFA devices process ``pid`` holds open, by the names the EFA collector exports."""
+        fds = self.ctx.paths.procfs / str(pid) / "fd"
+        try:
+            entries = os.listdir(fds)
+        except (FileNotFoundError, PermissionError):
+            return set()  # gone, or another user's process and we are not root
+        except OSError as exc:
+            self.report(fds, f"cannot list: {exc.strerror or exc}")
+            return set()
+        devices = set()
+        for entry in entries:
+            try:
+                target = os.readlink(fds / entry)
+            except OSError:
+                continue  # closed while we listed
+            if _UVERBS.fullmatch(target):
+                name = efa_device(self.ctx.paths.sysfs, target)
+                if name:
+                    devices.add(name)
+        return devices
 
     def _job_of(self, pid: int) -> tuple[str | None, str]:
         where = self.ctx.paths.procfs / str(pid)

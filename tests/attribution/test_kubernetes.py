@@ -20,9 +20,10 @@ from support.kubelet import PodResourcesServer, pod
 
 from fmdiag.exporters import gpu_state_file
 from fmdiag.exporters.collector import CollectorContext, Paths, SourceUnavailableError
-from fmdiag.exporters.collectors.kubernetes import KubernetesCollector, assignments, efa_device
+from fmdiag.exporters.collectors.kubernetes import KubernetesCollector, assignments
 from fmdiag.exporters.gpu_state_file import GpuState
 from fmdiag.exporters.podresources import api_pb2
+from fmdiag.exporters.rdma_names import efa_device
 
 REPO = Path(__file__).resolve().parents[2]
 UUID0 = "GPU-00000000-1111-2222-3333-444444444444"

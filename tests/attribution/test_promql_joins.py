@@ -18,7 +18,7 @@ from support import exporter_proc, prom
 from support.kubelet import PodResourcesServer, pod
 
 from fmdiag.exporters import gpu_state_file
-from fmdiag.exporters.gpu_state_file import GpuState
+from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +34,10 @@ def documented_queries() -> list[str]:
 
 def test_the_doc_has_the_joins() -> None:
     queries = documented_queries()
-    assert len(queries) == 5
+    assert len(queries) == 6
     assert any("fmdiag_efa_pod_info" in q for q in queries)
     assert any("fmdiag_gpu_slurm_job_info" in q for q in queries)
+    assert any("fmdiag_efa_slurm_job_info" in q for q in queries)
 
 
 def owners(result: list[dict[str, Any]], *labels: str) -> set[tuple[str, ...]]:
@@ -57,9 +58,19 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
         )
         for i, u in enumerate(UUIDS)
     ]
+    # Job 4242's process on GPU 0 holding an EFA device open (cgroup v2 path, fd to uverbs0).
+    gpus[0].processes.append(GpuProcess(pid=7001, used_memory_bytes=1 << 30))
+    procfs = tmp_path / "proc"
+    (procfs / "7001" / "fd").mkdir(parents=True)
+    (procfs / "7001" / "cgroup").write_text("0::/system.slice/slurmstepd.scope/job_4242/step_0/user/task_0\n")
+    (procfs / "7001" / "environ").write_bytes(b"")
+    (procfs / "7001" / "fd" / "12").symlink_to("/dev/infiniband/uverbs0")
     gpu_state_file.write(state, gpus, time_s=time.time(), hostname="p5-001")
     sysfs = tmp_path / "sys"
     shutil.copytree(EFA_TREE, sysfs, symlinks=True)
+    verbs = sysfs / "class" / "infiniband_verbs" / "uverbs0"
+    verbs.mkdir(parents=True)
+    (verbs / "ibdev").write_text("rdmap79s0\n")
     mapping = tmp_path / "jobs"
     mapping.mkdir()
     (mapping / "0").write_text("4242\n")
@@ -87,6 +98,7 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
         "--collector.slurm",
         f"--collector.slurm.mapping-dir={mapping}",
         f"--path.sysfs={sysfs}",
+        f"--path.procfs={procfs}",
     ]
     try:
         with (
@@ -95,7 +107,8 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
         ):
             server.wait_for("fmdiag_gpu_slurm_job_info", min_results=3)
             server.wait_for("count_over_time(fmdiag_efa_tx_bytes_total[1m]) > 1")
-            exclusive, any_gpu, memory, efa, slurm = documented_queries()
+            server.wait_for("fmdiag_efa_slurm_job_info")
+            exclusive, any_gpu, memory, efa, slurm, slurm_efa = documented_queries()
             assert owners(server.query(exclusive), "UUID", "pod", "namespace", "container") == {
                 (UUIDS[0], "llama-0", "training", "trainer"),
                 (UUIDS[1], "llama-0", "training", "trainer"),
@@ -121,5 +134,6 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
                 "4242": 15.0,
                 "5151": 30.0,
             }
+            assert owners(server.query(slurm_efa), "slurm_job_id") == {("4242",)}
     finally:
         kubelet.close()

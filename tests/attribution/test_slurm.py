@@ -88,6 +88,21 @@ def node(tmp_path: Path) -> Iterator[tuple[GpuCollector, SlurmCollector, Path]]:
         (procfs / str(pid)).mkdir(parents=True)
         shutil.copy(CGROUPS / cgroup, procfs / str(pid) / "cgroup")
         (procfs / str(pid) / "environ").write_bytes(environ or b"")
+        (procfs / str(pid) / "fd").mkdir()
+    # Open files as the kernel shows them: uverbs nodes of EFA devices, and others.
+    sysfs = tmp_path / "sys"
+    for node, device in (("uverbs0", "rdmap79s0"), ("uverbs1", "rdmap80s0")):
+        (sysfs / "class" / "infiniband_verbs" / node).mkdir(parents=True)
+        (sysfs / "class" / "infiniband_verbs" / node / "ibdev").write_text(device + "\n")
+    for pid, fd, target in (
+        (4000, "7", "/dev/infiniband/uverbs0"),
+        (4004, "3", "/dev/null"),
+        (4004, "9", "/dev/infiniband/uverbs1"),
+        (4004, "10", "/dev/infiniband/uverbs1"),
+        (4003, "4", "/dev/infiniband/uverbs0"),  # not a Slurm job's process
+        (4001, "5", "/dev/infiniband/uverbs9"),  # a node sysfs does not know
+    ):
+        (procfs / str(pid) / "fd" / fd).symlink_to(target)
     gpus = [
         GpuState(
             index=i,
@@ -103,7 +118,7 @@ def node(tmp_path: Path) -> Iterator[tuple[GpuCollector, SlurmCollector, Path]]:
     gpu_state_file.write(state, gpus, time_s=time.time(), hostname="n1")
     mapping = tmp_path / "gpujobmap"
     mapping.mkdir()
-    shared = CollectorContext(paths=Paths(procfs=procfs), hostname="n1")
+    shared = CollectorContext(paths=Paths(procfs=procfs, sysfs=sysfs), hostname="n1")
     gpu = GpuCollector(dataclasses.replace(shared, options={"simulated-state": str(state)}))
     slurm = SlurmCollector(dataclasses.replace(shared, options={"mapping-dir": str(mapping)}))
     yield gpu, slurm, mapping
@@ -134,6 +149,20 @@ def test_gpus_are_attributed_to_jobs_from_their_processes(
         ("2", uuid(2), "4250", "environ"),
         # GPU 3's process is no Slurm job's: no series.
     }
+
+
+def test_efa_devices_are_attributed_to_the_jobs_whose_processes_hold_them(
+    node: tuple[GpuCollector, SlurmCollector, Path],
+) -> None:
+    gpu, slurm, _ = node
+    list(gpu.collect())
+    efas = {
+        (s.labels["device"], s.labels["slurm_job_id"], s.labels["via"])
+        for fam in slurm.collect()
+        for s in fam.samples
+        if s.name == "fmdiag_efa_slurm_job_info"
+    }
+    assert efas == {("rdmap79s0", "4242", "cgroup"), ("rdmap80s0", "4244", "cgroup")}
 
 
 def test_the_prolog_mapping_directory_wins_and_bad_files_are_counted(
