@@ -163,3 +163,26 @@ def test_integers_beyond_64_bits_are_named_not_left_to_overflow_later(field_name
 def test_every_accepted_record_has_a_finite_duration() -> None:
     record = parse_line(json.dumps({**GOOD, "start_ns": 0, "end_ns": 2**63 - 1}))
     assert record.duration_s > 0
+
+
+_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=2**64),
+    st.integers(min_value=10**300, max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+)
+
+
+@given(st.dictionaries(st.sampled_from([*GOOD, *PHASES, "dropped", "samples", "gpu_time", "pid"]), _VALUE))
+def test_the_fast_path_agrees_with_the_full_check(changes: dict[str, Any]) -> None:
+    """Whatever the one-pass check accepts, the full check accepts as the same record."""
+    from fmdiag.steprecord import _check, _fast
+
+    obj = {**GOOD, **changes}
+    fast = _fast(obj)
+    full, errors = _check(obj, "", 0)
+    if fast is not None:
+        assert errors == [] and fast == full
+    assert _fast(dict(GOOD)) == _check(dict(GOOD), "", 0)[0] is not None
