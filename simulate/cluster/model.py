@@ -105,6 +105,9 @@ class Chunk:
     #: Node step windows [S, N] ns (first rank start .. last rank end), for rate-like host signals.
     node_a: I64
     node_b: I64
+    #: Each rank's forward + backward kernel time [S, R] ns: under FSDP the forward and backward
+    #: phases also hold the stalls waiting for gathers, when the GPU computes nothing.
+    compute_ns: I64
     #: Every collective of each step, in communication-stream order (see ``ClusterModel.schedule``):
     #: when each rank joined it [S, R, C], and when it ran for everyone [S, C].
     coll_issue: I64
@@ -725,6 +728,7 @@ class ClusterModel:
             unresponsive_events=env["unresponsive"],
             node_a=node_a,
             node_b=node_b,
+            compute_ns=env["fwd_ns"] + env["bwd_ns"],
             coll_issue=coll_issue,
             coll_a=coll_a,
             coll_b=coll_b,

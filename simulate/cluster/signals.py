@@ -119,7 +119,8 @@ class Signals:
         c = chunk
         # Per-rank GPU activity windows: compute = forward+backward, then the optimizer.
         self.compute_w = Windows(_interleave(c.dw_end, c.coll_end), _interleave(c.arrive, c.opt_end))
-        comp_len = _interleave(c.arrive - c.dw_end, c.opt_end - c.coll_end) / NS
+        # Kernel time, not window length: FSDP's stalls inside forward/backward leave the GPU idle.
+        comp_len = _interleave(np.minimum(c.compute_ns, c.arrive - c.dw_end), c.opt_end - c.coll_end) / NS
         clock_frac = np.repeat(c.sm_clock / hw.sm_clock_mhz, 2, axis=0)
         self.compute_amt = comp_len
         self.compute_energy_amt = comp_len * COMPUTE_W * clock_frac**2
