@@ -79,6 +79,8 @@ class Analysis:
     metrics_source: str | None
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: One per step (``verdicts.Verdict``); empty without step records.
+    verdicts: list[Any] = field(default_factory=list)
 
 
 def _hta_rank(trace: Any, filtered: bool) -> dict[str, Any]:
@@ -275,8 +277,14 @@ def run(
         summaries = {sub: metrics_reader.summarize(sub, f) for sub, f in metrics.items()}
     if not step_files and not trace_files and not summaries and not skipped:
         raise InputError(str(dump), "no steps/, kineto/ or metrics/ data: nothing to analyse")
+    verdict_list: list[Any] = []
+    if steps["steps"] is not None and len(steps["steps"]):
+        from fmdiag.analyzers import verdicts  # noqa: PLC0415 - pandas is loaded already here
+
+        verdict_list = verdicts.classify(steps["steps"], metrics or {})
     return Analysis(
         dump=str(dump),
+        verdicts=verdict_list,
         options=options,
         metrics=summaries,
         metrics_source=metrics_source,

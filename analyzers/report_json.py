@@ -80,7 +80,7 @@ def document(a: Analysis, table_of: Any = None) -> dict[str, Any]:
         "steps": {"per_rank": table_of(a.step_breakdown), "spread": table_of(a.step_spread)},
         "kineto": {"per_rank": table_of(a.kineto_breakdown), "spread": table_of(a.kineto_spread)},
         "hta": a.hta,
-        "verdicts": [],
+        "verdicts": [v.to_json() for v in a.verdicts],
     }
     cleaned: dict[str, Any] = _clean(doc)
     return cleaned

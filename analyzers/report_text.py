@@ -7,6 +7,7 @@ the JSON document does not also carry (means and shares are of columns the JSON 
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -62,7 +63,32 @@ def render(a: Analysis) -> str:
     lines.extend(_steps_section(a))
     lines.extend(_kineto_section(a))
     lines.extend(_hta_section(a))
+    lines.extend(_verdict_section(a))
     return "\n".join(lines) + "\n"
+
+
+def _culprit(c: dict[str, object] | None) -> str:
+    if not c:
+        return "-"
+    parts = [f"{k} {c[k]}" for k in ("node", "rank", "gpu", "efa_device", "ost") if k in c]
+    return ", ".join(parts)
+
+
+def _verdict_section(a: Analysis) -> list[str]:
+    """Runs of one verdict, one line each, then its recommendation wrapped to 80 columns."""
+    if not a.verdicts:
+        return []
+    from fmdiag.analyzers import verdicts  # noqa: PLC0415 - only when there are verdicts
+
+    lines = ["verdicts (runs of one class):", f"  {'steps':<11} {'class':<10} culprit"]
+    for r in verdicts.runs(a.verdicts):
+        span = f"{r['first_step']}-{r['last_step']}" if r["steps"] > 1 else str(r["first_step"])
+        lines.append(f"  {span:<11} {r['class']:<10} {_culprit(r['culprit'])}")
+        if r["recommendation"]:
+            lines.extend(
+                textwrap.wrap(r["recommendation"], 78, initial_indent="    ", subsequent_indent="    ")
+            )
+    return lines
 
 
 def _as_ranges(values: list[int]) -> list[list[int]]:

@@ -51,7 +51,12 @@ def test_every_sample(sample: Path) -> None:
         assert doc["kineto"]["per_rank"]["rows"]  # type: ignore[index]
     subsystems = doc["inputs"]["metrics"]["subsystems"]  # type: ignore[index]
     assert set(subsystems) == set(dumpformat.DumpLayout(sample).metrics_files())
-    assert doc["verdicts"] == []
+    verdict_list = doc["verdicts"]
+    assert isinstance(verdict_list, list)
+    assert [v["step"] for v in verdict_list] == list(range(truth["steps_total"]))
+    for v in verdict_list:
+        assert v["class"] in dumpformat.VERDICT_CLASSES and 0.0 <= v["confidence"] <= 1.0
+        assert {"evidence", "culprit", "recommendation", "undecided"} <= set(v)
 
 
 def _partial_dump(tmp_path: Path, keep: str) -> Path:

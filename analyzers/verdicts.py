@@ -1,0 +1,402 @@
+"""Per-step verdicts: which of compute | network | io | host | straggler made each step slow.
+
+The rules follow the physics of synchronous data-parallel training (../shared/DOMAIN.md,
+"Telling the bottlenecks apart"), not one sample's numbers:
+
+* every rank waits for the slowest in each collective, so the *late* rank is the one with the
+  least exposed communication. A **straggler** is a late rank that is the same rank step after
+  step *and* whose GPU shows a hardware cause (HW slowdown / thermal / power clock-event bits
+  0x8, 0x40, 0x80). A slowest rank that changes from step to step, or has no hardware cause, is
+  data-dependent imbalance: ``compute``;
+* when *every* rank, including the least-waiting one, has long exposed communication, nobody is
+  late and the fabric is the bottleneck: **network** (EFA errors named as evidence when metrics
+  have them; a culprit device when one device carries the errors);
+* long ``data_wait`` is input starvation: **io** when the node's CPUs sit in iowait (Lustre
+  slow), **host** when they are saturated in user time with no iowait (a CPU-bound loader);
+* a checkpoint phase is normal unless it costs far more than a checkpoint does: **io** only
+  when it exceeds :data:`CHECKPOINT_STALL_STEPS` healthy steps;
+* otherwise ``compute``.
+
+A continuity rule (:func:`smooth`) replaces a verdict that differs from both neighbours,
+which agree with each other, so one noisy step does not flip a run of verdicts. Where the
+data cannot decide (no GPU metrics to confirm a straggler's hardware cause, no host metrics to
+tell io from host) the verdict keeps the step-record answer, lowers its confidence and says so in
+``undecided``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fmdiag.dumpformat import VERDICT_CLASSES
+
+#: Clock-event reason bits that mean the hardware slowed the GPU (NVML): HW slowdown 0x8,
+#: HW thermal slowdown 0x40, HW power brake 0x80. SW power cap (0x4) is normal under load.
+HW_SLOWDOWN_BITS = 0x8 | 0x40 | 0x80
+#: A rank is "the late rank" of a window when it has the least exposed communication in at
+#: least this fraction of the window's steps (random imbalance spreads it over all ranks).
+LATE_RANK_CONSISTENCY = 0.6
+#: Steps on each side that make the window for the consistency check.
+WINDOW = 3
+#: Exposed communication of the *least-waiting* rank above this fraction of the step means
+#: every rank waits on the fabric (a late rank itself waits only a few ms).
+NETWORK_FLOOR_FRACTION = 0.01
+#: Median data wait above this fraction of the step means the step starves for input
+#: (torch-tb-profiler's DataLoader threshold).
+DATA_WAIT_FRACTION = 0.05
+#: CPU iowait fraction of the node above which starvation is I/O; user+system above
+#: :data:`CPU_BUSY_FRACTION` with iowait below it is a CPU-bound host.
+IOWAIT_FRACTION = 0.10
+CPU_BUSY_FRACTION = 0.60
+#: A checkpoint costing more than this many median steps is a write stall; a normal
+#: checkpoint of the presets costs under ten.
+CHECKPOINT_STALL_STEPS = 20.0
+#: EFA counters that count trouble on a device (retransmits, impaired and unresponsive peers, drops).
+EFA_ERROR_COUNTERS = (
+    "fmdiag_efa_retrans_packets_total",
+    "fmdiag_efa_impaired_remote_conn_events_total",
+    "fmdiag_efa_unresponsive_remote_events_total",
+    "fmdiag_efa_rx_drops_total",
+)
+#: Seconds around a step a metric sample may lie and still describe it (two scrapes of 15 s).
+SAMPLE_TOLERANCE_S = 30.0
+
+assert set(VERDICT_CLASSES) == {"compute", "network", "io", "host", "straggler"}
+
+
+@dataclass
+class Verdict:
+    """One step's verdict, as written to the JSON document."""
+
+    step: int
+    cls: str
+    confidence: float
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    culprit: dict[str, Any] | None = None
+    recommendation: str = ""
+    undecided: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "class": self.cls,
+            "confidence": round(self.confidence, 3),
+            "evidence": self.evidence,
+            "culprit": self.culprit,
+            "recommendation": self.recommendation,
+            "undecided": self.undecided,
+        }
+
+
+def _ev(metric: str, value: float, baseline: float) -> dict[str, Any]:
+    return {"metric": metric, "value": round(float(value), 6), "baseline": round(float(baseline), 6)}
+
+
+@dataclass
+class StepFeatures:
+    """What the rules read per step, from the step records (one row per rank)."""
+
+    step: int
+    end_s: float
+    duration_s: float
+    checkpoint_s: float
+    data_wait_median: float
+    late_rank: int
+    late_node: str
+    late_local_rank: int
+    comm_min: float
+    comm_median: float
+    compute_late: float
+    compute_median: float
+
+
+def step_features(steps: pd.DataFrame) -> list[StepFeatures]:
+    """Per-step features; NaN phases count as 0 (a writer that did not record the phase)."""
+    frame = steps.copy()
+    for col in ("data_wait", "forward", "backward", "comm_exposed", "checkpoint"):
+        frame[col] = frame[col].fillna(0.0) if col in frame else 0.0
+    if "local_rank" not in frame:
+        frame["local_rank"] = -1
+    frame["compute"] = frame["forward"] + frame["backward"]
+    out = []
+    for step, g in frame.groupby("step", sort=True):
+        at = int(np.argmin(g["comm_exposed"].to_numpy()))
+        late = g.iloc[at]
+        local = late["local_rank"]
+        out.append(
+            StepFeatures(
+                step=int(step),  # type: ignore[call-overload,arg-type]
+                end_s=float(g["end_ns"].median()) / 1e9,
+                duration_s=float(g["duration_s"].median()),
+                checkpoint_s=float(g["checkpoint"].max()),
+                data_wait_median=float(g["data_wait"].median()),
+                late_rank=int(late["rank"]),
+                late_node=str(late["node"]),
+                late_local_rank=int(local) if pd.notna(local) else -1,
+                comm_min=float(g["comm_exposed"].min()),
+                comm_median=float(g["comm_exposed"].median()),
+                compute_late=float(late["compute"]),
+                compute_median=float(g["compute"].median()),
+            )
+        )
+    return out
+
+
+def _samples(frame: pd.DataFrame, metric: str, **labels: str) -> pd.DataFrame:
+    mask = frame["metric"] == metric
+    for k, v in labels.items():
+        if k not in frame:
+            return frame.iloc[0:0]
+        mask &= frame[k] == v
+    return frame.loc[
+        mask,
+        ["timestamp", "value", *[c for c in ("instance", "gpu", "UUID", "mode", "ost", "fs") if c in frame]],
+    ]
+
+
+class MetricView:
+    """Node metrics looked up at a step's time; every method returns None when there is no data."""
+
+    def __init__(self, metrics: dict[str, pd.DataFrame]) -> None:
+        self.gpu = metrics.get("gpu")
+        self.host = metrics.get("host")
+        self.lustre = metrics.get("lustre")
+        self._efa: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        efa = metrics.get("efa")
+        if efa is not None and len(efa) and "device" in efa:
+            errs = efa[efa["metric"].isin(EFA_ERROR_COUNTERS)]
+            for (inst, dev), g in errs.groupby(["instance", "device"], observed=True):
+                summed = g.groupby("timestamp")["value"].sum().sort_index()
+                self._efa[(str(inst), str(dev))] = (summed.index.to_numpy(), summed.to_numpy())
+        self._reasons: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, str]] = {}
+        if self.gpu is not None and len(self.gpu):
+            r = _samples(self.gpu, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")
+            for (inst, gpu), g in r.groupby(["instance", "gpu"], observed=True):
+                uuid = str(g["UUID"].iloc[0]) if "UUID" in g else ""
+                self._reasons[(str(inst), str(gpu))] = (
+                    g["timestamp"].to_numpy(),
+                    g["value"].to_numpy(),
+                    uuid,
+                )
+        self._cpu: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        if self.host is not None and len(self.host):
+            c = _samples(self.host, "fmdiag_host_cpu_seconds_total")
+            for (inst, mode), group in c.groupby(["instance", "mode"], observed=True):
+                g = group.sort_values("timestamp")
+                self._cpu.setdefault(str(inst), {})[str(mode)] = (
+                    g["timestamp"].to_numpy(),
+                    g["value"].to_numpy(),
+                )
+
+    def hw_slowdown(self, node: str, gpu: int, t: float) -> tuple[float, str] | None:
+        """Fraction of samples near ``t`` with a hardware clock-event bit set, and the GPU's UUID."""
+        got = self._reasons.get((node, str(gpu)))
+        if got is None:
+            return None
+        ts, vals, uuid = got
+        step = float(np.median(np.diff(ts))) if len(ts) > 1 else SAMPLE_TOLERANCE_S
+        idx = np.flatnonzero(np.abs(ts - t) <= min(SAMPLE_TOLERANCE_S, 1.5 * step))
+        if not len(idx):
+            return None
+        bits = vals[idx].astype(np.int64) & HW_SLOWDOWN_BITS
+        return float(np.mean(bits != 0)), uuid
+
+    def cpu_fractions(self, t: float, until: float) -> dict[str, float] | None:
+        """Cluster-wide share of CPU time per mode between the samples around ``t``; ``until``
+        is the end of the last step (samples after it show the job gone, not its load)."""
+        totals: dict[str, float] = {}
+        for modes in self._cpu.values():
+            for mode, (ts, vals) in modes.items():
+                # the scrape interval holding t; for the last steps, whose next sample comes after
+                # the job ended (and reads as idle), the interval before it
+                hi = int(np.searchsorted(ts, t, side="right"))
+                lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+                if ts[hi] > until and lo > 0:
+                    lo, hi = lo - 1, lo
+                if hi > lo and ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S:
+                    totals[mode] = totals.get(mode, 0.0) + float(vals[hi] - vals[lo])
+        whole = sum(totals.values())
+        return {m: v / whole for m, v in totals.items()} if whole > 0 else None
+
+    def efa_culprit(self, t: float) -> tuple[dict[str, Any], float, float] | None:
+        """The EFA device whose error counters grew most in the scrape interval holding ``t``, when
+        it stands out (over 3x the median device): culprit, its errors and the median's."""
+        deltas: dict[tuple[str, str], float] = {}
+        for key, (ts, vals) in self._efa.items():
+            hi = int(np.searchsorted(ts, t, side="right"))
+            lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+            if hi > lo:
+                deltas[key] = float(vals[hi] - vals[lo])
+        if len(deltas) < 2:
+            return None
+        (node, dev), top = max(deltas.items(), key=lambda kv: kv[1])
+        median = float(np.median(list(deltas.values())))
+        if top <= 0 or top < 3 * median:
+            return None
+        return {"node": node, "efa_device": dev}, top, median
+
+    def slowest_ost(self) -> dict[str, Any] | None:
+        """The OST with the highest read latency seen by any client (the I/O culprit)."""
+        if self.lustre is None or "ost" not in self.lustre:
+            return None
+        x = _samples(self.lustre, "fmdiag_lustre_osc_operation_latency_max_seconds", operation="ost_read")
+        x = x[x["ost"] != ""]
+        if not len(x):
+            return None
+        per = x.groupby("ost", observed=True)["value"].median()
+        if len(per) < 2 or per.max() < 2 * per.median():
+            return None
+        ost = str(per.idxmax())
+        fs = str(x.loc[x["ost"] == ost, "fs"].iloc[0]) if "fs" in x else ""
+        # the osc labels the target by index; the fleet names it <fs>-OSTnnnn
+        full = ost if not fs or ost.startswith(f"{fs}-") else f"{fs}-{ost}"
+        return {"fs": fs, "ost": full} if fs else {"ost": full}
+
+
+def classify(steps: pd.DataFrame, metrics: dict[str, pd.DataFrame] | None = None) -> list[Verdict]:
+    """One verdict per step of the merged step records (see the module docstring for the rules)."""
+    feats = step_features(steps)
+    if not feats:
+        return []
+    view = MetricView(metrics or {})
+    ost = view.slowest_ost()
+    typical = float(np.median([f.duration_s for f in feats]))
+    out: list[Verdict] = []
+    for i, f in enumerate(feats):
+        work_s = max(f.duration_s - f.checkpoint_s, 1e-9)
+        window = feats[max(0, i - WINDOW) : i + WINDOW + 1]
+        same_late = sum(w.late_rank == f.late_rank for w in window) / len(window)
+        v = Verdict(step=f.step, cls="compute", confidence=0.6)
+        if f.checkpoint_s > CHECKPOINT_STALL_STEPS * typical:
+            v.cls, v.confidence = "io", 0.8
+            v.evidence.append(_ev("checkpoint_s", f.checkpoint_s, CHECKPOINT_STALL_STEPS * typical))
+            v.culprit = None
+            v.recommendation = (
+                f"checkpoint took {f.checkpoint_s:.1f} s ({f.checkpoint_s / typical:.0f} steps): "
+                "check the checkpoint filesystem's write bandwidth or checkpoint less often"
+            )
+        elif f.data_wait_median > DATA_WAIT_FRACTION * work_s:
+            _starved(v, f, work_s, view.cpu_fractions(f.end_s, feats[-1].end_s), ost)
+        elif f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
+            v.cls, v.confidence = "network", 0.8
+            v.evidence.append(_ev("comm_exposed_min_s", f.comm_min, NETWORK_FLOOR_FRACTION * work_s))
+            where = "check EFA throughput, retransmits and port state"
+            efa = view.efa_culprit(f.end_s)
+            if efa is not None:
+                v.culprit, errors, usual = efa
+                v.evidence.append(_ev("efa_error_events", errors, usual))
+                where = (
+                    f"{v.culprit['node']} {v.culprit['efa_device']} has {errors:.0f} error events in the "
+                    f"interval (median device {usual:.0f}): check its link and port state"
+                )
+            v.recommendation = (
+                f"every rank waits {f.comm_min * 1e3:.0f} ms or more in collectives with no late rank "
+                f"({f.comm_min / work_s:.0%} of the step): {where}"
+            )
+        elif same_late >= LATE_RANK_CONSISTENCY:
+            _straggler(v, f, work_s, same_late, view)
+        else:
+            v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
+            v.recommendation = "compute-bound: no input, network or hardware cause stands out"
+        out.append(v)
+    return smooth(out)
+
+
+def _starved(
+    v: Verdict, f: StepFeatures, work_s: float, cpu: dict[str, float] | None, ost: dict[str, Any] | None
+) -> None:
+    v.evidence.append(_ev("data_wait_s", f.data_wait_median, DATA_WAIT_FRACTION * work_s))
+    share = f.data_wait_median / work_s
+    if cpu is None:
+        v.cls, v.confidence = "io", 0.4
+        v.undecided.append("no host CPU metrics: io and host cannot be told apart; io assumed")
+    elif cpu.get("iowait", 0.0) >= IOWAIT_FRACTION:
+        v.cls, v.confidence = "io", 0.85
+        v.evidence.append(_ev("cpu_iowait_fraction", cpu.get("iowait", 0.0), IOWAIT_FRACTION))
+    elif cpu.get("user", 0.0) + cpu.get("system", 0.0) >= CPU_BUSY_FRACTION:
+        v.cls, v.confidence = "host", 0.85
+        busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
+        v.evidence.append(_ev("cpu_busy_fraction", busy, CPU_BUSY_FRACTION))
+    else:
+        v.cls, v.confidence = "io", 0.5
+        v.undecided.append("data wait with neither iowait nor saturated CPUs; io assumed")
+    if v.cls == "io":
+        if ost:
+            v.culprit = dict(ost)
+        v.recommendation = (
+            f"input starvation: data wait {share:.0%} of the step"
+            + (f"; {ost['ost']} has the highest read latency" if ost else "")
+            + ": check the data filesystem's OSTs"
+        )
+    else:
+        v.recommendation = (
+            f"CPU-bound input pipeline: data wait {share:.0%} of the step with CPUs saturated: "
+            "add dataloader workers or move decoding off the CPU"
+        )
+
+
+def _straggler(v: Verdict, f: StepFeatures, work_s: float, same_late: float, view: MetricView) -> None:
+    v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
+    hw = view.hw_slowdown(f.late_node, f.late_local_rank, f.end_s) if f.late_local_rank >= 0 else None
+    culprit = {"node": f.late_node, "rank": f.late_rank, "gpu": f.late_local_rank}
+    behind = f.compute_late - f.compute_median
+    if hw is None:
+        v.cls, v.confidence = "compute", 0.4
+        v.undecided.append(
+            f"rank {f.late_rank} joins last consistently but no GPU metrics confirm a hardware cause"
+        )
+        v.recommendation = f"check rank {f.late_rank} on {f.late_node}: it joins every collective last"
+        return
+    share, uuid = hw
+    v.evidence.append(_ev("hw_slowdown_fraction", share, 0.0))
+    if share <= 0.0:
+        v.recommendation = f"rank {f.late_rank} is slowest with no hardware cause: data-dependent imbalance"
+        return
+    v.cls, v.confidence = "straggler", min(0.95, 0.6 + 0.35 * share)
+    if uuid:
+        culprit["gpu_uuid"] = uuid
+    v.culprit = culprit
+    v.evidence.append(_ev("late_rank_compute_s", f.compute_late, f.compute_median))
+    v.recommendation = (
+        f"drain {f.late_node}: GPU {f.late_local_rank} in HW slowdown {share:.0%} of the time; its rank "
+        f"{f.late_rank} computes {behind * 1e3:.0f} ms longer than the median rank and joins every "
+        f"collective last (step {f.duration_s:.2f} s)"
+    )
+
+
+def smooth(verdicts: list[Verdict]) -> list[Verdict]:
+    """Continuity: a lone verdict between two neighbours that agree takes their class."""
+    for i in range(1, len(verdicts) - 1):
+        prev, cur, nxt = verdicts[i - 1], verdicts[i], verdicts[i + 1]
+        if prev.cls == nxt.cls != cur.cls and cur.cls != "io":
+            cur.undecided.append(
+                f"looked like {cur.cls} alone between two {prev.cls} steps (continuity rule)"
+            )
+            cur.cls, cur.confidence = prev.cls, min(prev.confidence, nxt.confidence) * 0.8
+            cur.culprit, cur.recommendation = prev.culprit, prev.recommendation
+    return verdicts
+
+
+def runs(verdicts: list[Verdict]) -> list[dict[str, Any]]:
+    """Runs of one verdict (class and culprit): first and last step, class, culprit, recommendation."""
+    out: list[dict[str, Any]] = []
+    for v in verdicts:
+        if out and out[-1]["class"] == v.cls and out[-1]["culprit"] == v.culprit:
+            out[-1]["last_step"] = v.step
+            out[-1]["steps"] += 1
+        else:
+            out.append(
+                {
+                    "first_step": v.step,
+                    "last_step": v.step,
+                    "steps": 1,
+                    "class": v.cls,
+                    "culprit": v.culprit,
+                    "recommendation": v.recommendation,
+                }
+            )
+    return out

@@ -1,0 +1,201 @@
+"""The verdict rules on hand-built frames (each confounder), and against the bundled samples' truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmdiag.analyzers import pipeline, report_text, verdicts
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+T0 = 1_750_000_000.0
+STEP_S = 1.0
+RANKS = 8  # 2 nodes x 4 GPUs
+
+
+def _steps(n: int, phases: Any) -> pd.DataFrame:
+    """Step records: ``phases(step, rank)`` gives that rank's phase durations (s)."""
+    rows = []
+    for step in range(n):
+        end = T0 + (step + 1) * STEP_S
+        for rank in range(RANKS):
+            # healthy: peers wait ~40 ms for the last rank of the step, which changes every step
+            wait = 0.005 if rank == (step * 5) % RANKS else 0.04
+            p = {"data_wait": 0.003, "forward": 0.3, "backward": 0.6, "comm_exposed": wait, "checkpoint": 0.0}
+            p.update(phases(step, rank))
+            rows.append(
+                {
+                    "step": step,
+                    "rank": rank,
+                    "node": f"node-{rank // 4:03d}",
+                    "local_rank": rank % 4,
+                    "end_ns": int(end * 1e9),
+                    "duration_s": STEP_S + p["checkpoint"],
+                    **p,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _gpu_reasons(hot: tuple[str, int] | None, n: int) -> pd.DataFrame:
+    """Clock-event reasons sampled every second on every GPU; ``hot`` in HW thermal slowdown (0x48)."""
+    rows = []
+    for t in range(n + 2):
+        for node in ("node-000", "node-001"):
+            for gpu in range(4):
+                value = 0x48 if hot == (node, gpu) else 0x4  # SW power cap: normal
+                rows.append(
+                    {
+                        "timestamp": T0 + t,
+                        "metric": "DCGM_FI_DEV_CLOCKS_EVENT_REASONS",
+                        "value": float(value),
+                        "instance": node,
+                        "gpu": str(gpu),
+                        "UUID": f"GPU-{node}-{gpu}",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _cpu(n: int, shares: dict[str, float]) -> pd.DataFrame:
+    """Cumulative CPU seconds per mode (8 CPUs), growing at ``shares`` of the CPUs."""
+    rows = []
+    for t in range(n + 2):
+        for node in ("node-000", "node-001"):
+            for mode, share in shares.items():
+                rows.append(
+                    {
+                        "timestamp": T0 + t,
+                        "metric": "fmdiag_host_cpu_seconds_total",
+                        "value": 8 * share * t,
+                        "instance": node,
+                        "mode": mode,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _classes(vs: list[verdicts.Verdict]) -> set[str]:
+    return {v.cls for v in vs}
+
+
+def test_straggler_with_hardware_cause_is_named() -> None:
+    # rank 5 (node-001 GPU 1) computes longer and joins last: the least exposed communication
+    late = {"backward": 0.8, "comm_exposed": 0.003}
+    steps = _steps(10, lambda s, r: late if r == 5 else {"comm_exposed": 0.2})
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(("node-001", 1), 10)})
+    assert _classes(vs) == {"straggler"}
+    assert vs[4].culprit == {"node": "node-001", "rank": 5, "gpu": 1, "gpu_uuid": "GPU-node-001-1"}
+    assert "drain node-001" in vs[4].recommendation
+    assert any(e["metric"] == "hw_slowdown_fraction" and e["value"] == 1.0 for e in vs[4].evidence)
+
+
+def test_straggler_induced_comm_wait_is_not_network() -> None:
+    # peers wait 200 ms in collectives, but the late rank waits only 3 ms: nobody but it is slow
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.003} if r == 5 else {"comm_exposed": 0.2})
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(("node-001", 1), 10)})
+    assert "network" not in _classes(vs)
+
+
+def test_every_rank_waiting_is_network() -> None:
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.2 + 0.001 * r})
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(None, 10)})
+    assert _classes(vs) == {"network"}
+
+
+def test_imbalance_is_not_a_straggler() -> None:
+    # the late rank changes every step and no GPU is throttled
+    steps = _steps(12, lambda s, r: {"comm_exposed": 0.003, "backward": 0.7} if r == (s * 3) % RANKS else {})
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(None, 12)})
+    assert _classes(vs) == {"compute"}
+
+
+def test_consistent_late_rank_without_throttle_is_not_a_straggler() -> None:
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.003} if r == 2 else {})
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(None, 10)})
+    assert _classes(vs) == {"compute"}
+
+
+def test_no_gpu_metrics_is_undecided_not_a_guess() -> None:
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.003} if r == 2 else {})
+    vs = verdicts.classify(steps, {})
+    assert _classes(vs) == {"compute"}
+    assert all(v.undecided and "no GPU metrics" in v.undecided[0] for v in vs)
+
+
+def test_normal_checkpoint_is_not_io() -> None:
+    steps = _steps(30, lambda s, r: {"checkpoint": 7.0} if s == 24 else {})
+    vs = verdicts.classify(steps, {})
+    assert _classes(vs) == {"compute"}
+
+
+def test_checkpoint_stall_is_io() -> None:
+    steps = _steps(30, lambda s, r: {"checkpoint": 60.0} if s == 9 else {})
+    vs = verdicts.classify(steps, {})
+    assert vs[9].cls == "io" and {v.cls for i, v in enumerate(vs) if i != 9} == {"compute"}
+
+
+def test_data_wait_with_iowait_is_io_and_with_busy_cpus_is_host() -> None:
+    starved = _steps(10, lambda s, r: {"data_wait": 0.5})
+    io = verdicts.classify(starved, {"host": _cpu(10, {"iowait": 0.4, "user": 0.1, "idle": 0.5})})
+    host = verdicts.classify(starved, {"host": _cpu(10, {"iowait": 0.0, "user": 0.85, "idle": 0.15})})
+    assert _classes(io) == {"io"} and _classes(host) == {"host"}
+    blind = verdicts.classify(starved, {})
+    assert _classes(blind) == {"io"} and all("no host CPU metrics" in v.undecided[0] for v in blind)
+
+
+def test_one_noisy_step_does_not_flip_the_verdict() -> None:
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.2} if s != 5 else {})
+    vs = verdicts.classify(steps, {})
+    assert _classes(vs) == {"network"}
+    assert "continuity" in vs[5].undecided[0]
+
+
+def test_runs_group_consecutive_verdicts() -> None:
+    vs = [verdicts.Verdict(step=i, cls="io" if i >= 3 else "compute", confidence=1.0) for i in range(6)]
+    assert [(r["first_step"], r["last_step"], r["class"]) for r in verdicts.runs(vs)] == [
+        (0, 2, "compute"),
+        (3, 5, "io"),
+    ]
+
+
+#: Per-sample floors of the share of steps whose class matches truth.json (what the rules reach
+#: today, rounded down; the misses are warm-up step 0 and onset/near-threshold steps).
+FLOORS = {
+    "checkpoint-stall": 1.0,
+    "healthy": 1.0,
+    "host-dataloader": 0.95,
+    "imbalance-data": 1.0,
+    "io-lustre": 1.0,
+    "mixed": 0.9,
+    "network-degraded": 0.95,
+    "network-intermittent": 0.95,
+    "network-node": 0.9,
+    "network-volume": 0.95,
+    "overlap": 0.95,
+    "straggler-power": 1.0,
+    "straggler-ramp": 0.9,
+    "straggler-thermal": 1.0,
+}
+
+
+@pytest.mark.parametrize("sample", sorted(FLOORS))
+def test_samples_against_truth(sample: str) -> None:
+    analysis = pipeline.run(SAMPLES / sample, pipeline.Options())
+    truth = {s["step"]: s for s in json.loads((SAMPLES / sample / "truth.json").read_text())["steps"]}
+    assert len(analysis.verdicts) == len(truth)
+    hits = [v.cls == truth[v.step]["class"] for v in analysis.verdicts]
+    assert np.mean(hits) >= FLOORS[sample], [
+        (v.step, truth[v.step]["class"], v.cls) for v in analysis.verdicts if v.cls != truth[v.step]["class"]
+    ]
+    for v in analysis.verdicts:
+        t = truth[v.step]
+        if v.cls == t["class"] == "straggler":
+            assert v.culprit is not None
+            assert (v.culprit["node"], v.culprit["rank"]) == (t["culprit"]["node"], t["culprit"]["rank"])
+    assert "verdicts (runs of one class):" in report_text.render(analysis)
