@@ -111,7 +111,10 @@ def _steps_section(a: Analysis) -> list[str]:
     for phase in (*steprecord.PHASES, "unattributed_s"):
         if phase in b and b[phase].notna().any():
             mean = float(b[phase].fillna(0.0).mean())
-            lines.append(f"  {phase:<16} {mean:8.3f} s {_pct(mean, total)}")
+            if phase == "unattributed_s" and abs(mean) < 5e-4:
+                continue  # the phases cover the step: nothing to say (and no "-0.000")
+            label = phase.removesuffix("_s")
+            lines.append(f"  {label:<16} {mean:8.3f} s {_pct(mean, total)}")
     sp = columns.select(a.step_spread, a.step_spread["value"] == "duration_s")
     order = np.argsort(-sp["max"], kind="stable")[:SLOWEST]
     if order.size:
