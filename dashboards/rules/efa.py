@@ -6,7 +6,7 @@ from __future__ import annotations
 from fmdiag.dashboards.config import Config
 from fmdiag.dashboards.queries import efa as q
 from fmdiag.dashboards.queries.scope import RULES
-from fmdiag.dashboards.rules.model import Alert, Case, Group, series
+from fmdiag.dashboards.rules.model import Alert, Case, Group, count_drop_cases, series
 
 FILE = "fmdiag-efa.yaml"
 _DEV = {"job": "fmdiag", "cluster": "c1", "instance": "node-1", "device": "rdmap79s0", "port": "1"}
@@ -82,31 +82,7 @@ def group(c: Config) -> Group:
                 description="{{ $labels.instance }} lists fewer Amazon EFA devices than it did in the last "
                 "day (hot-unplug or driver unload): NCCL runs on fewer rails. Reload the efa "
                 "driver or replace the node.",
-                cases=(
-                    Case(
-                        "one gone",
-                        (
-                            series(
-                                "fmdiag_efa_devices",
-                                "32x10 31x10",
-                                job="fmdiag",
-                                cluster="c1",
-                                instance="node-1",
-                            ),
-                        ),
-                        "18m",
-                        ({"cluster": "c1", "instance": "node-1"},),
-                    ),
-                    Case(
-                        "steady",
-                        (
-                            series(
-                                "fmdiag_efa_devices", "32x20", job="fmdiag", cluster="c1", instance="node-1"
-                            ),
-                        ),
-                        "18m",
-                    ),
-                ),
+                cases=count_drop_cases("fmdiag_efa_devices", 32, "one gone"),
             ),
             Alert(
                 name="FmdiagEfaRetransmits",

@@ -8,7 +8,7 @@ from fmdiag.catalog import XID_ACTIONS
 from fmdiag.dashboards.config import Config
 from fmdiag.dashboards.queries import gpu as q
 from fmdiag.dashboards.queries.scope import RULES
-from fmdiag.dashboards.rules.model import Alert, Case, Group, series
+from fmdiag.dashboards.rules.model import Alert, Case, Group, count_drop_cases, series
 
 FILE = "fmdiag-gpu.yaml"
 _GPU = {"job": "fmdiag", "cluster": "c1", "Hostname": "node-1", "gpu": "0", "UUID": "GPU-0"}
@@ -176,31 +176,7 @@ def group(c: Config) -> Group:
                 description="NVML on {{ $labels.instance }} enumerates fewer GPUs than it did in the last "
                 "day: a GPU fell off the bus (XID 79) or its driver failed; drain and reboot the "
                 "node.",
-                cases=(
-                    Case(
-                        "one GPU gone",
-                        (
-                            series(
-                                "fmdiag_gpu_devices",
-                                "8x10 7x10",
-                                job="fmdiag",
-                                cluster="c1",
-                                instance="node-1",
-                            ),
-                        ),
-                        "18m",
-                        ({"cluster": "c1", "instance": "node-1"},),
-                    ),
-                    Case(
-                        "steady",
-                        (
-                            series(
-                                "fmdiag_gpu_devices", "8x20", job="fmdiag", cluster="c1", instance="node-1"
-                            ),
-                        ),
-                        "18m",
-                    ),
-                ),
+                cases=count_drop_cases("fmdiag_gpu_devices", 8, "one GPU gone"),
             ),
             Alert(
                 name="FmdiagGpuLost",

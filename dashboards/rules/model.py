@@ -111,3 +111,16 @@ def series(name: str, values: str, **labels: str) -> Series:
     """A test input series ``name{labels}`` (label order as given)."""
     inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
     return Series(f"{name}{{{inner}}}", values)
+
+
+def count_drop_cases(metric: str, usual: int, dropped_name: str) -> tuple[Case, Case]:
+    """A device count falls one below its usual value for 10 minutes (fires), or stays (silent).
+
+    The "fewer devices than in the last day" alerts (GPUs, EFA devices) share this shape.
+    """
+    node = {"job": "fmdiag", "cluster": "c1", "instance": "node-1"}
+    fired = ({"cluster": "c1", "instance": "node-1"},)
+    return (
+        Case(dropped_name, (series(metric, f"{usual}x10 {usual - 1}x10", **node),), "18m", fired),
+        Case("steady", (series(metric, f"{usual}x20", **node),), "18m"),
+    )
