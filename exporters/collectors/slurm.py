@@ -117,6 +117,9 @@ class SlurmCollector(Collector):
         self.cgroup = self.option(CGROUP)
         self.environ = self.option(ENVIRON)
         self.efa = self.option(EFA)
+        #: (pid, job) -> the EFA devices it holds: a rank keeps its devices open from NCCL's
+        #: set-up to its exit, so its fd table (hundreds of entries) is read until one shows up.
+        self._efa_seen: dict[tuple[int, str], set[str]] = {}
 
     def source_problem(self) -> str | None:
         if self.mapping_dir is not None and not self.mapping_dir.is_dir():
@@ -143,15 +146,20 @@ class SlurmCollector(Collector):
                 for job in jobs:
                     note(gpu, job, "mapping")
         if self.cgroup or self.environ:
-            for pid, gpus in self._gpu_processes().items():
+            processes = self._gpu_processes()
+            for pid, gpus in processes.items():
                 owner, via = self._job_of(pid)
                 if owner is None:
                     continue
                 for gpu in gpus.split(","):
                     note(gpu, owner, via)
                 if self.efa:
-                    for device in self._efa_devices(pid):
+                    held = self._efa_seen.get((pid, owner)) or self._efa_devices(pid)
+                    if held:
+                        self._efa_seen[(pid, owner)] = held
+                    for device in held:
                         note(device, owner, via, efas)
+            self._efa_seen = {k: v for k, v in self._efa_seen.items() if k[0] in processes}
         fam = self.families()
         for (device, job), via in sorted(efas.items()):
             fam.add("fmdiag_efa_slurm_job_info", 1, {"device": device, "slurm_job_id": job, "via": via})

@@ -163,6 +163,17 @@ def test_efa_devices_are_attributed_to_the_jobs_whose_processes_hold_them(
         if s.name == "fmdiag_efa_slurm_job_info"
     }
     assert efas == {("rdmap79s0", "4242", "cgroup"), ("rdmap80s0", "4244", "cgroup")}
+    # Found once, a process's devices are not looked up again on every scrape (its fd table is
+    # long): with its fds gone from view, the attribution stands while the process runs.
+    fd = next(iter(slurm.ctx.paths.procfs.glob("4000/fd/*")))
+    fd.unlink()
+    again = {
+        (s.labels["device"], s.labels["slurm_job_id"])
+        for fam in slurm.collect()
+        for s in fam.samples
+        if s.name == "fmdiag_efa_slurm_job_info"
+    }
+    assert ("rdmap79s0", "4242") in again
 
 
 def test_the_prolog_mapping_directory_wins_and_bad_files_are_counted(
