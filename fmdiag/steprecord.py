@@ -92,81 +92,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _fast(obj: object) -> StepRecord | None:
-    """The common, valid record, checked with exact types in one pass; None: see ``_check``.
-
-    Analysis reads millions of records: this path costs a fraction of the full check, which
-    still decides (and words the error for) everything this one does not accept outright.
-    """
-    if type(obj) is not dict:
-        return None
-    get = obj.get
-    v, job, node = get("v", FORMAT_VERSION), get("job"), get("node")
-    rank, step, start, end = get("rank"), get("step"), get("start_ns"), get("end_ns")
-    if not (
-        type(v) is int
-        and 1 <= v <= FORMAT_VERSION
-        and type(job) is str
-        and job
-        and type(node) is str
-        and node
-        and type(rank) is int
-        and type(step) is int
-        and type(start) is int
-        and type(end) is int
-        and 0 <= rank <= MAX_INT
-        and 0 <= step <= MAX_INT
-        and 0 <= start <= end <= MAX_INT
-    ):
-        return None
-    phases: dict[str, float] = {}
-    for name in PHASES:
-        value = get(name)
-        if value is None:
-            continue
-        kind = type(value)
-        if not ((kind is float and 0 <= value < math.inf) or (kind is int and 0 <= value <= MAX_INT)):
-            return None
-        phases[name] = float(value)
-    extra: dict[str, int | float] = {}
-    for name, integer in OPTIONAL_NUMBERS.items():
-        value = get(name)
-        if value is None:
-            continue
-        kind = type(value)
-        if not (
-            (kind is int and 0 <= value <= MAX_INT)
-            or (not integer and kind is float and 0 <= value < math.inf)
-        ):
-            return None
-        extra[name] = value
-    gpu_time = extra.get("gpu_time")
-    return StepRecord(
-        job=job,
-        rank=rank,
-        node=node,
-        step=step,
-        start_ns=start,
-        end_ns=end,
-        v=v,
-        local_rank=extra.get("local_rank"),  # type: ignore[arg-type]
-        phases=phases,
-        tokens=extra.get("tokens"),  # type: ignore[arg-type]
-        samples=extra.get("samples"),  # type: ignore[arg-type]
-        dropped=extra.get("dropped", 0),  # type: ignore[arg-type]
-        gpu_time=None if gpu_time is None else float(gpu_time),
-        pid=extra.get("pid"),  # type: ignore[arg-type]
-    )
-
-
 def validate(obj: object, *, source: str = "", line: int = 0) -> StepRecord:
     """A :class:`StepRecord` from a decoded JSON value, or :class:`StepRecordError` saying why not.
 
     The error raised is the line's first problem; :func:`problems` lists them all.
     """
-    fast = _fast(obj)
-    if fast is not None:
-        return fast
     record, errors = _check(obj, source, line)
     if errors:
         raise errors[0]

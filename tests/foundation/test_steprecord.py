@@ -176,13 +176,10 @@ _VALUE = st.one_of(
 
 
 @given(st.dictionaries(st.sampled_from([*GOOD, *PHASES, "dropped", "samples", "gpu_time", "pid"]), _VALUE))
-def test_the_fast_path_agrees_with_the_full_check(changes: dict[str, Any]) -> None:
-    """Whatever the one-pass check accepts, the full check accepts as the same record."""
-    from fmdiag.steprecord import _check, _fast
-
-    obj = {**GOOD, **changes}
-    fast = _fast(obj)
-    full, errors = _check(obj, "", 0)
-    if fast is not None:
-        assert errors == [] and fast == full
-    assert _fast(dict(GOOD)) == _check(dict(GOOD), "", 0)[0] is not None
+def test_out_of_range_values_are_bad_lines_not_crashes(changes: dict[str, Any]) -> None:
+    """Huge integers (float() of one past 1e308 raises), NaN, infinities, bools: a clear error."""
+    try:
+        record = validate({**GOOD, **changes})
+    except StepRecordError:
+        return
+    assert all(0 <= v < float("inf") for v in record.phases.values())
