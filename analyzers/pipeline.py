@@ -81,6 +81,10 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     #: One per step (``verdicts.Verdict``); empty without step records.
     verdicts: list[Any] = field(default_factory=list)
+    #: Attribution, phases, aggregates, rank scores (``diagnosis.Diagnosis``); None without step records.
+    diagnosis: Any = None
+    #: The node metrics themselves (subsystem -> long-form frame), for reports that plot them.
+    metric_frames: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def _hta_rank(trace: Any, filtered: bool) -> dict[str, Any]:
@@ -277,14 +281,16 @@ def run(
         summaries = {sub: metrics_reader.summarize(sub, f) for sub, f in metrics.items()}
     if not step_files and not trace_files and not summaries and not skipped:
         raise InputError(str(dump), "no steps/, kineto/ or metrics/ data: nothing to analyse")
-    verdict_list: list[Any] = []
+    found: Any = None
     if steps["steps"] is not None and len(steps["steps"]):
-        from fmdiag.analyzers import verdicts  # noqa: PLC0415 - pandas is loaded already here
+        from fmdiag.analyzers import diagnosis  # noqa: PLC0415 - pandas is loaded already here
 
-        verdict_list = verdicts.classify(steps["steps"], metrics or {})
+        found = diagnosis.diagnose(steps["steps"], metrics or {})
     return Analysis(
         dump=str(dump),
-        verdicts=verdict_list,
+        verdicts=found.verdicts if found is not None else [],
+        diagnosis=found,
+        metric_frames=metrics or {},
         options=options,
         metrics=summaries,
         metrics_source=metrics_source,

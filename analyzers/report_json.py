@@ -81,9 +81,24 @@ def document(a: Analysis, table_of: Any = None) -> dict[str, Any]:
         "kineto": {"per_rank": table_of(a.kineto_breakdown), "spread": table_of(a.kineto_spread)},
         "hta": a.hta,
         "verdicts": [v.to_json() for v in a.verdicts],
+        **_diagnosis(a, table_of),
     }
     cleaned: dict[str, Any] = _clean(doc)
     return cleaned
+
+
+def _diagnosis(a: Analysis, table_of: Any) -> dict[str, Any]:
+    """Attribution, phases, aggregates, rank scores and change points (null without step records)."""
+    d = a.diagnosis
+    if d is None or d.attribution is None:
+        return {k: None for k in ("attribution", "phases", "aggregates", "rank_scores", "change_points")}
+    return {
+        "attribution": d.attribution.to_json(table_of),
+        "phases": d.phases,
+        "aggregates": d.aggregates,
+        "rank_scores": table_of(d.rank_scores),
+        "change_points": d.change_points,
+    }
 
 
 def dumps(a: Analysis) -> str:

@@ -31,11 +31,12 @@ def render(a: Analysis) -> str:
     lines: list[str] = [f"fmdiag analyze {a.dump}"]
     cov = a.steps_coverage
     if cov.records:
-        lines.append(
-            f"  step records: {cov.records} from {cov.files} files, ranks {len(cov.ranks)}"
+        head = (
+            f"step records: {cov.records} from {cov.files} files, ranks {len(cov.ranks)}"
             f" ({cov.ranks[0]}-{cov.ranks[-1]}), steps {cov.first_step}-{cov.last_step},"
             f" job {', '.join(cov.jobs)}"
         )
+        lines.extend(textwrap.wrap(head, 78, initial_indent="  ", subsequent_indent="    "))
         if cov.missing_ranks:
             lines.append(f"    missing ranks: {_ranges(_as_ranges(cov.missing_ranks))}")
         for rank, missing in sorted(cov.missing_steps.items())[:10]:
@@ -55,7 +56,11 @@ def render(a: Analysis) -> str:
         lines.append(f"  kineto traces: {len(a.traces)} (ranks {', '.join(map(str, ranks))})")
     if a.metrics:
         subs = ", ".join(f"{k} {v.series} series" for k, v in sorted(a.metrics.items()))
-        lines.append(f"  metrics ({a.metrics_source}): {subs}")
+        lines.extend(
+            textwrap.wrap(
+                f"metrics ({a.metrics_source}): {subs}", 78, initial_indent="  ", subsequent_indent="    "
+            )
+        )
     for s in a.skipped:
         lines.append(f"  skipped: {s.reason}")
     for w in a.warnings:
@@ -70,24 +75,58 @@ def render(a: Analysis) -> str:
 def _culprit(c: dict[str, object] | None) -> str:
     if not c:
         return "-"
-    parts = [f"{k} {c[k]}" for k in ("node", "rank", "gpu", "efa_device", "ost") if k in c]
+    if set(c) == {"job"}:
+        return "the whole job"
+    parts = [f"{k} {c[k]}" for k in ("node", "rank", "gpu", "efa_device", "ost", "job") if k in c]
     return ", ".join(parts)
 
 
 def _verdict_section(a: Analysis) -> list[str]:
-    """Runs of one verdict, one line each, then its recommendation wrapped to 80 columns."""
-    if not a.verdicts:
+    """Phases of one verdict, one line each with their onset and cost, then the recommendation."""
+    d = a.diagnosis
+    if not a.verdicts or d is None:
         return []
-    from fmdiag.analyzers import verdicts  # noqa: PLC0415 - only when there are verdicts
-
-    lines = ["verdicts (runs of one class):", f"  {'steps':<11} {'class':<10} culprit"]
-    for r in verdicts.runs(a.verdicts):
-        span = f"{r['first_step']}-{r['last_step']}" if r["steps"] > 1 else str(r["first_step"])
-        lines.append(f"  {span:<11} {r['class']:<10} {_culprit(r['culprit'])}")
-        if r["recommendation"]:
+    lines = ["", "Verdicts (phases of one class)"]
+    lines.append(f"  {'steps':<11} {'class':<10} {'onset':>6} {'lost':>7}  culprit")
+    for p in d.phases:
+        span = f"{p['first_step']}-{p['last_step']}" if p["steps"] > 1 else str(p["first_step"])
+        on = str(p["onset"]["step"]) if "onset" in p else ""
+        lost = f"{p['lost_fraction']:.1%}" if p["lost_s"] > 0 else ""
+        lines.append(f"  {span:<11} {p['class']:<10} {on:>6} {lost:>7}  {_culprit(p['culprit'])}")
+        if p["class"] != "compute" and p["recommendation"]:
             lines.extend(
-                textwrap.wrap(r["recommendation"], 78, initial_indent="    ", subsequent_indent="    ")
+                textwrap.wrap(p["recommendation"], 78, initial_indent="    ", subsequent_indent="    ")
             )
+    undecided = sorted({u for v in a.verdicts for u in v.undecided if "continuity" not in u})
+    for u in undecided[:5]:
+        lines.extend(textwrap.wrap(f"undecided: {u}", 78, initial_indent="  ", subsequent_indent="    "))
+    lines.extend(_lost_section(a))
+    return lines
+
+
+def _lost_section(a: Analysis) -> list[str]:
+    """What fixing each cause gives back, the targets to act on, and the ranks NVRx-style scores flag."""
+    d = a.diagnosis
+    lines: list[str] = []
+    statements = d.attribution.statements() if d.attribution else []
+    if statements:
+        lines += ["", "Time lost (what-if: the step time without the cause)"]
+        for s in statements:
+            lines.extend(textwrap.wrap(s, 78, initial_indent="  ", subsequent_indent="    "))
+        if not d.attribution.baseline.measured:
+            lines.append("  (no healthy stretch in the run: losses are lower bounds)")
+    targets = d.aggregates.get("targets", [])
+    if targets:
+        lines += ["", "Act on (ranked by the time they cost)"]
+        for t in targets[:5]:
+            lines.append(f"  {t['fraction']:6.1%}  {t['cause']:<10} {_culprit(t['target'])}")
+    scores = d.rank_scores
+    if scores is not None and len(scores) and bool(scores["flagged"].any()):
+        flagged = scores[scores["flagged"]]
+        lines += ["", f"Ranks below the score threshold ({len(flagged)} of {len(scores)}; 1.0 = best)"]
+        lines.append(f"  {'rank':>6} {'node':<14} {'relative':>9} {'own history':>12}")
+        for r in flagged.head(5).itertuples():
+            lines.append(f"  {r.rank:>6} {r.node:<14} {r.relative_score:9.3f} {r.individual_score:12.3f}")
     return lines
 
 
@@ -139,8 +178,8 @@ def _kineto_section(a: Analysis) -> list[str]:
     if not columns.length(complete):
         return []
     lines = ["", "Kineto: GPU time per rank, complete steps (share of span)"]
-    names = ("compute", "comm exp", "comm ovl", "memory", "idle", "host wt", "kern wt")
-    lines.append(f"  {'rank':>5} {'steps':>5} {'span s':>9} " + " ".join(f"{n:>8}" for n in names))
+    names = ("compute", "commexp", "commovl", "memory", "idle", "hostwt", "kernwt")
+    lines.append(f"  {'rank':>5} {'steps':>5} {'span s':>8} " + " ".join(f"{n:>7}" for n in names))
     shown = (
         "compute_s",
         "comm_exposed_s",
@@ -154,8 +193,8 @@ def _kineto_section(a: Analysis) -> list[str]:
         on = complete["rank"] == rank
         span = float(complete["span_s"][on].sum())
         steps = int(np.unique(complete["step"][on]).size)
-        shares = " ".join(f"{_pct(float(complete[c][on].sum()), span):>8}" for c in shown)
-        lines.append(f"  {int(rank):>5} {steps:>5} {span:9.4f} {shares}")
+        shares = " ".join(f"{_pct(float(complete[c][on].sum()), span):>7}" for c in shown)
+        lines.append(f"  {int(rank):>5} {steps:>5} {span:8.3f} {shares}")
     return lines
 
 

@@ -79,6 +79,8 @@ class Verdict:
     culprit: dict[str, Any] | None = None
     recommendation: str = ""
     undecided: list[str] = field(default_factory=list)
+    #: Other causes whose own test passed on this step (they cost time too: see attribution).
+    secondary: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +91,7 @@ class Verdict:
             "culprit": self.culprit,
             "recommendation": self.recommendation,
             "undecided": self.undecided,
+            "secondary": self.secondary,
         }
 
 
@@ -259,10 +262,15 @@ class MetricView:
 
 def classify(steps: pd.DataFrame, metrics: dict[str, pd.DataFrame] | None = None) -> list[Verdict]:
     """One verdict per step of the merged step records (see the module docstring for the rules)."""
-    feats = step_features(steps)
+    return classify_features(step_features(steps), MetricView(metrics or {}))
+
+
+def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdict]:
+    """The rules on per-step features; every cause whose own test passes is recorded, the first
+    in the order checkpoint stall, starvation, network, straggler is the verdict and the others
+    are its ``secondary`` causes (the attribution counts the time each of them cost)."""
     if not feats:
         return []
-    view = MetricView(metrics or {})
     ost = view.slowest_ost()
     typical = float(np.median([f.duration_s for f in feats]))
     out: list[Verdict] = []
@@ -271,7 +279,22 @@ def classify(steps: pd.DataFrame, metrics: dict[str, pd.DataFrame] | None = None
         window = feats[max(0, i - WINDOW) : i + WINDOW + 1]
         same_late = sum(w.late_rank == f.late_rank for w in window) / len(window)
         v = Verdict(step=f.step, cls="compute", confidence=0.6)
+        causes: list[str] = []
         if f.checkpoint_s > CHECKPOINT_STALL_STEPS * typical:
+            causes.append("checkpoint")
+        cpu = None
+        if f.data_wait_median > DATA_WAIT_FRACTION * work_s:
+            cpu = view.cpu_fractions(f.end_s, feats[-1].end_s)
+            causes.append(starvation_class(cpu))
+        if f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
+            causes.append("network")
+        hw = None
+        if same_late >= LATE_RANK_CONSISTENCY and f.late_local_rank >= 0:
+            hw = view.hw_slowdown(f.late_node, f.late_local_rank, f.end_s)
+            if hw is not None and hw[0] > 0:
+                causes.append("straggler")
+        first = causes[0] if causes else None
+        if first == "checkpoint":
             v.cls, v.confidence = "io", 0.8
             v.evidence.append(_ev("checkpoint_s", f.checkpoint_s, CHECKPOINT_STALL_STEPS * typical))
             v.culprit = None
@@ -279,31 +302,44 @@ def classify(steps: pd.DataFrame, metrics: dict[str, pd.DataFrame] | None = None
                 f"checkpoint took {f.checkpoint_s:.1f} s ({f.checkpoint_s / typical:.0f} steps): "
                 "check the checkpoint filesystem's write bandwidth or checkpoint less often"
             )
-        elif f.data_wait_median > DATA_WAIT_FRACTION * work_s:
-            _starved(v, f, work_s, view.cpu_fractions(f.end_s, feats[-1].end_s), ost)
-        elif f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
-            v.cls, v.confidence = "network", 0.8
-            v.evidence.append(_ev("comm_exposed_min_s", f.comm_min, NETWORK_FLOOR_FRACTION * work_s))
-            where = "check EFA throughput, retransmits and port state"
-            efa = view.efa_culprit(f.end_s)
-            if efa is not None:
-                v.culprit, errors, usual = efa
-                v.evidence.append(_ev("efa_error_events", errors, usual))
-                where = (
-                    f"{v.culprit['node']} {v.culprit['efa_device']} has {errors:.0f} error events in the "
-                    f"interval (median device {usual:.0f}): check its link and port state"
-                )
-            v.recommendation = (
-                f"every rank waits {f.comm_min * 1e3:.0f} ms or more in collectives with no late rank "
-                f"({f.comm_min / work_s:.0%} of the step): {where}"
-            )
+        elif first in ("io", "host"):
+            _starved(v, f, work_s, cpu, ost)
+        elif first == "network":
+            _network(v, f, work_s, view)
         elif same_late >= LATE_RANK_CONSISTENCY:
-            _straggler(v, f, work_s, same_late, view)
+            _straggler(v, f, work_s, same_late, view, hw)
         else:
             v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
             v.recommendation = "compute-bound: no input, network or hardware cause stands out"
+        v.secondary = [c for c in causes[1:] if c != v.cls]
         out.append(v)
     return smooth(out)
+
+
+def starvation_class(cpu: dict[str, float] | None) -> str:
+    """io or host for a step that starves for input: iowait says the filesystem, saturated CPUs
+    with no iowait say the loader; with no CPU data (or neither) io is assumed."""
+    if cpu is None or cpu.get("iowait", 0.0) >= IOWAIT_FRACTION:
+        return "io"
+    return "host" if cpu.get("user", 0.0) + cpu.get("system", 0.0) >= CPU_BUSY_FRACTION else "io"
+
+
+def _network(v: Verdict, f: StepFeatures, work_s: float, view: MetricView) -> None:
+    v.cls, v.confidence = "network", 0.8
+    v.evidence.append(_ev("comm_exposed_min_s", f.comm_min, NETWORK_FLOOR_FRACTION * work_s))
+    where = "check EFA throughput, retransmits and port state"
+    efa = view.efa_culprit(f.end_s)
+    if efa is not None:
+        v.culprit, errors, usual = efa
+        v.evidence.append(_ev("efa_error_events", errors, usual))
+        where = (
+            f"{v.culprit['node']} {v.culprit['efa_device']} has {errors:.0f} error events in the "
+            f"interval (median device {usual:.0f}): check its link and port state"
+        )
+    v.recommendation = (
+        f"every rank waits {f.comm_min * 1e3:.0f} ms or more in collectives with no late rank "
+        f"({f.comm_min / work_s:.0%} of the step): {where}"
+    )
 
 
 def _starved(
@@ -339,9 +375,15 @@ def _starved(
         )
 
 
-def _straggler(v: Verdict, f: StepFeatures, work_s: float, same_late: float, view: MetricView) -> None:
+def _straggler(
+    v: Verdict,
+    f: StepFeatures,
+    work_s: float,
+    same_late: float,
+    view: MetricView,
+    hw: tuple[float, str] | None,
+) -> None:
     v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
-    hw = view.hw_slowdown(f.late_node, f.late_local_rank, f.end_s) if f.late_local_rank >= 0 else None
     culprit = {"node": f.late_node, "rank": f.late_rank, "gpu": f.late_local_rank}
     behind = f.compute_late - f.compute_median
     if hw is None:
@@ -368,11 +410,24 @@ def _straggler(v: Verdict, f: StepFeatures, work_s: float, same_late: float, vie
     )
 
 
+#: A lone verdict whose deciding measurement is at least this many times its threshold is a
+#: real event (one slow collective of an intermittent link), not noise: the continuity rule keeps it.
+CLEAR_MARGIN = 1.5
+
+
+def _clear(v: Verdict) -> bool:
+    if not v.evidence:
+        return False
+    first = v.evidence[0]
+    return bool(first["baseline"] > 0 and first["value"] >= CLEAR_MARGIN * first["baseline"])
+
+
 def smooth(verdicts: list[Verdict]) -> list[Verdict]:
-    """Continuity: a lone verdict between two neighbours that agree takes their class."""
+    """Continuity: a lone verdict between two neighbours that agree takes their class, unless
+    the measurement that decided it is clearly past its threshold."""
     for i in range(1, len(verdicts) - 1):
         prev, cur, nxt = verdicts[i - 1], verdicts[i], verdicts[i + 1]
-        if prev.cls == nxt.cls != cur.cls and cur.cls != "io":
+        if prev.cls == nxt.cls != cur.cls and cur.cls != "io" and not _clear(cur):
             cur.undecided.append(
                 f"looked like {cur.cls} alone between two {prev.cls} steps (continuity rule)"
             )

@@ -199,5 +199,5 @@ def test_samples_against_truth(sample: str) -> None:
             assert v.culprit is not None
             assert (v.culprit["node"], v.culprit["rank"]) == (t["culprit"]["node"], t["culprit"]["rank"])
     text = report_text.render(analysis)
-    assert "verdicts (runs of one class):" in text
+    assert "Verdicts (phases of one class)" in text
     assert "-0.000" not in text and "unattributed_s" not in text  # simulated phases cover the step

@@ -1,0 +1,220 @@
+"""What-if attribution: per step, the time each cause cost — the step time it would give back.
+
+The cost of a cause is the step's time minus the time a healthy step of the same run takes (the
+median over steps with a ``compute`` verdict and no secondary cause, checkpoints left out): that
+is "the step time if the cause were removed" when it is the step's only cause. Step records
+cannot measure each cause's what-if directly — under FSDP a late rank's peers wait *inside*
+their forward and backward (the all-gathers), so neither the late rank's compute excess nor
+exposed communication shows the whole cost — so when several causes run at once the excess is
+shared among them in proportion to how far each cause's own signal stands above its healthy
+value: the late rank's compute over the median rank's (straggler), the least-waiting rank's
+exposed communication (network), the median data wait (io, host). A stalled checkpoint costs
+its time beyond a normal checkpoint's; a normal checkpoint costs nothing (it is work the job
+asked for).
+
+A cause is counted on a step only when its own test passed there (the verdict's class or one of
+its ``secondary`` causes), so noise on healthy steps is not booked as loss. A run with fewer than
+:data:`MIN_HEALTHY_STEPS` healthy steps (a fault from the first step) has no healthy step time to
+compare with: each cause is then costed by its own signal alone, which is a lower bound, and
+the document says so (``baseline.losses_are_lower_bounds``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fmdiag.analyzers.verdicts import NETWORK_FLOOR_FRACTION, StepFeatures, Verdict
+
+CAUSES: tuple[str, ...] = ("straggler", "network", "io", "host", "checkpoint")
+#: Healthy steps needed before their medians are trusted as the baseline.
+MIN_HEALTHY_STEPS = 5
+#: Columns of the per-step table, in order.
+COLUMNS: tuple[str, ...] = (
+    "step",
+    "duration_s",
+    "healthy_s",
+    *(f"lost_{c}_s" for c in CAUSES),
+    "lost_total_s",
+)
+
+
+@dataclass
+class Baseline:
+    """The healthy step the what-ifs compare with, and where its numbers came from."""
+
+    source: str
+    healthy_steps: int
+    duration_s: float
+    comm_min_s: float
+    data_wait_s: float
+    checkpoint_s: float
+    #: False when the run had too few healthy steps: losses are then lower bounds.
+    measured: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "losses_are_lower_bounds": not self.measured,
+            "healthy_steps": self.healthy_steps,
+            "duration_s": round(self.duration_s, 6),
+            "comm_exposed_min_s": round(self.comm_min_s, 6),
+            "data_wait_s": round(self.data_wait_s, 6),
+            "normal_checkpoint_s": round(self.checkpoint_s, 6),
+        }
+
+
+@dataclass
+class Attribution:
+    """Per-step losses (columns of :data:`COLUMNS`) and their sums over the run."""
+
+    baseline: Baseline
+    per_step: dict[str, np.ndarray]
+    #: The cause each step's loss of each cause is booked to, for the aggregates (step index ->
+    #: cause -> culprit dict or None for job-wide).
+    culprits: list[dict[str, dict[str, Any] | None]] = field(default_factory=list)
+
+    @property
+    def run_seconds(self) -> float:
+        return float(np.sum(self.per_step["duration_s"]))
+
+    def lost_s(self) -> dict[str, float]:
+        return {c: float(np.sum(self.per_step[f"lost_{c}_s"])) for c in CAUSES}
+
+    def statements(self) -> list[str]:
+        """ "fixing X gives back Y% of step time", for each cause that cost anything, biggest first."""
+        total = self.run_seconds
+        out = []
+        for cause, lost in sorted(self.lost_s().items(), key=lambda kv: -kv[1]):
+            if lost <= 0 or total <= 0:
+                continue
+            steps = int(np.count_nonzero(self.per_step[f"lost_{cause}_s"]))
+            bound = "at least " if not self.baseline.measured and cause != "checkpoint" else ""
+            out.append(
+                f"fixing {_WHAT[cause]} gives back {bound}{lost / total:.1%} of step time "
+                f"({lost:.1f} s over {steps} steps)"
+            )
+        return out
+
+    def to_json(self, table: Any) -> dict[str, Any]:
+        total = self.run_seconds
+        lost = self.lost_s()
+        return {
+            "baseline": self.baseline.to_json(),
+            "run": {
+                "duration_s": round(total, 6),
+                "lost_s": {c: round(v, 6) for c, v in lost.items()},
+                "fraction": {c: round(v / total, 6) if total > 0 else 0.0 for c, v in lost.items()},
+            },
+            "statements": self.statements(),
+            "per_step": table(self.per_step),
+        }
+
+
+_WHAT = {
+    "straggler": "the straggling rank",
+    "network": "the network",
+    "io": "data loading from storage",
+    "host": "the CPU-bound input pipeline",
+    "checkpoint": "the checkpoint stalls",
+}
+
+
+def baseline(feats: list[StepFeatures], verdicts: list[Verdict]) -> Baseline:
+    healthy = [
+        f
+        for f, v in zip(feats, verdicts, strict=True)
+        if v.cls == "compute" and not v.secondary and not v.undecided
+    ]
+    ckpt = [
+        f.checkpoint_s
+        for f, v in zip(feats, verdicts, strict=True)
+        if f.checkpoint_s > 0 and not is_checkpoint_stall(v)
+    ]
+    normal_ckpt = float(np.median(ckpt)) if ckpt else 0.0
+    if len(healthy) >= MIN_HEALTHY_STEPS:
+        return Baseline(
+            source="healthy steps",
+            healthy_steps=len(healthy),
+            duration_s=float(np.median([f.duration_s - f.checkpoint_s for f in healthy])),
+            comm_min_s=float(np.median([f.comm_min for f in healthy])),
+            data_wait_s=float(np.median([f.data_wait_median for f in healthy])),
+            checkpoint_s=normal_ckpt,
+        )
+    # no healthy stretch to learn from: the floors a healthy job stays under (the verdict rules'
+    # thresholds at half), so a whole-run fault is still costed, conservatively
+    work = float(np.min([f.duration_s - f.checkpoint_s for f in feats]))
+    return Baseline(
+        source="assumed (fewer than 5 healthy steps)",
+        measured=False,
+        healthy_steps=len(healthy),
+        duration_s=work,
+        comm_min_s=0.5 * NETWORK_FLOOR_FRACTION * work,
+        data_wait_s=0.0,
+        checkpoint_s=normal_ckpt,
+    )
+
+
+def is_checkpoint_stall(v: Verdict) -> bool:
+    """An ``io`` verdict given for a checkpoint that cost far more than a checkpoint does."""
+    return v.cls == "io" and any(e["metric"] == "checkpoint_s" for e in v.evidence)
+
+
+def _causes(v: Verdict) -> set[str]:
+    primary = "checkpoint" if is_checkpoint_stall(v) else v.cls
+    return {primary, *v.secondary} & set(CAUSES)
+
+
+def _signal(cause: str, f: StepFeatures, base: Baseline) -> float:
+    """How far the cause's own signal stands above its healthy value on this step (>= 0)."""
+    if cause == "straggler":
+        return max(f.compute_late - f.compute_median, 0.0)
+    if cause == "network":
+        return max(f.comm_min - base.comm_min_s, 0.0)
+    return max(f.data_wait_median - base.data_wait_s, 0.0)
+
+
+def _booked(cause: str, f: StepFeatures, v: Verdict) -> dict[str, Any] | None:
+    """The culprit a cause's loss on this step is booked to (None: the whole job)."""
+    if cause == "straggler":
+        own = v.culprit if v.cls == "straggler" and v.culprit else None
+        return own or {"node": f.late_node, "rank": f.late_rank, "gpu": f.late_local_rank}
+    return v.culprit if v.cls == cause else None
+
+
+def attribute(feats: list[StepFeatures], verdicts: list[Verdict]) -> Attribution:
+    """The losses of every step (see the module docstring for each cause's what-if)."""
+    base = baseline(feats, verdicts)
+    n = len(feats)
+    cols: dict[str, np.ndarray] = {c: np.zeros(n) for c in COLUMNS}
+    cols["step"] = np.array([f.step for f in feats], np.int64)
+    cols["duration_s"] = np.array([f.duration_s for f in feats])
+    cols["healthy_s"] = np.full(n, base.duration_s)
+    culprits: list[dict[str, dict[str, Any] | None]] = []
+    for i, (f, v) in enumerate(zip(feats, verdicts, strict=True)):
+        causes = _causes(v)
+        booked = {c: _booked(c, f, v) for c in causes}
+        culprits.append(booked)
+        if "checkpoint" in causes:
+            cols["lost_checkpoint_s"][i] = max(f.checkpoint_s - base.checkpoint_s, 0.0)
+        running = sorted(causes - {"checkpoint"})
+        if not running:
+            continue
+        signal = {c: _signal(c, f, base) for c in running}
+        if not base.measured:
+            # no healthy step to compare with: each cause's own signal, a lower bound
+            for c in running:
+                cols[f"lost_{c}_s"][i] = min(signal[c], f.duration_s)
+            continue
+        # the step's excess over a healthy step, shared by the causes in proportion to their signals
+        excess = max(f.duration_s - f.checkpoint_s - base.duration_s, 0.0)
+        weight = sum(signal.values())
+        for c in running:
+            share = signal[c] / weight if weight > 0 else 1.0 / len(running)
+            cols[f"lost_{c}_s"][i] = excess * share
+    for c in CAUSES:
+        cols[f"lost_{c}_s"] = np.round(cols[f"lost_{c}_s"], 9)
+    cols["lost_total_s"] = np.round(np.sum([cols[f"lost_{c}_s"] for c in CAUSES], axis=0), 9)
+    return Attribution(baseline=base, per_step=cols, culprits=culprits)

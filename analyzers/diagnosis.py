@@ -1,0 +1,42 @@
+"""The diagnosis of a run: verdicts, what-if attribution, onsets, aggregates and rank scores.
+
+One function over the merged step records and the node metrics, so the pipeline makes one call
+and each part stays a module of its own (``verdicts``, ``attribution``, ``onset``,
+``aggregates``, ``rank_scores``) that its tests drive alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from fmdiag.analyzers import aggregates, attribution, onset, rank_scores, verdicts
+
+
+@dataclass
+class Diagnosis:
+    verdicts: list[verdicts.Verdict]
+    attribution: attribution.Attribution | None
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    aggregates: dict[str, Any] = field(default_factory=dict)
+    change_points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rank_scores: pd.DataFrame | None = None
+
+
+def diagnose(steps: pd.DataFrame, metrics: dict[str, pd.DataFrame] | None) -> Diagnosis:
+    feats = verdicts.step_features(steps)
+    found = verdicts.classify_features(feats, verdicts.MetricView(metrics or {}))
+    if not found:
+        return Diagnosis(verdicts=[], attribution=None)
+    attr = attribution.attribute(feats, found)
+    change = onset.all_change_points(feats)
+    return Diagnosis(
+        verdicts=found,
+        attribution=attr,
+        phases=aggregates.phases(feats, found, attr, change),
+        aggregates=aggregates.aggregates(found, attr),
+        change_points=change,
+        rank_scores=rank_scores.scores(steps, {v.step for v in found if v.cls in ("compute", "straggler")}),
+    )

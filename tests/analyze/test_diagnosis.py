@@ -1,0 +1,193 @@
+"""Attribution, onsets, aggregates and rank scores: on synthetic series, and against the samples'
+counterfactual truth (the simulator replays each step without each fault: physics the analyzer
+never sees)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fmdiag.analyzers import onset, pipeline, report_json
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def _truth(sample: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((SAMPLES / sample / "truth.json").read_text())
+    return doc
+
+
+def _truth_lost(truth: dict[str, Any]) -> dict[str, float]:
+    lost: dict[str, float] = {}
+    for s in truth["steps"]:
+        for key, seconds in s["lost_s"].items():
+            if key != "communication":
+                cls = truth["faults"][int(key)]["class"]
+                lost[cls] = lost.get(cls, 0.0) + seconds
+    return lost
+
+
+def _truth_runs(truth: dict[str, Any]) -> list[tuple[str, int]]:
+    """(class, first step) of each run of one non-compute class in the truth."""
+    out: list[tuple[str, int]] = []
+    prev = "compute"
+    for s in truth["steps"]:
+        if s["class"] != prev and s["class"] != "compute":
+            out.append((s["class"], s["step"]))
+        prev = s["class"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def analyses() -> dict[str, pipeline.Analysis]:
+    names = [p.name for p in SAMPLES.iterdir() if (p / "truth.json").exists()]
+    return {n: pipeline.run(SAMPLES / n, pipeline.Options(workers=1)) for n in names}
+
+
+# -- change points -------------------------------------------------------------------------------
+
+
+def test_change_point_found_where_the_mean_shifts() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([1.0 + 0.01 * rng.standard_normal(30), 1.3 + 0.01 * rng.standard_normal(30)])
+    assert onset.change_points(x) == [30]
+
+
+def test_noise_and_constant_series_have_no_change_point() -> None:
+    rng = np.random.default_rng(4)
+    assert onset.change_points(1.0 + 0.02 * rng.standard_normal(200)) == []
+    assert onset.change_points(np.full(50, 1.0)) == []
+    # a sub-floor wobble of a perfectly steady signal is not a shift
+    x = np.r_[np.full(20, 1.0), np.full(20, 1.0001)]
+    assert onset.change_points(x, floor=0.01) == []
+
+
+def test_several_shifts_are_all_found() -> None:
+    rng = np.random.default_rng(5)
+    levels = [1.0, 1.5, 1.0, 2.0]
+    x = np.concatenate([lv + 0.02 * rng.standard_normal(25) for lv in levels])
+    assert onset.change_points(x) == [25, 50, 75]
+
+
+# -- attribution against the counterfactual truth -------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", ["mixed", "straggler-ramp", "host-dataloader", "network-intermittent"])
+def test_what_if_matches_the_truth_where_the_run_has_healthy_steps(
+    analyses: dict[str, pipeline.Analysis], sample: str
+) -> None:
+    d = analyses[sample].diagnosis
+    assert d.attribution.baseline.measured
+    got = d.attribution.lost_s()
+    for cls, seconds in _truth_lost(_truth(sample)).items():
+        assert got[cls] == pytest.approx(seconds, rel=0.2), (cls, got, seconds)
+
+
+@pytest.mark.parametrize("sample", ["straggler-thermal", "straggler-power", "network-node", "io-lustre"])
+def test_whole_run_faults_are_costed_as_lower_bounds(
+    analyses: dict[str, pipeline.Analysis], sample: str
+) -> None:
+    d = analyses[sample].diagnosis
+    assert not d.attribution.baseline.measured
+    got = d.attribution.lost_s()
+    for cls, seconds in _truth_lost(_truth(sample)).items():
+        assert 0 < got[cls] <= seconds
+    assert all(s.startswith("fixing") and "at least" in s for s in d.attribution.statements())
+
+
+def test_healthy_and_imbalance_lose_nothing(analyses: dict[str, pipeline.Analysis]) -> None:
+    for sample in ("healthy", "imbalance-data"):
+        d = analyses[sample].diagnosis
+        assert sum(d.attribution.lost_s().values()) == 0.0
+        assert d.attribution.statements() == []
+        assert d.aggregates["targets"] == []
+
+
+def test_checkpoint_stall_costs_the_stall_and_a_normal_checkpoint_nothing(
+    analyses: dict[str, pipeline.Analysis],
+) -> None:
+    stall = analyses["checkpoint-stall"].diagnosis.attribution
+    assert stall.lost_s()["checkpoint"] > 0.5 * _truth_lost(_truth("checkpoint-stall"))["io"]
+    healthy = analyses["healthy"].diagnosis.attribution
+    assert healthy.baseline.checkpoint_s > 0  # the healthy sample checkpoints, and it costs nothing
+    assert healthy.lost_s()["checkpoint"] == 0.0
+
+
+def test_overlapping_causes_never_exceed_the_step(analyses: dict[str, pipeline.Analysis]) -> None:
+    for a in analyses.values():
+        per = a.diagnosis.attribution.per_step
+        assert np.all(per["lost_total_s"] <= per["duration_s"] + 1e-9)
+        assert np.all(per["lost_total_s"] >= 0)
+
+
+# -- onsets and phases ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", ["mixed", "straggler-ramp", "network-intermittent", "host-dataloader"])
+def test_onset_within_three_steps_of_the_truth(analyses: dict[str, pipeline.Analysis], sample: str) -> None:
+    phases = analyses[sample].diagnosis.phases
+    for cls, first in _truth_runs(_truth(sample)):
+        onsets = [p["onset"]["step"] for p in phases if p["class"] == cls and "onset" in p]
+        assert onsets, (cls, first)
+        assert min(abs(o - first) for o in onsets) <= 3, (cls, first, onsets)
+
+
+def test_phases_cover_every_step_once(analyses: dict[str, pipeline.Analysis]) -> None:
+    for a in analyses.values():
+        phases = a.diagnosis.phases
+        covered = [s for p in phases for s in range(p["first_step"], p["last_step"] + 1)]
+        assert covered == [v.step for v in a.verdicts]
+
+
+# -- aggregates and rank scores -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", ["straggler-thermal", "straggler-power", "straggler-ramp"])
+def test_straggler_is_the_top_target_and_the_only_flagged_rank(
+    analyses: dict[str, pipeline.Analysis], sample: str
+) -> None:
+    d = analyses[sample].diagnosis
+    culprit = _truth(sample)["faults"][0]["culprit"]
+    top = d.aggregates["targets"][0]
+    assert top["cause"] == "straggler"
+    assert (top["target"]["node"], top["target"]["rank"]) == (culprit["node"], culprit["rank"])
+    assert d.aggregates["by_node"][0]["node"] == culprit["node"]
+    flagged = d.rank_scores[d.rank_scores["flagged"]]
+    assert list(flagged["rank"]) == [culprit["rank"]]
+    assert float(flagged["relative_score"].iloc[0]) < float(d.rank_scores["relative_score"].median())
+
+
+def test_no_rank_flagged_without_a_hardware_straggler(analyses: dict[str, pipeline.Analysis]) -> None:
+    for sample in ("healthy", "imbalance-data", "io-lustre", "network-node", "host-dataloader"):
+        scores = analyses[sample].diagnosis.rank_scores
+        assert not scores["flagged"].any(), (sample, scores.head(3))
+
+
+def test_mixed_names_each_culprit_with_its_cost(analyses: dict[str, pipeline.Analysis]) -> None:
+    d = analyses["mixed"].diagnosis
+    causes = [t["cause"] for t in d.aggregates["targets"]]
+    assert set(causes) >= {"io", "network", "straggler", "host"}
+    fractions = [t["fraction"] for t in d.aggregates["targets"]]
+    assert fractions == sorted(fractions, reverse=True)
+    assert sum(fractions) <= 1.0
+
+
+def test_json_document_carries_the_diagnosis(analyses: dict[str, pipeline.Analysis]) -> None:
+    doc = json.loads(report_json.dumps(analyses["mixed"]))
+    attr = doc["attribution"]
+    assert attr["baseline"]["source"] == "healthy steps"
+    assert attr["per_step"]["columns"][:3] == ["step", "duration_s", "healthy_s"]
+    assert len(attr["per_step"]["rows"]) == len(doc["verdicts"])
+    assert attr["statements"][0].startswith("fixing data loading from storage gives back")
+    assert [p["class"] for p in doc["phases"] if p["class"] != "compute"] == [
+        "io",
+        "network",
+        "straggler",
+        "host",
+    ]
+    assert doc["rank_scores"]["columns"][0] == "rank"
+    assert set(doc["change_points"]) == set(onset.SIGNALS)
