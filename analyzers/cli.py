@@ -81,6 +81,14 @@ def _live_metrics(
     "--json", "as_json", is_flag=True, help="Write the versioned JSON document (docs/analyze.md) to stdout."
 )
 @click.option(
+    "--html",
+    "html_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Also write a self-contained HTML report with figures (opens offline) to FILE.",
+)
+@click.option(
     "--hta-compatible",
     is_flag=True,
     help="Also report Holistic Trace Analysis' per-rank numbers by its definitions.",
@@ -126,6 +134,7 @@ def _live_metrics(
 def analyze(
     dump: Path,
     as_json: bool,
+    html_out: Path | None,
     hta_compatible: bool,
     keep_going: bool,
     workers: int | None,
@@ -157,6 +166,14 @@ def analyze(
     except (InputError, prometheus_source.PrometheusError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.stdout.write(report_json.dumps(result) if as_json else report_text.render(result))
+    if html_out is not None:
+        from fmdiag.analyzers import report_html  # noqa: PLC0415 - plotly loads only for --html
+
+        try:
+            html_out.write_text(report_html.render(result, report_json.document(result)), encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"{html_out}: cannot write: {exc.strerror or exc}") from None
+        click.echo(f"wrote {html_out}", err=True)
 
 
 @click.command("collect")
