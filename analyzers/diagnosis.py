@@ -8,11 +8,12 @@ and each part stays a module of its own (``verdicts``, ``attribution``, ``onset`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from fmdiag.analyzers import aggregates, attribution, columns, onset, rank_scores, verdicts
 
-from fmdiag.analyzers import aggregates, attribution, onset, rank_scores, verdicts
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -22,10 +23,11 @@ class Diagnosis:
     phases: list[dict[str, Any]] = field(default_factory=list)
     aggregates: dict[str, Any] = field(default_factory=dict)
     change_points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    rank_scores: pd.DataFrame | None = None
+    #: ``rank_scores.COLUMNS`` as numpy columns (the Kineto-only path never loads pandas).
+    rank_scores: columns.Columns | None = None
 
 
-def diagnose(steps: pd.DataFrame, metrics: dict[str, pd.DataFrame] | None) -> Diagnosis:
+def diagnose(steps: pd.DataFrame | columns.Columns, metrics: dict[str, pd.DataFrame] | None) -> Diagnosis:
     feats = verdicts.step_features(steps)
     found = verdicts.classify_features(feats, verdicts.MetricView(metrics or {}))
     if not found:

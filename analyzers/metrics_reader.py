@@ -11,12 +11,13 @@ answers go through :func:`frame_from_columns`, so both sources give identical fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fmdiag import dumpformat
@@ -36,8 +37,7 @@ class MetricsSummary:
     last: float | None
 
 
-def read_file(path: Any, subsystem: str) -> pd.DataFrame:
-    """One ``metrics/<subsystem>.parquet``; InputError naming the file when it cannot be used."""
+def _table(path: Any, subsystem: str) -> pa.Table:
     source = str(path)
     try:
         schema = pq.read_schema(path)
@@ -54,8 +54,48 @@ def read_file(path: Any, subsystem: str) -> pd.DataFrame:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(source, f"cannot read the data: {exc}") from None
-    frame: pd.DataFrame = table.to_pandas()
+    return table
+
+
+def read_file(path: Any, subsystem: str) -> pd.DataFrame:
+    """One ``metrics/<subsystem>.parquet``; InputError naming the file when it cannot be used."""
+    frame: pd.DataFrame = _table(path, subsystem).to_pandas()
     return frame
+
+
+def read_used(path: Any, subsystem: str, keep: Collection[str]) -> tuple[pd.DataFrame, MetricsSummary]:
+    """The rows of the metrics in ``keep`` as a frame, and the summary of the *whole* file.
+
+    The summary is computed in Arrow and the filter applied before the conversion to pandas,
+    which is most of the cost of a big dump (``fmdiag.analyzers.metric_use``).
+    """
+    table = _table(path, subsystem)
+    summary = summarize_table(subsystem, table)
+    kept = table.filter(pc.is_in(table["metric"].cast(pa.string()), value_set=pa.array(sorted(keep))))
+    frame: pd.DataFrame = kept.to_pandas()
+    for name in frame.columns:
+        if isinstance(frame[name].dtype, pd.CategoricalDtype):
+            frame[name] = frame[name].cat.remove_unused_categories()
+    return frame, summary
+
+
+def summarize_table(subsystem: str, table: pa.Table) -> MetricsSummary:
+    """:func:`summarize` on an Arrow table (same numbers, without building the frame)."""
+    if not table.num_rows:
+        return MetricsSummary(subsystem, 0, 0, 0, [], None, None)
+    labels = [c for c in table.column_names if c not in ("timestamp", "value")]
+    plain = pa.table({c: table[c].cast(pa.string()) for c in labels})
+    series = plain.group_by(labels).aggregate([]).num_rows
+    ts = pc.min_max(table["timestamp"])
+    return MetricsSummary(
+        subsystem=subsystem,
+        rows=table.num_rows,
+        series=series,
+        metrics=len(pc.unique(plain["metric"])),
+        instances=sorted(str(i) for i in pc.unique(plain["instance"]).to_pylist()),
+        first=float(ts["min"].as_py()),
+        last=float(ts["max"].as_py()),
+    )
 
 
 def read_dump(layout: dumpformat.DumpLayout) -> dict[str, pd.DataFrame]:

@@ -269,16 +269,19 @@ def run(
         from fmdiag.analyzers import metrics_reader  # noqa: PLC0415 - pyarrow only when there are metrics
 
         if metrics is None:
+            from fmdiag.analyzers import metric_use  # noqa: PLC0415
+
             metrics = {}
             for sub, path in metric_files.items():
                 try:
-                    metrics[sub] = metrics_reader.read_file(path, sub)
+                    metrics[sub], summaries[sub] = metrics_reader.read_used(path, sub, metric_use.USED)
                 except InputError as exc:
                     if not options.keep_going:
                         raise
                     skipped.append(Skipped.of(exc))
             metrics_source = "dump" if metrics else None
-        summaries = {sub: metrics_reader.summarize(sub, f) for sub, f in metrics.items()}
+        else:
+            summaries = {sub: metrics_reader.summarize(sub, f) for sub, f in metrics.items()}
     if not step_files and not trace_files and not summaries and not skipped:
         raise InputError(str(dump), "no steps/, kineto/ or metrics/ data: nothing to analyse")
     found: Any = None
@@ -286,6 +289,16 @@ def run(
         from fmdiag.analyzers import diagnosis  # noqa: PLC0415 - pandas is loaded already here
 
         found = diagnosis.diagnose(steps["steps"], metrics or {})
+    elif columns.length(kineto["kineto_breakdown"]):
+        from fmdiag.analyzers import diagnosis, kineto_steps  # noqa: PLC0415
+
+        frame = kineto_steps.step_frame(kineto["kineto_breakdown"])
+        if columns.length(frame):
+            found = diagnosis.diagnose(frame, metrics or {})
+            warnings.append(
+                f"verdicts from Kineto traces alone ({len(np.unique(frame['rank']))} ranks): data wait is the"
+                " GPU's host-wait idle time, and a trace does not say which node or GPU a rank runs on"
+            )
     return Analysis(
         dump=str(dump),
         verdicts=found.verdicts if found is not None else [],

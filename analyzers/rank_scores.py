@@ -21,8 +21,11 @@ also slowed more than its peers did (a job-wide slowdown is not one rank's fault
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import pandas as pd
+
+from fmdiag.analyzers import columns
 
 #: Relative score under which a rank is flagged whatever its peers score.
 THRESHOLD = 0.9
@@ -46,75 +49,94 @@ COLUMNS = (
 )
 
 
-def compute_time(steps: pd.DataFrame) -> pd.Series:
+def _col(steps: Any, name: str, n: int) -> np.ndarray:
+    return np.asarray(steps[name], dtype=np.float64) if name in steps else np.full(n, np.nan)
+
+
+def compute_time(steps: Any) -> np.ndarray:
     """Each record's compute: forward + backward, or what is left of the step without them."""
-    fwd = steps.get("forward")
-    bwd = steps.get("backward")
-    left = steps["duration_s"].copy()
-    for col in ("comm_exposed", "data_wait", "checkpoint", "optimizer"):
-        if col in steps:
-            left = left - steps[col].fillna(0.0)
-    if fwd is None or bwd is None:
-        return left
-    both = fwd + bwd
-    return both.where(both.notna(), left)
+    n = len(steps["step"])
+    left = np.asarray(steps["duration_s"], dtype=np.float64).copy()
+    for name in ("comm_exposed", "data_wait", "checkpoint", "optimizer"):
+        left -= np.nan_to_num(_col(steps, name, n), nan=0.0)
+    both = _col(steps, "forward", n) + _col(steps, "backward", n)
+    return np.where(np.isnan(both), left, both)
 
 
-def scores(
-    steps: pd.DataFrame, only_steps: set[int] | None = None, threshold: float = THRESHOLD
-) -> pd.DataFrame:
+def _segments(keys: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Row indexes grouped by key (keys sorted ascending), and the keys."""
+    order = np.argsort(keys, kind="stable")
+    cuts = np.flatnonzero(np.diff(keys[order])) + 1
+    groups = np.split(order, cuts)
+    return keys[order][np.r_[0, cuts]] if len(order) else keys[:0], groups
+
+
+def scores(steps: Any, only_steps: set[int] | None = None, threshold: float = THRESHOLD) -> columns.Columns:
     """One row per rank (:data:`COLUMNS`), the lowest relative score first.
 
-    ``only_steps``: the steps to score on — the diagnosis passes those whose verdict is
-    compute or straggler, since on an io, host or network step a rank's compute phases hold
-    its waits for the slow data or fabric, not its own speed (all steps when none is left).
+    ``steps``: the merged step records (a pandas frame or numpy columns). ``only_steps``: the
+    steps to score on — the diagnosis passes those whose verdict is compute or straggler, since
+    on an io, host or network step a rank's compute phases hold its waits for the slow data or
+    fabric, not its own speed (all steps when none is left).
     """
-    if steps is None or not len(steps):
-        return pd.DataFrame({c: [] for c in COLUMNS})
-    if only_steps:
-        kept = steps[steps["step"].isin(only_steps)]
-        steps = kept if len(kept) else steps
-    frame = pd.DataFrame(
-        {
-            "rank": steps["rank"].to_numpy(),
-            "step": steps["step"].to_numpy(),
-            "compute": compute_time(steps).to_numpy(),
-        }
+    n = len(steps["step"]) if steps is not None else 0
+    empty = {c: np.array([]) for c in COLUMNS}
+    if not n:
+        return empty
+    step = np.asarray(steps["step"], dtype=np.int64)
+    keep = np.isin(step, list(only_steps)) if only_steps else np.ones(n, bool)
+    if not keep.any():
+        keep = np.ones(n, bool)
+    idx = np.flatnonzero(keep)
+    step = step[idx]
+    rank = np.asarray(steps["rank"], dtype=np.int64)[idx]
+    node = np.asarray(steps["node"]).astype(str)[idx]
+    local = (
+        np.nan_to_num(np.asarray(steps["local_rank"], dtype=np.float64), nan=-1.0).astype(np.int64)[idx]
+        if "local_rank" in steps
+        else np.full(len(idx), -1, np.int64)
     )
-    n_steps = int(frame["step"].nunique())
+    compute = compute_time(steps)[idx]
+    # per step, the fastest rank's compute over each rank's
+    fastest = np.empty(len(idx))
+    for group in _segments(step)[1]:
+        fastest[group] = np.nanmin(compute[group]) if np.isfinite(compute[group]).any() else np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(compute > 0, fastest / compute, np.nan)
+    n_steps = len(np.unique(step))
     block = max(MIN_BLOCK, -(-n_steps // BLOCKS))
-    first = int(frame["step"].min())
-    frame["block"] = (frame["step"] - first) // block
-    fastest = frame.groupby("step")["compute"].transform("min")
-    frame["ratio"] = np.where(frame["compute"] > 0, fastest / frame["compute"], np.nan)
-    per_block = frame.groupby(["rank", "block"], sort=True)["compute"].median()
-    best_block = per_block.groupby(level="rank").min()
-    last_block = per_block.groupby(level="rank").last()
-    by_rank = frame.groupby("rank", sort=True)
-    med = by_rank["compute"].median()
-    relative = by_rank["ratio"].median().to_numpy()
-    where = steps.drop_duplicates("rank").set_index("rank")
-    out = pd.DataFrame(
-        {
-            "rank": med.index.to_numpy(np.int64),
-            "node": where.loc[med.index, "node"].astype(str).to_numpy(),
-            "local_rank": (
-                where.loc[med.index, "local_rank"].to_numpy(np.int64)
-                if "local_rank" in where
-                else np.full(len(med), -1)
-            ),
-            "steps": by_rank["compute"].size().to_numpy(np.int64),
-            "compute_median_s": med.to_numpy().round(6),
-            "relative_score": np.clip(relative, 0.0, 1.0).round(4),
-            "individual_score": np.clip(best_block.to_numpy() / last_block.to_numpy(), 0.0, 1.0).round(4),
-        }
-    )
-    rel = out["relative_score"].to_numpy()
+    blocks = (step - step.min()) // block
+    ranks, groups = _segments(rank)
+    out: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+    for r, unordered in zip(ranks, groups, strict=True):
+        g = unordered[np.argsort(step[unordered], kind="stable")]
+        medians = [float(np.nanmedian(compute[g][blocks[g] == b])) for b in np.unique(blocks[g])]
+        out["rank"].append(int(r))
+        out["node"].append(str(node[g[0]]))
+        out["local_rank"].append(int(local[g[0]]))
+        out["steps"].append(len(g))
+        out["compute_median_s"].append(round(float(np.nanmedian(compute[g])), 6))
+        out["relative_score"].append(round(float(np.clip(np.nanmedian(ratio[g]), 0.0, 1.0)), 4))
+        out["individual_score"].append(round(float(np.clip(min(medians) / medians[-1], 0.0, 1.0)), 4))
+    cols: columns.Columns = {
+        "rank": np.array(out["rank"], np.int64),
+        "node": np.array(out["node"], dtype=object),
+        "local_rank": np.array(out["local_rank"], np.int64),
+        "steps": np.array(out["steps"], np.int64),
+        "compute_median_s": np.array(out["compute_median_s"]),
+        "relative_score": np.array(out["relative_score"]),
+        "individual_score": np.array(out["individual_score"]),
+    }
+    rel, own = cols["relative_score"], cols["individual_score"]
     centre = float(np.nanmedian(rel))
     mad = float(np.nanmedian(np.abs(rel - centre)))
     outlier = (rel < centre - OUTLIER_MADS * mad) & (rel < centre - OUTLIER_GAP)
-    own = out["individual_score"].to_numpy()
     # slower than its own past *and* than its peers got: a job-wide slowdown is not a rank's fault
     slowed = (own < INDIVIDUAL_THRESHOLD) & (own < float(np.nanmedian(own)) - OUTLIER_GAP)
-    out["flagged"] = (rel < threshold) | outlier | slowed
-    return out.sort_values(["relative_score", "rank"], kind="stable").reset_index(drop=True)
+    cols["flagged"] = (rel < threshold) | outlier | slowed
+    order = np.lexsort((cols["rank"], rel))
+    return {c: v[order] for c, v in cols.items()}
+
+
+def flagged(cols: columns.Columns) -> columns.Columns:
+    return columns.select(cols, np.asarray(cols["flagged"], bool))

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 
 from fmdiag import steprecord
-from fmdiag.analyzers import columns
+from fmdiag.analyzers import columns, rank_scores
 from fmdiag.analyzers.pipeline import Analysis
 
 #: How many of the slowest steps to list.
@@ -62,14 +62,26 @@ def render(a: Analysis) -> str:
             )
         )
     for s in a.skipped:
-        lines.append(f"  skipped: {s.reason}")
+        lines.extend(_wrap(f"skipped: {s.reason}"))
     for w in a.warnings:
-        lines.append(f"  warning: {w}")
+        lines.extend(_wrap(f"warning: {w}"))
     lines.extend(_steps_section(a))
     lines.extend(_kineto_section(a))
     lines.extend(_hta_section(a))
     lines.extend(_verdict_section(a))
     return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str) -> list[str]:
+    """80 columns, but a path or other long word is never split (it must stay copyable)."""
+    return textwrap.wrap(
+        text,
+        78,
+        initial_indent="  ",
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _culprit(c: dict[str, object] | None) -> str:
@@ -121,12 +133,16 @@ def _lost_section(a: Analysis) -> list[str]:
         for t in targets[:5]:
             lines.append(f"  {t['fraction']:6.1%}  {t['cause']:<10} {_culprit(t['target'])}")
     scores = d.rank_scores
-    if scores is not None and len(scores) and bool(scores["flagged"].any()):
-        flagged = scores[scores["flagged"]]
-        lines += ["", f"Ranks below the score threshold ({len(flagged)} of {len(scores)}; 1.0 = best)"]
+    if scores is not None and columns.length(scores) and bool(np.any(scores["flagged"])):
+        bad = rank_scores.flagged(scores)
+        total = columns.length(scores)
+        lines += ["", f"Ranks below the score threshold ({columns.length(bad)} of {total}; 1.0 = best)"]
         lines.append(f"  {'rank':>6} {'node':<14} {'relative':>9} {'own history':>12}")
-        for r in flagged.head(5).itertuples():
-            lines.append(f"  {r.rank:>6} {r.node:<14} {r.relative_score:9.3f} {r.individual_score:12.3f}")
+        for i in range(min(5, columns.length(bad))):
+            lines.append(
+                f"  {int(bad['rank'][i]):>6} {bad['node'][i]:<14} {bad['relative_score'][i]:9.3f}"
+                f" {bad['individual_score'][i]:12.3f}"
+            )
     return lines
 
 

@@ -27,12 +27,14 @@ tell io from host) the verdict keeps the step-record answer, lowers its confiden
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fmdiag.dumpformat import VERDICT_CLASSES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Clock-event reason bits that mean the hardware slowed the GPU (NVML): HW slowdown 0x8,
 #: HW thermal slowdown 0x40, HW power brake 0x80. SW power cap (0x4) is normal under load.
@@ -117,33 +119,50 @@ class StepFeatures:
     compute_median: float
 
 
-def step_features(steps: pd.DataFrame) -> list[StepFeatures]:
-    """Per-step features; NaN phases count as 0 (a writer that did not record the phase)."""
-    frame = steps.copy()
-    for col in ("data_wait", "forward", "backward", "comm_exposed", "checkpoint"):
-        frame[col] = frame[col].fillna(0.0) if col in frame else 0.0
-    if "local_rank" not in frame:
-        frame["local_rank"] = -1
-    frame["compute"] = frame["forward"] + frame["backward"]
+def step_features(steps: Any) -> list[StepFeatures]:
+    """Per-step features from the merged step records (a pandas frame or numpy columns: the
+    Kineto-only path builds the latter and never loads pandas); NaN phases count as 0 (a writer
+    that did not record the phase)."""
+    n = len(steps["step"])
+    if n == 0:
+        return []
+
+    def col(name: str) -> np.ndarray:
+        if name not in steps:
+            return np.zeros(n)
+        return np.nan_to_num(np.asarray(steps[name], dtype=np.float64), nan=0.0)
+
+    data_wait, comm, ckpt = col("data_wait"), col("comm_exposed"), col("checkpoint")
+    compute = col("forward") + col("backward")
+    duration = np.asarray(steps["duration_s"], dtype=np.float64)
+    end_ns = np.asarray(steps["end_ns"], dtype=np.int64)
+    rank = np.asarray(steps["rank"], dtype=np.int64)
+    node = np.asarray(steps["node"]).astype(str)
+    local = (
+        np.nan_to_num(np.asarray(steps["local_rank"], dtype=np.float64), nan=-1.0).astype(np.int64)
+        if "local_rank" in steps
+        else np.full(n, -1, np.int64)
+    )
+    step = np.asarray(steps["step"], dtype=np.int64)
+    order = np.argsort(step, kind="stable")  # within a step, rows keep their order (by rank)
+    cuts = np.flatnonzero(np.diff(step[order])) + 1
     out = []
-    for step, g in frame.groupby("step", sort=True):
-        at = int(np.argmin(g["comm_exposed"].to_numpy()))
-        late = g.iloc[at]
-        local = late["local_rank"]
+    for idx in np.split(order, cuts):
+        late = int(idx[np.argmin(comm[idx])])
         out.append(
             StepFeatures(
-                step=int(step),  # type: ignore[call-overload,arg-type]
-                end_s=float(g["end_ns"].median()) / 1e9,
-                duration_s=float(g["duration_s"].median()),
-                checkpoint_s=float(g["checkpoint"].max()),
-                data_wait_median=float(g["data_wait"].median()),
-                late_rank=int(late["rank"]),
-                late_node=str(late["node"]),
-                late_local_rank=int(local) if pd.notna(local) else -1,
-                comm_min=float(g["comm_exposed"].min()),
-                comm_median=float(g["comm_exposed"].median()),
-                compute_late=float(late["compute"]),
-                compute_median=float(g["compute"].median()),
+                step=int(step[late]),
+                end_s=float(np.median(end_ns[idx])) / 1e9,
+                duration_s=float(np.median(duration[idx])),
+                checkpoint_s=float(ckpt[idx].max()),
+                data_wait_median=float(np.median(data_wait[idx])),
+                late_rank=int(rank[late]),
+                late_node=str(node[late]),
+                late_local_rank=int(local[late]),
+                comm_min=float(comm[late]),
+                comm_median=float(np.median(comm[idx])),
+                compute_late=float(compute[late]),
+                compute_median=float(np.median(compute[idx])),
             )
         )
     return out
@@ -211,19 +230,28 @@ class MetricView:
     def cpu_fractions(self, t: float, until: float) -> dict[str, float] | None:
         """Cluster-wide share of CPU time per mode between the samples around ``t``; ``until``
         is the end of the last step (samples after it show the job gone, not its load)."""
-        totals: dict[str, float] = {}
+        return self.cpu_fractions_at(np.array([t]), until)[0]
+
+    def cpu_fractions_at(self, times: np.ndarray, until: float) -> list[dict[str, float] | None]:
+        """:meth:`cpu_fractions` at each of ``times``, one pass over the series (a 512-node job
+        has thousands of them: per-step lookups would cost seconds)."""
+        totals: dict[str, np.ndarray] = {}
         for modes in self._cpu.values():
             for mode, (ts, vals) in modes.items():
                 # the scrape interval holding t; for the last steps, whose next sample comes after
                 # the job ended (and reads as idle), the interval before it
-                hi = int(np.searchsorted(ts, t, side="right"))
-                lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
-                if ts[hi] > until and lo > 0:
-                    lo, hi = lo - 1, lo
-                if hi > lo and ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S:
-                    totals[mode] = totals.get(mode, 0.0) + float(vals[hi] - vals[lo])
-        whole = sum(totals.values())
-        return {m: v / whole for m, v in totals.items()} if whole > 0 else None
+                hi = np.searchsorted(ts, times, side="right")
+                lo, hi = np.maximum(0, hi - 1), np.minimum(len(ts) - 1, hi)
+                back = (ts[hi] > until) & (lo > 0)
+                lo, hi = np.where(back, lo - 1, lo), np.where(back, lo, hi)
+                ok = (hi > lo) & (ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S)
+                delta = np.where(ok, vals[hi] - vals[lo], 0.0)
+                totals[mode] = totals.get(mode, np.zeros(len(times))) + delta
+        out: list[dict[str, float] | None] = []
+        for i in range(len(times)):
+            whole = sum(float(v[i]) for v in totals.values())
+            out.append({m: float(v[i]) / whole for m, v in totals.items()} if whole > 0 else None)
+        return out
 
     def efa_culprit(self, t: float) -> tuple[dict[str, Any], float, float] | None:
         """The EFA device whose error counters grew most in the scrape interval holding ``t``, when
@@ -273,6 +301,7 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         return []
     ost = view.slowest_ost()
     typical = float(np.median([f.duration_s for f in feats]))
+    cpu_at = view.cpu_fractions_at(np.array([f.end_s for f in feats]), feats[-1].end_s)
     out: list[Verdict] = []
     for i, f in enumerate(feats):
         work_s = max(f.duration_s - f.checkpoint_s, 1e-9)
@@ -284,7 +313,7 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
             causes.append("checkpoint")
         cpu = None
         if f.data_wait_median > DATA_WAIT_FRACTION * work_s:
-            cpu = view.cpu_fractions(f.end_s, feats[-1].end_s)
+            cpu = cpu_at[i]
             causes.append(starvation_class(cpu))
         if f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
             causes.append("network")
@@ -390,8 +419,12 @@ def _straggler(
         v.cls, v.confidence = "compute", 0.4
         v.undecided.append(
             f"rank {f.late_rank} joins last consistently but no GPU metrics confirm a hardware cause"
+            if f.late_local_rank >= 0
+            else f"rank {f.late_rank} joins last consistently, but its node and GPU are unknown (no step"
+            " records): a hardware cause cannot be checked"
         )
-        v.recommendation = f"check rank {f.late_rank} on {f.late_node}: it joins every collective last"
+        where = f" on {f.late_node}" if f.late_node else ""
+        v.recommendation = f"check rank {f.late_rank}{where}: it joins every collective last"
         return
     share, uuid = hw
     v.evidence.append(_ev("hw_slowdown_fraction", share, 0.0))

@@ -5,15 +5,20 @@ Runs every simulator scenario over several seeds and cluster sizes, analyses eac
 where truth names a culprit, the culprit (straggler: node and rank; io: ost; network: node).
 Prints the confusion matrix, per-class precision/recall, macro-F1, culprit accuracy and the
 naive baseline's (torch-tb-profiler + NVRx rules, ``benchmarks/naive_baseline.py``) macro-F1
-on the same steps. The rules were tuned looking at seeds 0-1; report on held-out seeds 2-3.
+on the same steps; then, per run of one true class, whether a phase of that class has its onset
+within 3 steps of the run's first step and how many steps pass from it to the first correct
+verdict; and the what-if attribution's run totals against the truth's counterfactual costs
+(relative error where the run has healthy steps; the share of the truth a lower bound holds
+where it does not). The rules were tuned looking at seeds 0-1; report on held-out seeds 2-3.
 
-Run: ``python benchmarks/verdict_accuracy.py --seeds 2,3 --nodes 2,4,8 --steps 40``.
+Run: ``python benchmarks/verdict_accuracy.py --seeds 2,3 --nodes 4,16,64 --steps 40``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from collections import Counter
@@ -37,6 +42,31 @@ def culprit_ok(cls: str, truth: dict[str, object] | None, got: dict[str, object]
     return bool(got) and all(got.get(k) == truth[k] for k in keys)  # type: ignore[union-attr]
 
 
+def truth_runs(steps: list[dict[str, object]]) -> list[tuple[str, int, int]]:
+    """(class, first step, last step) of each run of one non-compute class in the truth."""
+    out: list[tuple[str, int, int]] = []
+    prev = "compute"
+    for s in steps:
+        cls, step = str(s["class"]), int(s["step"])  # type: ignore[call-overload]
+        if cls != "compute" and cls == prev:
+            out[-1] = (cls, out[-1][1], step)
+        elif cls != "compute":
+            out.append((cls, step, step))
+        prev = cls
+    return out
+
+
+def truth_lost(truth: dict[str, object]) -> dict[str, float]:
+    lost: dict[str, float] = {}
+    faults = truth["faults"]
+    for s in truth["steps"]:  # type: ignore[attr-defined]
+        for key, seconds in s["lost_s"].items():
+            if key != "communication":
+                cls = faults[int(key)]["class"]  # type: ignore[index]
+                lost[cls] = lost.get(cls, 0.0) + seconds
+    return lost
+
+
 def main() -> None:
     from fmdiag.simulate.cluster.scenarios import SCENARIOS
     from fmdiag.simulate.dump import SimOptions, write_dump
@@ -51,6 +81,10 @@ def main() -> None:
     naive: list[tuple[str, str]] = []
     culprits: Counter[bool] = Counter()
     per_scenario: dict[str, list[bool]] = {}
+    onsets: list[int | None] = []
+    lags: list[int | None] = []
+    attr_err: dict[str, list[float]] = {}
+    attr_bound: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in SCENARIOS:
             for nodes in (int(n) for n in args.nodes.split(",")):
@@ -60,8 +94,27 @@ def main() -> None:
                         SimOptions(scenario=name, nodes=nodes, gpus=args.gpus, steps=args.steps, seed=seed),
                         out,
                     )
-                    truth = {s["step"]: s for s in json.loads((out / "truth.json").read_text())["steps"]}
+                    truth_doc = json.loads((out / "truth.json").read_text())
+                    truth = {s["step"]: s for s in truth_doc["steps"]}
                     analysis = pipeline.run(out, pipeline.Options())
+                    got = {v.step: v.cls for v in analysis.verdicts}
+                    phases = analysis.diagnosis.phases if analysis.diagnosis else []
+                    for cls, first, last in truth_runs(truth_doc["steps"]):
+                        found = [p["onset"]["step"] for p in phases if p["class"] == cls and "onset" in p]
+                        onsets.append(min(abs(o - first) for o in found) if found else None)
+                        hit = next((k for k in range(first, last + 1) if got.get(k) == cls), None)
+                        lags.append(None if hit is None else hit - first)
+                    if analysis.diagnosis and analysis.diagnosis.attribution:
+                        attr = analysis.diagnosis.attribution
+                        mine = attr.lost_s()
+                        mine["io"] += mine.pop("checkpoint")
+                        for cls, seconds in truth_lost(truth_doc).items():
+                            if seconds <= 0:
+                                continue
+                            if attr.baseline.measured:
+                                attr_err.setdefault(cls, []).append(abs(mine[cls] - seconds) / seconds)
+                            else:
+                                attr_bound.setdefault(cls, []).append(mine[cls] / seconds)
                     for v in analysis.verdicts:
                         t = truth.get(v.step)
                         if t is None:
@@ -85,6 +138,32 @@ def main() -> None:
         f" = {culprits[True] / max(1, scored):.3f}"
     )
     print(f"\nmacro-F1: fmdiag {macro:.3f}   naive baseline {naive_baseline.macro_f1(naive):.3f}")
+    found = [o for o in onsets if o is not None]
+    within = sum(o <= 3 for o in found)
+    median_error = statistics.median(found) if found else float("nan")
+    print(
+        f"\nonsets: {len(onsets)} runs of a fault class; a phase of the class begins within 3 steps of"
+        f" the run's first step for {within} ({within / max(1, len(onsets)):.1%}); none found for"
+        f" {len(onsets) - len(found)}; median error {median_error:.1f} steps"
+    )
+    hits = [lag for lag in lags if lag is not None]
+    print(
+        f"steps from a run's first step to its first correct verdict: median"
+        f" {statistics.median(hits) if hits else float('nan'):.1f}, max {max(hits) if hits else '-'},"
+        f" within 3: {sum(h <= 3 for h in hits)} / {len(lags)} (never: {len(lags) - len(hits)})"
+    )
+    print("\nattribution (run totals of the what-if against the truth's counterfactual costs)")
+    for cls in sorted(set(attr_err) | set(attr_bound)):
+        err, bound = attr_err.get(cls, []), attr_bound.get(cls, [])
+        measured = (
+            f"median relative error {statistics.median(err):.1%} over {len(err)} runs" if err else "no runs"
+        )
+        lower = (
+            f"lower bound holds median {statistics.median(bound):.0%} of the truth ({len(bound)} runs)"
+            if bound
+            else ""
+        )
+        print(f"  {cls:<10} with healthy steps: {measured}; whole-run faults: {lower or 'no runs'}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fmdiag.analyzers import onset, pipeline, report_json
+from fmdiag.analyzers import onset, pipeline, rank_scores, report_json
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -156,15 +156,15 @@ def test_straggler_is_the_top_target_and_the_only_flagged_rank(
     assert top["cause"] == "straggler"
     assert (top["target"]["node"], top["target"]["rank"]) == (culprit["node"], culprit["rank"])
     assert d.aggregates["by_node"][0]["node"] == culprit["node"]
-    flagged = d.rank_scores[d.rank_scores["flagged"]]
+    flagged = rank_scores.flagged(d.rank_scores)
     assert list(flagged["rank"]) == [culprit["rank"]]
-    assert float(flagged["relative_score"].iloc[0]) < float(d.rank_scores["relative_score"].median())
+    assert float(flagged["relative_score"][0]) < float(np.median(d.rank_scores["relative_score"]))
 
 
 def test_no_rank_flagged_without_a_hardware_straggler(analyses: dict[str, pipeline.Analysis]) -> None:
     for sample in ("healthy", "imbalance-data", "io-lustre", "network-node", "host-dataloader"):
         scores = analyses[sample].diagnosis.rank_scores
-        assert not scores["flagged"].any(), (sample, scores.head(3))
+        assert not scores["flagged"].any(), (sample, scores["rank"][:3], scores["relative_score"][:3])
 
 
 def test_mixed_names_each_culprit_with_its_cost(analyses: dict[str, pipeline.Analysis]) -> None:
@@ -191,3 +191,48 @@ def test_json_document_carries_the_diagnosis(analyses: dict[str, pipeline.Analys
     ]
     assert doc["rank_scores"]["columns"][0] == "rank"
     assert set(doc["change_points"]) == set(onset.SIGNALS)
+
+
+def test_every_metric_the_diagnosis_and_report_read_is_kept_by_the_reader() -> None:
+    # the pipeline drops every metric not in metric_use.USED before pandas sees it: a name used
+    # in the rules or the overlays but missing there would silently read as "no data"
+    import re
+
+    from fmdiag.analyzers import metric_use
+
+    root = Path(__file__).resolve().parents[2] / "analyzers"
+    named = set()
+    for module in ("verdicts.py", "report_html.py"):
+        named |= set(re.findall(r'"((?:DCGM_|fmdiag_)[A-Za-z0-9_]+)"', (root / module).read_text()))
+    assert named, "no metric names found: the pattern no longer matches"
+    assert named <= metric_use.USED, named - metric_use.USED
+
+
+def test_filtered_metrics_give_the_same_verdicts_and_summaries() -> None:
+    from fmdiag.analyzers import metrics_reader, verdicts
+    from fmdiag.dumpformat import DumpLayout
+
+    dump = SAMPLES / "mixed"
+    a = pipeline.run(dump, pipeline.Options(workers=1))
+    full = {sub: metrics_reader.read_file(p, sub) for sub, p in DumpLayout(dump).metrics_files().items()}
+    assert a.metrics == {sub: metrics_reader.summarize(sub, f) for sub, f in full.items()}
+    assert sum(len(f) for f in a.metric_frames.values()) < sum(len(f) for f in full.values()) / 2
+    assert [v.to_json() for v in verdicts.classify(a.steps, full)] == [v.to_json() for v in a.verdicts]
+
+
+def test_kineto_only_dump_gets_verdicts_and_says_what_it_cannot_check(tmp_path: Path) -> None:
+    import shutil
+
+    for sample, expect in (("straggler-thermal", "compute"), ("network-node", "network")):
+        dump = tmp_path / sample
+        shutil.copytree(SAMPLES / sample / "kineto", dump / "kineto")
+        shutil.copytree(SAMPLES / sample / "metrics", dump / "metrics")
+        a = pipeline.run(dump, pipeline.Options(workers=1))
+        assert a.steps is None and a.verdicts
+        assert {v.cls for v in a.verdicts} == {expect}
+        assert any("verdicts from Kineto traces alone" in w for w in a.warnings)
+        if sample == "straggler-thermal":
+            # the late rank is found, but no trace says which node and GPU it runs on
+            assert any("node and GPU are unknown" in u for v in a.verdicts for u in v.undecided)
+            culprit = _truth(sample)["faults"][0]["culprit"]["rank"]
+            assert list(rank_scores.flagged(a.diagnosis.rank_scores)["rank"]) == [culprit]
