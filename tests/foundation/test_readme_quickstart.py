@@ -27,4 +27,9 @@ def test_the_first_command_runs_the_main_job_on_a_sample() -> None:
     run = subprocess.run(main_job, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "step records: 640 from 16 files" in run.stdout and "Kineto" in run.stdout
+    # what the README promises the report ends with: the verdicts, the culprit, what fixing it gives back
+    assert "Verdicts (phases of one class)" in run.stdout
+    assert "drain node-001: GPU 0" in run.stdout
+    assert "fixing the straggling rank gives back" in run.stdout
+    assert max(len(line) for line in run.stdout.splitlines()) <= 80
     assert blocks[1].strip() == "python -m pytest"
