@@ -57,13 +57,19 @@ def truth_runs(steps: list[dict[str, object]]) -> list[tuple[str, int, int]]:
 
 
 def truth_lost(truth: dict[str, object]) -> dict[str, float]:
+    """Seconds per class: each fault's cost, and a volume cause's where it is the step's class."""
     lost: dict[str, float] = {}
     faults = truth["faults"]
+    volume = {"communication": "network", "data_loading": "io"}
     for s in truth["steps"]:  # type: ignore[attr-defined]
         for key, seconds in s["lost_s"].items():
-            if key != "communication":
+            if key.isdigit():
                 cls = faults[int(key)]["class"]  # type: ignore[index]
-                lost[cls] = lost.get(cls, 0.0) + seconds
+            elif s["fault"] is None and volume[key] == s["class"]:
+                cls = s["class"]
+            else:
+                continue
+            lost[cls] = lost.get(cls, 0.0) + seconds
     return lost
 
 

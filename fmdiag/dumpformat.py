@@ -191,6 +191,8 @@ LIVE_TRUTH_FORMAT = "fmdiag-live-truth"
 LIVE_TRUTH_VERSION = 1
 #: The ``lost_s`` key of the time communication itself cost (collectives made free).
 LOST_COMMUNICATION = "communication"
+#: The ``lost_s`` key of the time input loading itself cost (storage and loader made free).
+LOST_DATA_LOADING = "data_loading"
 #: The bottleneck classes a step can have: the same vocabulary as the analyzer's verdicts.
 VERDICT_CLASSES: tuple[str, ...] = ("compute", "network", "io", "host", "straggler")
 #: Keys a culprit may have, each only where it applies (a GPU straggler has no ``ost``).
@@ -292,7 +294,7 @@ def validate_truth(doc: object, source: str = TRUTH_FILE) -> dict[str, Any]:
 
 def _check_optional_step_fields(source: str, where: str, step: Mapping[str, Any], nfaults: int) -> None:
     """``secondary`` (other faults that cost the step enough), ``lost_s`` (seconds per cause:
-    a fault's index, or ``communication``), ``checkpoint`` (a normal checkpoint ran)."""
+    a fault's index, ``communication`` or ``data_loading``), ``checkpoint`` (a normal checkpoint ran)."""
     secondary = step.get("secondary", [])
     if not isinstance(secondary, list) or any(
         isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < nfaults for j in secondary
@@ -302,7 +304,7 @@ def _check_optional_step_fields(source: str, where: str, step: Mapping[str, Any]
     if not isinstance(lost, dict):
         raise DumpFormatError(f"{source}: {where}lost_s must be an object")
     for key, value in lost.items():
-        cause_ok = key == LOST_COMMUNICATION or (key.isdigit() and int(key) < nfaults)
+        cause_ok = key in (LOST_COMMUNICATION, LOST_DATA_LOADING) or (key.isdigit() and int(key) < nfaults)
         if not cause_ok or isinstance(value, bool) or not isinstance(value, int | float):
             raise DumpFormatError(f"{source}: {where}lost_s[{key!r}] is not a cause with seconds")
     if not isinstance(step.get("checkpoint", False), bool):

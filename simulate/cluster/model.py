@@ -51,6 +51,9 @@ NS = 1_000_000_000
 BASE_RETRANS_RATE = 2e-6
 #: A step counts as slowed by a cause when the cause added this fraction of a healthy step.
 TRUTH_THRESHOLD = 0.10
+#: Columns of ``Chunk.truth_lost`` after the faults': communication made free, input loading made free.
+LOST_COMM, LOST_DATA = 0, 1
+LOST_EXTRA = 2
 #: Longest run the int64 nanosecond timestamps can hold with room for the job's Unix start.
 MAX_RUN_NS = 1 << 62
 
@@ -390,33 +393,41 @@ class ClusterModel:
         env = self._environment(steps, active, draws)
         chunk, new_state = self._timeline(steps, env, st)
         # Counterfactual replays from the same state with the same draws: each fault removed,
-        # then communication made free (what volume alone costs).
+        # then communication made free and input loading made free (what volume alone costs:
+        # a job whose collectives or reads outgrow the fabric or the OSTs is bound by them
+        # with no fault to blame).
         duration = self._durations(chunk, st)
 
-        def replay(acts: list[BOOL], free_comm: bool = False) -> F64:
+        def replay(acts: list[BOOL], free_comm: bool = False, free_data: bool = False) -> F64:
             e = self._environment(steps, acts, draws)
             if free_comm:
                 e["coll_ns"] = np.zeros_like(e["coll_ns"])
+            if free_data:
+                e["load_ns"] = np.zeros_like(e["load_ns"])
             return self._durations(self._timeline(steps, e, st, full=False)[0], st)
 
         F = len(active)
         none = [np.zeros_like(a) for a in active]
-        lost = np.zeros((nsteps, F + 1))
+        lost = np.zeros((nsteps, F + LOST_EXTRA))
         live = [j for j in range(F) if active[j].any()]
         for j in live:
             lost[:, j] = duration - replay([a if k != j else none[k] for k, a in enumerate(active)])
-        lost[:, -1] = duration - replay(active, free_comm=True)
-        # Where faults overlap, removing either alone may give back little (the other still
-        # binds): then each fault's cost is what it adds on its own to a fault-free step.
-        alone = np.zeros((nsteps, F))
-        if len(live) > 1:
-            base = replay(none)
-            for j in live:
-                alone[:, j] = replay([a if k == j else none[k] for k, a in enumerate(active)]) - base
-            joint = duration - base
-            threshold = TRUTH_THRESHOLD * self.nominal_step_s()
-            masked = (lost[:, :F].max(axis=1) < threshold) & (joint >= threshold)
-            lost[masked, :F] = np.minimum(alone[masked], joint[masked, None])
+        lost[:, F + LOST_COMM] = duration - replay(active, free_comm=True)
+        lost[:, F + LOST_DATA] = duration - replay(active, free_data=True)
+        # Where causes overlap so that removing either alone gives back little (the other still
+        # binds: two faults, or a fault and reads that outgrow the OSTs at scale), each cause's
+        # cost is what it adds on its own to a step free of faults and of loading waits.
+        threshold = TRUTH_THRESHOLD * self.nominal_step_s() * NS  # lost is in ns here
+        candidates = lost.max(axis=1) < threshold
+        if live and candidates.any():
+            ideal = replay(none, free_data=True)
+            joint = duration - ideal
+            masked = candidates & (joint >= threshold)
+            if masked.any():
+                for j in live:
+                    alone = replay([a if k == j else none[k] for k, a in enumerate(active)], free_data=True)
+                    lost[masked, j] = np.minimum(alone - ideal, joint)[masked]
+                lost[masked, F + LOST_DATA] = np.minimum(replay(none) - ideal, joint)[masked]
         chunk.truth_lost = lost / NS
         chunk.truth_class, chunk.truth_fault = self._truth(chunk.truth_lost)
         self._state = new_state
@@ -732,7 +743,7 @@ class ClusterModel:
             coll_issue=coll_issue,
             coll_a=coll_a,
             coll_b=coll_b,
-            truth_lost=np.zeros((S, len(self.scenario.faults) + 1)),
+            truth_lost=np.zeros((S, len(self.scenario.faults) + LOST_EXTRA)),
             start=out["start"],
             dw_end=out["dw_end"],
             fwd_end=out["fwd_end"],
@@ -750,7 +761,8 @@ class ClusterModel:
 
         Causes are the injected faults (replayed away one at a time) and, last, communication
         itself (replayed free): a job whose collectives outgrow the overlap is network-bound
-        with no fault to blame. Waiting in a collective for a late rank is not communication:
+        with no fault to blame; likewise input loading (replayed free) for a job whose reads
+        outgrow its OSTs, which is io-bound. Waiting in a collective for a late rank is not communication:
         with free collectives the ranks still wait for the last one, so that time stays with
         the straggler. A normal checkpoint or GC pause is no fault: such a step stays
         ``compute`` unless a fault also slowed it.
@@ -759,13 +771,15 @@ class ClusterModel:
         faults = self.scenario.faults
         classes: list[str] = []
         fault_idx = np.full(len(lost), -1, np.int64)
+        F = len(faults)
         for i, row in enumerate(lost):
-            j = int(np.argmax(row[:-1])) if len(faults) else -1
+            j = int(np.argmax(row[:F])) if F else -1
+            volume = max((row[F + LOST_COMM], "network"), (row[F + LOST_DATA], "io"))
             if j >= 0 and row[j] >= threshold:
                 classes.append(faults[j].verdict_class)
                 fault_idx[i] = j
-            elif row[-1] >= threshold:
-                classes.append("network")
+            elif volume[0] >= threshold:
+                classes.append(volume[1])
             else:
                 classes.append("compute")
         return classes, fault_idx
@@ -775,7 +789,7 @@ class ClusterModel:
         threshold = TRUTH_THRESHOLD * self.nominal_step_s()
         row = chunk.truth_lost[index]
         main = int(chunk.truth_fault[index])
-        return [j for j in range(len(row) - 1) if j != main and row[j] >= threshold]
+        return [j for j in range(len(row) - LOST_EXTRA) if j != main and row[j] >= threshold]
 
 
 #: Share of a step's kernel time that is compute-bound (scales with the SM clock).

@@ -17,7 +17,7 @@ import numpy as np
 
 from fmdiag import dumpformat
 from fmdiag.simulate.cluster.config import Hardware, Workload
-from fmdiag.simulate.cluster.model import TRUTH_THRESHOLD, Chunk, ClusterModel, Target
+from fmdiag.simulate.cluster.model import LOST_COMM, LOST_DATA, TRUTH_THRESHOLD, Chunk, ClusterModel, Target
 from fmdiag.simulate.cluster.physics import get_job
 from fmdiag.simulate.cluster.scenarios import Fault, FaultKind
 
@@ -75,6 +75,7 @@ def truth_doc(
             }
         )
     steps = []
+    nfaults = len(model.scenario.faults)
     counts: dict[str, int] = {}
     ckpt = (chunk.end - chunk.opt_end).max(axis=1) > 0
     for i, (step, cls, fi) in enumerate(
@@ -89,8 +90,9 @@ def truth_doc(
                 "culprit": culprits[fi] if fi >= 0 else None,
                 "secondary": model.secondary(chunk, i),
                 "lost_s": {
-                    **{str(j): round(float(x), 6) for j, x in enumerate(lost[:-1]) if x > 0},
-                    "communication": round(float(max(lost[-1], 0.0)), 6),
+                    **{str(j): round(float(x), 6) for j, x in enumerate(lost[:nfaults]) if x > 0},
+                    dumpformat.LOST_COMMUNICATION: round(float(max(lost[nfaults + LOST_COMM], 0.0)), 6),
+                    dumpformat.LOST_DATA_LOADING: round(float(max(lost[nfaults + LOST_DATA], 0.0)), 6),
                 },
                 "checkpoint": bool(ckpt[i]),
             }

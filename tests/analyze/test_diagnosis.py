@@ -22,12 +22,18 @@ def _truth(sample: str) -> dict[str, Any]:
 
 
 def _truth_lost(truth: dict[str, Any]) -> dict[str, float]:
+    """Seconds per class: each fault's cost, and a volume cause's where it is the step's class."""
     lost: dict[str, float] = {}
+    volume = {"communication": "network", "data_loading": "io"}
     for s in truth["steps"]:
         for key, seconds in s["lost_s"].items():
-            if key != "communication":
+            if key.isdigit():
                 cls = truth["faults"][int(key)]["class"]
-                lost[cls] = lost.get(cls, 0.0) + seconds
+            elif s["fault"] is None and volume[key] == s["class"]:
+                cls = s["class"]
+            else:
+                continue
+            lost[cls] = lost.get(cls, 0.0) + seconds
     return lost
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmdiag.simulate.cluster.model import NS, ClusterModel
+from fmdiag.simulate.cluster.model import LOST_COMM, LOST_DATA, NS, ClusterModel
 from fmdiag.simulate.cluster.scenarios import SCENARIOS, FaultKind
 from fmdiag.simulate.dump import SimOptions, build_model
 
@@ -54,12 +54,21 @@ def test_truth_classes_follow_the_injected_fault(
         ckpt = [i for i, cls in enumerate(c.truth_class) if cls == "io"]
         assert ckpt == [9, 19]  # every 10th step
     threshold = 0.1 * m.nominal_step_s()
+    nf = len(m.scenario.faults)
+    comm, data = nf + LOST_COMM, nf + LOST_DATA
     for i, (cls, fault) in enumerate(zip(c.truth_class, c.truth_fault.tolist(), strict=True)):
+        faults = c.truth_lost[i, :nf]
         if fault >= 0:  # the named fault is the one whose removal gives back the most
             assert cls == m.scenario.faults[fault].verdict_class
-            assert c.truth_lost[i, fault] == c.truth_lost[i, :-1].max() >= threshold
+            assert c.truth_lost[i, fault] == faults.max() >= threshold
         elif cls == "network":  # no fault: the collectives themselves outgrew the overlap
-            assert c.truth_lost[i, -1] >= threshold and (c.truth_lost[i, :-1] < threshold).all()
+            assert (
+                c.truth_lost[i, comm] >= max(threshold, c.truth_lost[i, data]) and (faults < threshold).all()
+            )
+        elif cls == "io":  # no fault: the reads outgrew the OSTs
+            assert (
+                c.truth_lost[i, data] >= max(threshold, c.truth_lost[i, comm]) and (faults < threshold).all()
+            )
         else:
             assert cls == "compute" and (c.truth_lost[i] < threshold).all()
 
