@@ -89,6 +89,72 @@ GpuProcessProvider = Callable[[], Mapping[int, str]]
 GpuIdentityProvider = Callable[[], Mapping[int, str]]
 
 
+@dataclass(frozen=True)
+class MigInstance:
+    """One MIG device as NVML reports it, with the physical GPU it is carved from.
+
+    The kubelet names a MIG device by its own UUID (device plugin) or by a name built from
+    its parent's minor number, GPU instance profile and placement (NVIDIA's DRA driver),
+    while every GPU series is keyed by the physical GPU's UUID: this is the link.
+    """
+
+    uuid: str  # "MIG-..."
+    parent_uuid: str  # "GPU-..."
+    parent_index: int
+    gpu_instance_id: int
+    compute_instance_id: int
+    #: The GPU instance profile without NVML's "MIG " prefix ("1g.10gb"); "" when unknown.
+    profile: str = ""
+    #: nvmlGpuInstanceGetInfo's profile id and placement; None when NVML would not say.
+    gi_profile_id: int | None = None
+    placement_start: int | None = None
+    placement_size: int | None = None
+
+
+@dataclass(frozen=True)
+class GpuInventory:
+    """The GPUs and MIG devices of the GPU collector's last scrape, for resolving device ids.
+
+    Immutable: the GPU collector replaces it whole after each scrape, so a reader in another
+    collector's thread always sees one consistent scrape.
+    """
+
+    #: minor number (``/dev/nvidia<N>``, dcgm-exporter's ``device`` label) -> GPU UUID
+    by_minor: Mapping[int, str] = field(default_factory=dict)
+    #: MIG UUID -> the MIG device
+    migs: Mapping[str, MigInstance] = field(default_factory=dict)
+    #: False until the GPU collector's first scrape has finished (NVML is initialised lazily):
+    #: a reader then leaves out what it cannot resolve yet rather than export a wrong UUID.
+    scraped: bool = False
+
+    def mig_at(self, parent_uuid: str, gi_profile_id: int, start: int, size: int) -> MigInstance | None:
+        """The MIG device with this GPU instance profile id and placement on that GPU."""
+        for mig in self.migs.values():
+            if mig.parent_uuid == parent_uuid and (
+                mig.gi_profile_id,
+                mig.placement_start,
+                mig.placement_size,
+            ) == (gi_profile_id, start, size):
+                return mig
+        return None
+
+    def mig_of_instance(
+        self, parent_uuid: str, gpu_instance: int, compute_instance: int
+    ) -> MigInstance | None:
+        """The MIG device of (GPU instance, compute instance) on that GPU."""
+        for mig in self.migs.values():
+            if (mig.parent_uuid, mig.gpu_instance_id, mig.compute_instance_id) == (
+                parent_uuid,
+                gpu_instance,
+                compute_instance,
+            ):
+                return mig
+        return None
+
+
+GpuInventoryProvider = Callable[[], GpuInventory]
+
+
 class GpuProcesses:
     """Which processes use which GPU: the GPU collector provides it, the host collector reads it.
 
@@ -101,6 +167,8 @@ class GpuProcesses:
         self.provider: GpuProcessProvider | None = None
         #: GPU index -> UUID, for collectors that attribute GPUs (slurm) without NVML.
         self.identities: GpuIdentityProvider | None = None
+        #: Minor numbers and MIG devices, for the kubernetes collector's MIG and DRA devices.
+        self.inventory: GpuInventoryProvider | None = None
 
 
 @dataclass

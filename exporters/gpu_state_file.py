@@ -38,6 +38,31 @@ class GpuProcess:
 
 
 @dataclass
+class MigDeviceState:
+    """One MIG device (a compute instance inside a GPU instance) of a GPU with MIG enabled.
+
+    ``profile`` is the GPU instance profile as NVML names it without its ``MIG`` prefix
+    (``1g.10gb``); the NVIDIA device plugin's mixed strategy advertises the device as
+    ``nvidia.com/mig-<profile>``. ``gi_profile_id`` and the placement are what
+    ``nvmlGpuInstanceGetInfo`` reports; the NVIDIA DRA driver names a MIG device by them
+    (``gpu-<minor>-mig-<gi_profile_id>-<start>-<size>``).
+    """
+
+    index: int  # nvmlDeviceGetMigDeviceHandleByIndex slot, 0 .. MIG_MAX_DEVICES - 1
+    uuid: str  # "MIG-..."
+    gpu_instance_id: int
+    compute_instance_id: int = 0
+    profile: str = "1g.10gb"
+    gi_profile_id: int = 19  # NVML's id of the 1g.10gb profile on H100
+    placement_start: int = 0
+    placement_size: int = 1
+
+
+#: nvmlDeviceGetMaxMigDeviceCount of a MIG-enabled A100/H100/H200: 7 slices.
+MIG_MAX_DEVICES = 7
+
+
+@dataclass
 class GpuState:
     """What NVML would answer for one GPU; a fake NVML serves exactly these values."""
 
@@ -82,6 +107,12 @@ class GpuState:
     numa_node: int = 0
     #: NVML answers NVML_ERROR_GPU_IS_LOST for every call on this GPU.
     lost: bool = False
+    #: False: nvmlDeviceGetMigMode answers NVML_ERROR_NOT_SUPPORTED (a GPU without MIG).
+    mig_capable: bool = False
+    #: The current (and pending) MIG mode; only a MIG-capable GPU can have it on.
+    mig_enabled: bool = False
+    #: The MIG devices of a GPU with MIG enabled; the slots not listed are empty (NOT_FOUND).
+    mig_devices: list[MigDeviceState] = field(default_factory=list)
 
 
 class GpuStateError(ValueError):
@@ -155,10 +186,53 @@ def _check_value(where: str, name: str, value: Any, hint: Any) -> Any:
                 used = _check_value(where, f"{name}[{i}].used_memory_bytes", p["used_memory_bytes"], int)
                 procs.append(GpuProcess(pid=pid, used_memory_bytes=used))
             return procs
+    elif hint == list[MigDeviceState]:
+        if isinstance(value, list):
+            return [_mig_from_dict(f"{where}: field {name!r}[{i}]", raw) for i, raw in enumerate(value)]
     else:  # a GpuState field type this reader does not know: refuse rather than guess
         raise GpuStateError(f"{where}: field {name!r} has unsupported type {hint!r}")
     type_name = getattr(hint, "__name__", str(hint))
     raise GpuStateError(f"{where}: field {name!r}: expected {type_name}, got {value!r}")
+
+
+_MIG_HINTS: dict[str, Any] = typing.get_type_hints(MigDeviceState)
+_MIG_REQUIRED = tuple(
+    f.name
+    for f in dataclasses.fields(MigDeviceState)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
+
+
+def _mig_from_dict(where: str, raw: Any) -> MigDeviceState:
+    if not isinstance(raw, dict):
+        raise GpuStateError(f"{where}: expected an object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_MIG_HINTS))
+    if unknown:
+        raise GpuStateError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    missing = [n for n in _MIG_REQUIRED if n not in raw]
+    if missing:
+        raise GpuStateError(f"{where}: missing field(s) {', '.join(missing)}")
+    kwargs = {name: _check_value(where, name, value, _MIG_HINTS[name]) for name, value in raw.items()}
+    return MigDeviceState(**kwargs)
+
+
+def _check_mig(where: str, gpu: GpuState) -> None:
+    """The MIG fields of one GPU are consistent, as NVML's answers would be."""
+    if gpu.mig_enabled and not gpu.mig_capable:
+        raise GpuStateError(f"{where}: field 'mig_enabled': the GPU is not mig_capable")
+    if gpu.mig_devices and not gpu.mig_enabled:
+        raise GpuStateError(f"{where}: field 'mig_devices': MIG is not enabled on this GPU")
+    slots = [m.index for m in gpu.mig_devices]
+    if len(set(slots)) != len(slots) or not all(0 <= s < MIG_MAX_DEVICES for s in slots):
+        raise GpuStateError(
+            f"{where}: field 'mig_devices': slot indexes {slots} must be distinct, 0..{MIG_MAX_DEVICES - 1}"
+        )
+    instances = [(m.gpu_instance_id, m.compute_instance_id) for m in gpu.mig_devices]
+    if len(set(instances)) != len(instances):
+        raise GpuStateError(f"{where}: field 'mig_devices': duplicate (GPU instance, compute instance)")
+    for m in gpu.mig_devices:
+        if not m.uuid.startswith("MIG-"):
+            raise GpuStateError(f"{where}: field 'mig_devices': UUID {m.uuid!r} does not start with MIG-")
 
 
 def _gpu_from_dict(source: str, i: int, raw: Any) -> GpuState:
@@ -172,7 +246,9 @@ def _gpu_from_dict(source: str, i: int, raw: Any) -> GpuState:
     if missing:
         raise GpuStateError(f"{where}: missing field(s) {', '.join(missing)}")
     kwargs = {name: _check_value(where, name, value, _GPU_HINTS[name]) for name, value in raw.items()}
-    return GpuState(**kwargs)
+    gpu = GpuState(**kwargs)
+    _check_mig(where, gpu)
+    return gpu
 
 
 def loads(text: str, source: str = "<string>") -> GpuStateDoc:
@@ -197,6 +273,9 @@ def loads(text: str, source: str = "<string>") -> GpuStateDoc:
     indexes = [g.index for g in gpus]
     if len(set(indexes)) != len(indexes):
         raise GpuStateError(f"{source}: field 'gpus': duplicate GPU index in {indexes}")
+    mig_uuids = [m.uuid for g in gpus for m in g.mig_devices]
+    if len(set(mig_uuids)) != len(mig_uuids):
+        raise GpuStateError(f"{source}: field 'mig_devices': a MIG UUID appears twice on this node")
     return GpuStateDoc(
         time_s=time_s,
         gpus=gpus,

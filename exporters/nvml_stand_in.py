@@ -16,6 +16,11 @@ changes, so a ``--live`` simulator advancing it is seen by the next call. Failur
 * ``library_missing`` makes ``nvmlInit`` raise ``NVMLError_LibraryNotFound`` (a node without
   the driver's libnvidia-ml.so); a missing state file makes it raise
   ``NVMLError_DriverNotLoaded``;
+* MIG: a GPU without ``mig_capable`` answers ``NVMLError_NotSupported`` to
+  ``nvmlDeviceGetMigMode``; one with MIG enabled hands out MIG device handles for the
+  ``mig_devices`` it lists (an empty slot is ``NVMLError_NotFound``), which answer the MIG
+  calls (UUID, name, GPU and compute instance ids, parent handle, GPU instance info) and
+  ``NVMLError_NotSupported`` to the per-GPU queries;
 * every call before ``nvmlInit`` (or after the last ``nvmlShutdown``) raises
   ``NVMLError_Uninitialized``; pynvml functions this fake does not implement raise
   ``NVMLError_FunctionNotFound``, as a driver lacking the entry point would.
@@ -39,7 +44,7 @@ from typing import Any
 import pynvml
 
 from fmdiag.exporters import gpu_state_file
-from fmdiag.exporters.gpu_state_file import GpuState
+from fmdiag.exporters.gpu_state_file import MIG_MAX_DEVICES, GpuState, MigDeviceState
 
 MIB = 1 << 20
 #: NVLink links of an H100 SXM; GPM per-link metrics beyond them are not supported.
@@ -160,6 +165,11 @@ class FakeNvml:
         self._buffers: dict[int, ctypes.Array[ctypes.c_char]] = {}
         self._handles: dict[int, Any] = {}  # GPU index -> c_nvmlDevice_t
         self._handle_index: dict[int, int] = {}  # handle address -> GPU index
+        #: (GPU index, MIG slot) -> its c_nvmlDevice_t, and the reverse by address.
+        self._mig_handles: dict[tuple[int, int], Any] = {}
+        self._mig_handle_slot: dict[int, tuple[int, int]] = {}
+        #: address of a c_nvmlGpuInstance_t -> (GPU index, GPU instance id)
+        self._gpu_instances: dict[int, tuple[int, int]] = {}
         self._event_sets: dict[int, _EventSet] = {}
         self._samples: dict[int, _GpmSample] = {}
 
@@ -218,8 +228,16 @@ class FakeNvml:
         return index
 
     def _device(self, handle: Any, call: str) -> GpuState:
-        """The GPU behind ``handle``, after the checks every NVML device call makes."""
+        """The GPU behind ``handle``, after the checks every NVML device call makes.
+
+        A MIG device handle is accepted only by the MIG calls (which use :meth:`_mig`); every
+        other query on one answers NOT_SUPPORTED, as clocks, power and thermals do on MIG
+        devices in real NVML (they are the parent GPU's).
+        """
         self._check_init()
+        if self._mig_slot(handle) is not None:
+            self._mig(handle, call)  # a lost parent or a destroyed instance answers first
+            raise _err("NotSupported")
         index = self._index(handle)
         gpu = self._gpus().get(index)
         if gpu is None or gpu.lost:
@@ -290,6 +308,12 @@ class FakeNvml:
     def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> Any:
         self._check_init()
         want = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for g in self._doc().gpus:
+            for m in g.mig_devices if g.mig_enabled else ():
+                if m.uuid == want:  # NVML hands out MIG device handles by their UUID too
+                    if g.lost:
+                        raise _err("GpuIsLost")
+                    return self._mig_handle(g.index, m.index)
         return self._lookup(next((g for g in self._doc().gpus if g.uuid == want), None), "NotFound")
 
     def nvmlDeviceGetHandleByPciBusId(self, pciBusId: str | bytes) -> Any:
@@ -311,9 +335,15 @@ class FakeNvml:
         return self._device(handle, "nvmlDeviceGetMinorNumber").index
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        if self._mig_slot(handle) is not None:
+            return self._mig(handle, "nvmlDeviceGetUUID")[1].uuid
         return self._device(handle, "nvmlDeviceGetUUID").uuid
 
     def nvmlDeviceGetName(self, handle: Any) -> str:
+        if self._mig_slot(handle) is not None:
+            # NVML names a MIG device after its parent and profile: "NVIDIA H100 80GB HBM3 MIG 1g.10gb".
+            parent, mig = self._mig(handle, "nvmlDeviceGetName")
+            return f"{parent.name} MIG {mig.profile}"
         return self._device(handle, "nvmlDeviceGetName").name
 
     def nvmlDeviceGetNumaNodeId(self, handle: Any) -> int:
@@ -340,6 +370,139 @@ class FakeNvml:
         info.device = dev
         info.pciDeviceId = (device_id << 16) | 0x10DE
         info.pciSubSystemId = (0x16C1 << 16) | 0x10DE
+        return info
+
+    # -- MIG (Multi-Instance GPU) --------------------------------------------------------------
+
+    def _mig_handle(self, index: int, slot: int) -> Any:
+        with self._lock:
+            key = (index, slot)
+            if key not in self._mig_handles:
+                ptr, addr = self._opaque(pynvml.c_nvmlDevice_t)
+                self._mig_handles[key] = ptr
+                self._mig_handle_slot[addr] = key
+            return self._mig_handles[key]
+
+    def _mig_slot(self, handle: Any) -> tuple[int, int] | None:
+        addr = _address(handle) if isinstance(handle, pynvml.c_nvmlDevice_t) else None
+        return self._mig_handle_slot.get(addr) if addr is not None else None
+
+    def _mig(self, handle: Any, call: str) -> tuple[GpuState, MigDeviceState]:
+        """The parent GPU and MIG device behind a MIG device handle.
+
+        A full GPU's handle answers NOT_SUPPORTED (it is no MIG device); a handle whose
+        instance has since been destroyed, or whose GPU left MIG mode, INVALID_ARGUMENT, as a
+        stale handle does in NVML.
+        """
+        self._check_init()
+        key = self._mig_slot(handle)
+        if key is None:
+            self._device(handle, call)
+            raise _err("NotSupported")
+        gpu = self._gpus().get(key[0])
+        if gpu is None or gpu.lost:
+            raise _err("GpuIsLost")
+        if call in self.not_supported or call in self.not_supported_by_gpu.get(gpu.index, ()):
+            raise _err("NotSupported")
+        mig = next((m for m in gpu.mig_devices if m.index == key[1]), None) if gpu.mig_enabled else None
+        if mig is None:
+            raise _err("InvalidArgument")
+        return gpu, mig
+
+    def _mig_parent(self, handle: Any, call: str) -> GpuState:
+        """A full GPU's state for a MIG call on it: NOT_SUPPORTED unless it can do MIG."""
+        if self._mig_slot(handle) is not None:
+            self._mig(handle, call)
+            raise _err("InvalidArgument")  # a MIG device has no MIG devices of its own
+        gpu = self._device(handle, call)
+        if not gpu.mig_capable:
+            raise _err("NotSupported")
+        return gpu
+
+    def nvmlDeviceGetMigMode(self, device: Any) -> list[int]:
+        """[current, pending] as pynvml returns them; NOT_SUPPORTED on a GPU without MIG."""
+        gpu = self._mig_parent(device, "nvmlDeviceGetMigMode")
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig_enabled else pynvml.NVML_DEVICE_MIG_DISABLE
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, device: Any) -> int:
+        """Zero when MIG is not supported or not enabled (NVML's documented answer)."""
+        if self._mig_slot(device) is not None:
+            self._mig(device, "nvmlDeviceGetMaxMigDeviceCount")
+            return 0
+        gpu = self._device(device, "nvmlDeviceGetMaxMigDeviceCount")
+        return MIG_MAX_DEVICES if gpu.mig_capable and gpu.mig_enabled else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: Any, index: int) -> Any:
+        """The MIG device in slot ``index``: INVALID_ARGUMENT beyond the maximum, NOT_FOUND when empty."""
+        gpu = self._mig_parent(device, "nvmlDeviceGetMigDeviceHandleByIndex")
+        if not gpu.mig_enabled or not 0 <= index < MIG_MAX_DEVICES:
+            raise _err("InvalidArgument")
+        if not any(m.index == index for m in gpu.mig_devices):
+            raise _err("NotFound")
+        return self._mig_handle(gpu.index, index)
+
+    def nvmlDeviceIsMigDeviceHandle(self, device: Any) -> Any:
+        """A ``c_uint``, not an int: pynvml returns the ctypes object itself."""
+        self._check_init()
+        if self._mig_slot(device) is not None:
+            self._mig(device, "nvmlDeviceIsMigDeviceHandle")
+            return ctypes.c_uint(1)
+        self._device(device, "nvmlDeviceIsMigDeviceHandle")
+        return ctypes.c_uint(0)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, migDevice: Any) -> Any:
+        if self._mig_slot(migDevice) is None:
+            self._device(migDevice, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle")
+            raise _err("InvalidArgument")
+        gpu, _ = self._mig(migDevice, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle")
+        return self._handle(gpu.index)
+
+    def nvmlDeviceGetGpuInstanceId(self, device: Any) -> int:
+        return self._mig(device, "nvmlDeviceGetGpuInstanceId")[1].gpu_instance_id
+
+    def nvmlDeviceGetComputeInstanceId(self, device: Any) -> int:
+        return self._mig(device, "nvmlDeviceGetComputeInstanceId")[1].compute_instance_id
+
+    def nvmlDeviceGetGpuInstanceById(self, device: Any, gpuInstanceId: int) -> Any:
+        """An opaque ``c_nvmlGpuInstance_t``; NOT_FOUND when no GPU instance has that id."""
+        gpu = self._mig_parent(device, "nvmlDeviceGetGpuInstanceById")
+        if not gpu.mig_enabled:
+            raise _err("InvalidArgument")
+        if not any(m.gpu_instance_id == gpuInstanceId for m in gpu.mig_devices):
+            raise _err("NotFound")
+        with self._lock:
+            key = (gpu.index, gpuInstanceId)
+            for addr, known in self._gpu_instances.items():  # one handle per instance, as NVML's
+                if known == key:
+                    return ctypes.cast(self._buffers[addr], pynvml.c_nvmlGpuInstance_t)
+            ptr, addr = self._opaque(pynvml.c_nvmlGpuInstance_t)
+            self._gpu_instances[addr] = key
+            return ptr
+
+    def nvmlGpuInstanceGetInfo(self, gpuInstance: Any) -> Any:
+        """``c_nvmlGpuInstanceInfo_t``: parent handle, id, profile id and placement."""
+        self._check_init()
+        addr = _address(gpuInstance) if isinstance(gpuInstance, pynvml.c_nvmlGpuInstance_t) else None
+        key = self._gpu_instances.get(addr) if addr is not None else None
+        if key is None:
+            raise _err("InvalidArgument")
+        gpu = self._gpus().get(key[0])
+        if gpu is None or gpu.lost:
+            raise _err("GpuIsLost")
+        if "nvmlGpuInstanceGetInfo" in self.not_supported or "nvmlGpuInstanceGetInfo" in (
+            self.not_supported_by_gpu.get(gpu.index, ())
+        ):
+            raise _err("NotSupported")
+        mig = next((m for m in gpu.mig_devices if m.gpu_instance_id == key[1]), None)
+        if mig is None or not gpu.mig_enabled:
+            raise _err("InvalidArgument")  # the instance was destroyed since
+        info = pynvml.c_nvmlGpuInstanceInfo_t()
+        info.device = self._handle(gpu.index)
+        info.id = mig.gpu_instance_id
+        info.profileId = mig.gi_profile_id
+        info.placement.start = mig.placement_start
+        info.placement.size = mig.placement_size
         return info
 
     # -- clocks, thermals, power ----------------------------------------------------------------

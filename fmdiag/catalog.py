@@ -74,6 +74,9 @@ COLLECTOR_LABELS = ("collector",)
 #: The kubelet's view of a device: its id as the device plugin names it, the resource, the owner.
 _POD_OWNER = ("device_id", "resource", "pod", "namespace", "container")
 POD_INFO_LABELS_GPU = ("UUID", *_POD_OWNER)
+#: On a MIG device's pod info (its instance on the GPU named by UUID, as dcgm-exporter labels
+#: MIG series) and on a Dynamic Resource Allocation device's (the claim that holds it).
+POD_INFO_OPTIONAL_GPU = ("GPU_I_ID", "GPU_I_PROFILE", "claim_name", "claim_namespace")
 POD_INFO_LABELS_EFA = ("device", *_POD_OWNER)
 #: Labels Prometheus attaches to every scraped series: no catalogued metric may export them.
 TARGET_LABELS = frozenset({"job", "instance"})
@@ -191,10 +194,15 @@ GPU: tuple[Metric, ...] = tuple(
        ("gpu", "call", "error"), "gpu", "NVMLError"),
     _m("fmdiag_gpu_process_memory_bytes", G, "bytes", "GPU memory used by a compute process on this GPU.",
        ("gpu", "UUID", "pid"), "gpu", "nvmlDeviceGetComputeRunningProcesses"),
+    _m("fmdiag_gpu_mig_enabled", G, "", "1 when MIG mode is on for this GPU, 0 when it is off; absent for a GPU without MIG (NOT_SUPPORTED).",
+       GPU_LABELS, "gpu", "nvmlDeviceGetMigMode"),
+    _m("fmdiag_gpu_mig_info", G, "", "A MIG device (mig_uuid, the id the kubelet hands pods) of this physical GPU (UUID), with its GPU and compute instance ids and profile.",
+       ("gpu", "UUID", "Hostname", "mig_uuid", "GPU_I_PROFILE", "GPU_I_ID", "GPU_CI_ID"), "gpu",
+       "nvmlDeviceGetMigDeviceHandleByIndex, nvmlDeviceGetGpuInstanceId, nvmlDeviceGetComputeInstanceId"),
     # Ownership as info series (always 1), joined in PromQL on UUID: a pod or job label on every
     # GPU series would multiply storage, which is why operators drop dcgm-exporter's.
-    _m("fmdiag_gpu_pod_info", G, "", "The Kubernetes pod and container a GPU (or MIG device, or time-sliced replica) is assigned to, from the kubelet; join on UUID.",
-       POD_INFO_LABELS_GPU, "gpu", "kubelet pod-resources v1 List", default=False),
+    _m("fmdiag_gpu_pod_info", G, "", "The Kubernetes pod and container a GPU (or MIG device, time-sliced replica or DRA claim's device) is assigned to, from the kubelet; UUID is the physical GPU's: join on UUID.",
+       POD_INFO_LABELS_GPU, "gpu", "kubelet pod-resources v1 List", optional=POD_INFO_OPTIONAL_GPU, default=False),
     _m("fmdiag_gpu_slurm_job_info", G, "", "A Slurm job using this GPU (from its processes' cgroup or environment, or a prolog's mapping file); join on UUID.",
        ("gpu", "UUID", "slurm_job_id", "via"), "gpu", "/proc/<pid>/cgroup, /proc/<pid>/environ, mapping directory", default=False),
 )

@@ -10,6 +10,10 @@ What it does that dcgm-exporter does not:
 * Clock event (throttle) reasons are exported as the raw bitmask *and* one series per active
   reason, and XIDs are counted per code with NVIDIA's resolution bucket, so alerts need no
   bit arithmetic or lookup tables.
+* MIG devices are mapped to the physical GPU they are carved from
+  (``fmdiag_gpu_mig_info{UUID, mig_uuid, GPU_I_ID, GPU_CI_ID, GPU_I_PROFILE}``), and the map
+  is shared with the kubernetes collector (``CollectorContext.gpu_processes.inventory``) so
+  a pod holding a MIG device is attributed to the physical GPU's UUID in one PromQL join.
 * Profiling ratios come from NVML's GPM API (Hopper and newer) without DCGM: a GPM sample is
   kept from one scrape to the next and the metrics are the averages over the interval between
   them, so there is no background sampling thread.
@@ -42,7 +46,14 @@ from prometheus_client.core import Metric
 
 from fmdiag.catalog import CLOCK_EVENT_REASONS, XID_ACTIONS
 from fmdiag.exporters import gpu_state_file
-from fmdiag.exporters.collector import Collector, CollectorContext, SourceUnavailableError, register
+from fmdiag.exporters.collector import (
+    Collector,
+    CollectorContext,
+    GpuInventory,
+    MigInstance,
+    SourceUnavailableError,
+    register,
+)
 from fmdiag.exporters.families import Families
 from fmdiag.exporters.options import Option, duration, switch
 
@@ -117,6 +128,7 @@ class _Gpu:
 
     labels: dict[str, str]
     info: dict[str, str]
+    minor: int = -1
     unsupported: set[str] = field(default_factory=set)
     gpm_sample: Any = None
     gpm_supported: bool | None = None
@@ -267,9 +279,11 @@ class GpuCollector(Collector):
         self._xid: XidListener | None = None
         self._errors: dict[tuple[str, str, str], int] = {}
         self._processes: dict[int, str] = {}
+        self._inventory = GpuInventory()
         self._closed = False
         ctx.gpu_processes.provider = self.gpu_processes
         ctx.gpu_processes.identities = self.gpu_identities
+        ctx.gpu_processes.inventory = self.gpu_inventory
 
     # -- NVML plumbing -------------------------------------------------------------------------
     def _init(self) -> bool:
@@ -348,7 +362,7 @@ class GpuCollector(Collector):
             "numa_node": str(self._try(lambda: int(self.nvml.nvmlDeviceGetNumaNodeId(handle)), -1)),
             "pci_switch": pci_switch(self.ctx.paths.sysfs, bus_id),
         }
-        gpu = _Gpu(labels=labels, info=info)
+        gpu = _Gpu(labels=labels, info=info, minor=minor)
         if known is not None and known.gpm_sample is not None:  # another GPU now has this index
             self._try(lambda s=known.gpm_sample: self.nvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
         self._gpus[index] = gpu
@@ -372,6 +386,7 @@ class GpuCollector(Collector):
     def _collect(self, fam: Families) -> str | None:
         """One scrape into ``fam``; the reason when NVML cannot be used at all."""
         if not self._init():
+            self._no_inventory()
             fam.add("fmdiag_gpu_devices", 0)
             self._emit_errors(fam)
             return self._init_reason
@@ -380,6 +395,7 @@ class GpuCollector(Collector):
         except pynvml.NVMLError as exc:
             self._count_error("", "nvmlDeviceGetCount", exc)
             self.report("nvmlDeviceGetCount", exc)
+            self._no_inventory()
             # No usable GPU is what the "fewer GPUs than usual" alert must see, not an absent series.
             fam.add("fmdiag_gpu_devices", 0)
             self._emit_errors(fam)
@@ -387,12 +403,15 @@ class GpuCollector(Collector):
         fam.add("fmdiag_gpu_devices", count)
         handles: dict[int, Any] = {}
         processes: dict[int, set[str]] = {}
+        by_minor: dict[int, str] = {}
+        migs: dict[str, MigInstance] = {}
         for index in range(count):
             known = self._gpus.get(index)
             try:
                 handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
                 gpu = self._identify(index, handle)
                 self._read(fam, index, gpu, handle, processes)
+                gpu_migs = self._mig(fam, index, gpu, handle)
             except (GpuLostError, pynvml.NVMLError_GpuIsLost):
                 self._emit_lost(fam, index, known)
                 continue
@@ -402,10 +421,18 @@ class GpuCollector(Collector):
                 continue
             fam.add("fmdiag_gpu_lost", 0, _lost_labels(gpu.labels))
             handles[index] = handle
+            by_minor[gpu.minor] = gpu.labels["UUID"]
+            migs.update((m.uuid, m) for m in gpu_migs)
         self._processes = {pid: ",".join(sorted(g, key=int)) for pid, g in processes.items()}
+        self._inventory = GpuInventory(by_minor=by_minor, migs=migs, scraped=True)
         self._emit_xids(fam, handles)
         self._emit_errors(fam)
         return None
+
+    def _no_inventory(self) -> None:
+        """A scrape that found no GPUs: readers of the inventory stop waiting for a first one."""
+        if not self._inventory.scraped:
+            self._inventory = GpuInventory(scraped=True)
 
     def _emit_lost(self, fam: Families, index: int, known: _Gpu | None) -> None:
         labels = (
@@ -511,6 +538,101 @@ class GpuCollector(Collector):
             )
         self._gpm(fam, index, gpu, h)
 
+    def _mig(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> list[MigInstance]:
+        """MIG mode and one info series per MIG device, mapping its UUID to this GPU.
+
+        The kubelet hands pods MIG devices by their own UUID (``MIG-...``) while every GPU
+        series is keyed by the physical GPU's, so without this map a MIG pod's GPU cannot be
+        found. A GPU without MIG answers NOT_SUPPORTED once and is not asked again (not counted
+        as an error: it is the answer, not a failure); an empty slot answers NOT_FOUND, which
+        is no error either. Asked every scrape: MIG devices are created and destroyed at run
+        time, without the GPU leaving the bus. The parent is the GPU the walk starts from, so
+        nvmlDeviceGetDeviceHandleFromMigDeviceHandle is not needed.
+        """
+        if "mig_mode" in gpu.unsupported:
+            return []
+        try:
+            mode = self.nvml.nvmlDeviceGetMigMode(h)
+        except pynvml.NVMLError_NotSupported:
+            # The normal answer of a GPU without MIG (pre-Ampere, L40S): no error to count.
+            gpu.unsupported.add("mig_mode")
+            return []
+        except pynvml.NVMLError_GpuIsLost:
+            raise GpuLostError from None
+        except pynvml.NVMLError as exc:
+            if isinstance(exc, pynvml.NVMLError_FunctionNotFound):
+                gpu.unsupported.add("mig_mode")  # a driver without the MIG API
+            self._count_error(str(index), "mig_mode", exc)
+            return []
+        enabled = int(mode[0]) == pynvml.NVML_DEVICE_MIG_ENABLE
+        fam.add("fmdiag_gpu_mig_enabled", 1 if enabled else 0, gpu.labels)
+        if not enabled:
+            return []
+        slots = self._call(
+            index, gpu, "mig_device_count", lambda: self.nvml.nvmlDeviceGetMaxMigDeviceCount(h)
+        )
+        found: list[MigInstance] = []
+        for slot in range(int(slots or 0)):
+            try:
+                mig_handle = self.nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+            except pynvml.NVMLError_NotFound:
+                continue  # an empty slot
+            except pynvml.NVMLError_GpuIsLost:
+                raise GpuLostError from None
+            except pynvml.NVMLError as exc:
+                self._count_error(str(index), "mig_device", exc)
+                continue
+            mig = self._mig_device(index, gpu, h, mig_handle)
+            if mig is None:
+                continue
+            found.append(mig)
+            fam.add(
+                "fmdiag_gpu_mig_info",
+                1,
+                {
+                    "gpu": str(index),
+                    "UUID": gpu.labels["UUID"],
+                    "Hostname": gpu.labels["Hostname"],
+                    "mig_uuid": mig.uuid,
+                    "GPU_I_PROFILE": mig.profile,
+                    "GPU_I_ID": str(mig.gpu_instance_id),
+                    "GPU_CI_ID": str(mig.compute_instance_id),
+                },
+            )
+        return found
+
+    def _mig_device(self, index: int, gpu: _Gpu, parent: Any, h: Any) -> MigInstance | None:
+        """One MIG device's identity; None when NVML will not give its UUID or instance ids."""
+        uuid = self._call(index, gpu, "mig_uuid", lambda: _text(self.nvml.nvmlDeviceGetUUID(h)))
+        gi = self._call(index, gpu, "mig_gpu_instance", lambda: int(self.nvml.nvmlDeviceGetGpuInstanceId(h)))
+        ci = self._call(
+            index, gpu, "mig_compute_instance", lambda: int(self.nvml.nvmlDeviceGetComputeInstanceId(h))
+        )
+        if uuid is None or gi is None or ci is None:
+            return None
+        # NVML names a MIG device "<parent name> MIG <profile>" (the profile, 1g.10gb, as the
+        # device plugin's nvidia.com/mig-<profile> and dcgm-exporter's GPU_I_PROFILE spell it).
+        name = self._call(index, gpu, "mig_name", lambda: _text(self.nvml.nvmlDeviceGetName(h))) or ""
+        profile = name.rpartition(" MIG ")[2] if " MIG " in name else ""
+        # The GPU instance's profile id and placement name the device in NVIDIA's DRA driver.
+        info = self._call(
+            index,
+            gpu,
+            "mig_gpu_instance_info",
+            lambda: self.nvml.nvmlGpuInstanceGetInfo(self.nvml.nvmlDeviceGetGpuInstanceById(parent, gi)),
+        )
+        return MigInstance(
+            uuid=uuid,
+            parent_uuid=gpu.labels["UUID"],
+            parent_index=index,
+            gpu_instance_id=gi,
+            compute_instance_id=ci,
+            profile=profile,
+            gi_profile_id=int(info.profileId) if info is not None else None,
+            placement_start=int(info.placement.start) if info is not None else None,
+            placement_size=int(info.placement.size) if info is not None else None,
+        )
+
     def _gpm(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> None:
         """Profiling ratios between this scrape's GPM sample and the previous scrape's."""
         if gpu.gpm_supported is None:
@@ -589,6 +711,10 @@ class GpuCollector(Collector):
         """GPU index -> UUID as of the last scrape, for the slurm collector's job info."""
         return {index: gpu.labels["UUID"] for index, gpu in list(self._gpus.items())}  # one C-level copy
 
+    def gpu_inventory(self) -> GpuInventory:
+        """Minor numbers and MIG devices as of the last scrape, for the kubernetes collector."""
+        return self._inventory
+
     #: How long close() waits for a scrape that is inside NVML before leaving NVML as it is.
     _CLOSE_WAIT_S = 5.0
 
@@ -597,6 +723,8 @@ class GpuCollector(Collector):
             self.ctx.gpu_processes.provider = None
         if self.ctx.gpu_processes.identities == self.gpu_identities:
             self.ctx.gpu_processes.identities = None
+        if self.ctx.gpu_processes.inventory == self.gpu_inventory:
+            self.ctx.gpu_processes.inventory = None
         self._closed = True  # a scrape still running starts no XID listener, later ones nothing
         # Freeing GPM samples or shutting NVML down under a running scrape is a use-after-free
         # in the library; a scrape stuck in NVML for good must not hang shutdown either.

@@ -16,6 +16,14 @@ serves none rather than a stale owner.
 Device ids are the device plugin's: GPU UUIDs (``GPU-...``), ``GPU-...::N`` for a time-sliced
 replica (the UUID is the part before ``::``), ``MIG-...`` for a MIG device; EFA ids are the
 RDMA device name or a ``uverbsN`` node, resolved to the device name through sysfs.
+
+Every GPU series is keyed by the physical GPU's UUID, so a MIG device's info series carries
+its parent's UUID (and dcgm-exporter's ``GPU_I_ID``/``GPU_I_PROFILE``), taken from the GPU
+collector's NVML inventory (``CollectorContext.gpu_processes.inventory``): the operator's
+join stays one ``on(UUID)``. Dynamic Resource Allocation claims (``dynamic_resources``) name
+devices by driver and device name (``gpu.nvidia.com``, ``gpu-0``: the GPU with minor number
+0) or by CDI name; the same inventory turns those into UUIDs, and the claim's name and
+namespace are labels of the info series.
 """
 
 from __future__ import annotations
@@ -30,7 +38,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
-from fmdiag.exporters.collector import Collector, CollectorContext, SourceUnavailableError, register
+from fmdiag.exporters.collector import (
+    Collector,
+    CollectorContext,
+    GpuInventory,
+    MigInstance,
+    SourceUnavailableError,
+    register,
+)
 from fmdiag.exporters.options import Option, duration, regex
 from fmdiag.exporters.podresources import DEFAULT_SOCKET, PodResourcesUnavailableError
 from fmdiag.exporters.rdma_names import efa_device
@@ -41,7 +56,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, order=True)
 class Assignment:
-    """One device of one container, as the kubelet reports it."""
+    """One device of one container, as the kubelet reports it.
+
+    For a DRA device, ``resource`` is the DRA driver (``gpu.nvidia.com``), ``device_id`` its
+    device name (``gpu-0``) and ``claim_*`` the ResourceClaim that holds it.
+    """
 
     kind: str  # "gpu" or "efa"
     device_id: str
@@ -49,21 +68,57 @@ class Assignment:
     pod: str
     namespace: str
     container: str
+    claim_name: str = ""
+    claim_namespace: str = ""
+    dra: bool = False
+
+
+#: NVIDIA's DRA driver names a GPU ``gpu-<minor>`` and a MIG device
+#: ``gpu-<minor>-mig-<GPU instance profile id>-<placement start>-<placement size>``; a
+#: claim's own CDI device is ``<claim UID>-<that name>``.
+_DRA_GPU_NAME = re.compile(r"(?:^|-)(gpu-(\d+)(?:-mig-(\d+)-(\d+)-(\d+))?)$")
+#: The MIG device ids of device plugins on R450/R460 drivers: ``MIG-<GPU UUID>/<GI>/<CI>``.
+_LEGACY_MIG = re.compile(r"MIG-(GPU-[0-9A-Za-z-]+)/(\d+)/(\d+)")
+
+
+def dra_devices(resource: api_pb2.ClaimResource) -> list[tuple[str, str]]:
+    """(driver, device name) of one allocated DRA device.
+
+    Kubelets 1.31+ send the driver/pool/device triplet; older ones only the device's CDI
+    names (``k8s.gpu.nvidia.com/device=gpu-0``, ``k8s.gpu.nvidia.com/claim=<uid>-gpu-0``),
+    whose vendor is ``k8s.`` + the driver in NVIDIA's driver and whose name ends in the
+    device name. Several CDI names of one device come out as one name.
+    """
+    if resource.device_name:
+        return [(resource.driver_name, resource.device_name)]
+    found: list[tuple[str, str]] = []
+    for cdi in resource.cdi_devices:
+        kind, sep, name = cdi.name.partition("=")
+        if not sep or not name:
+            continue
+        driver = resource.driver_name or kind.split("/", 1)[0].removeprefix("k8s.")
+        match = _DRA_GPU_NAME.search(name)
+        device = (driver, match[1] if match else name)
+        if device not in found:
+            found.append(device)
+    return found
 
 
 def assignments(
     response: api_pb2.ListPodResourcesResponse,
     gpu_resources: re.Pattern[str] | None,
     efa_resources: re.Pattern[str] | None,
+    dra_gpu_drivers: re.Pattern[str] | None = None,
 ) -> list[Assignment]:
     """The GPU and EFA devices in a List answer, sorted and without duplicates.
 
-    Resources matching neither pattern (CPUs, hugepages, other device plugins) are left out;
-    so are dynamic (DRA) claims, whose CDI names do not identify a GPU by UUID.
+    Resources matching neither pattern (CPUs, hugepages, other device plugins) are left out,
+    and so are DRA devices of drivers not matching ``dra_gpu_drivers``.
     """
     found: set[Assignment] = set()
     for pod in response.pod_resources:
         for container in pod.containers:
+            owner = (pod.name, pod.namespace, container.name)
             for devices in container.devices:
                 resource = devices.resource_name
                 if gpu_resources is not None and gpu_resources.fullmatch(resource):
@@ -73,13 +128,63 @@ def assignments(
                 else:
                     continue
                 for device_id in devices.device_ids:
-                    found.add(Assignment(kind, device_id, resource, pod.name, pod.namespace, container.name))
+                    found.add(Assignment(kind, device_id, resource, *owner))
+            if dra_gpu_drivers is None:
+                continue
+            for claim in container.dynamic_resources:
+                for allocated in claim.claim_resources:
+                    for driver, device in dra_devices(allocated):
+                        if dra_gpu_drivers.fullmatch(driver):
+                            found.add(
+                                Assignment(
+                                    "gpu",
+                                    device,
+                                    driver,
+                                    *owner,
+                                    claim_name=claim.claim_name,
+                                    claim_namespace=claim.claim_namespace,
+                                    dra=True,
+                                )
+                            )
     return sorted(found)
 
 
 def gpu_uuid(device_id: str) -> str:
     """The UUID a GPU device id names: ``GPU-x::3`` (a time-sliced replica) -> ``GPU-x``."""
     return device_id.split("::", 1)[0]
+
+
+def needs_inventory(a: Assignment) -> bool:
+    """Whether only NVML can tell which physical GPU this device is (a MIG or DRA device)."""
+    ident = gpu_uuid(a.device_id)
+    return ident.startswith("MIG-") or (a.dra and not ident.startswith("GPU-"))
+
+
+def resolve_gpu(a: Assignment, inventory: GpuInventory | None) -> tuple[str, MigInstance | None]:
+    """The physical GPU's UUID of an assigned device, and its MIG device if it is one.
+
+    A MIG device NVML does not know (no GPU collector in this exporter, or before its first
+    scrape) keeps its own ``MIG-...`` UUID; a DRA device name NVML cannot resolve has an
+    empty UUID (it names no GPU by itself).
+    """
+    ident = gpu_uuid(a.device_id)
+    if ident.startswith("MIG-"):
+        legacy = _LEGACY_MIG.fullmatch(ident)
+        if legacy is not None:  # the parent is in the id itself
+            parent = legacy[1]
+            found = inventory.mig_of_instance(parent, int(legacy[2]), int(legacy[3])) if inventory else None
+            return parent, found
+        mig = inventory.migs.get(ident) if inventory is not None else None
+        return (mig.parent_uuid, mig) if mig is not None else (ident, None)
+    if ident.startswith("GPU-") or not a.dra:
+        return ident, None
+    name = _DRA_GPU_NAME.search(ident)
+    if name is None or inventory is None:
+        return "", None
+    parent = inventory.by_minor.get(int(name[2]), "")
+    if name[3] is None or not parent:
+        return parent, None
+    return parent, inventory.mig_at(parent, int(name[3]), int(name[4]), int(name[5]))
 
 
 SOCKET: Option[Path] = Option(
@@ -103,6 +208,11 @@ GPU_RESOURCES = regex(
 EFA_RESOURCES = regex(
     "efa-resources", r"vpc\.amazonaws\.com/efa", "Resource names whose devices are EFAs (whole name)."
 )
+DRA_GPU_DRIVERS = regex(
+    "dra-gpu-drivers",
+    r"gpu\.nvidia\.com",
+    "Dynamic Resource Allocation drivers whose devices are GPUs (whole name); empty: claims not read.",
+)
 
 
 @register
@@ -111,7 +221,7 @@ class KubernetesCollector(Collector):
 
     name = "kubernetes"
     default_enabled = False
-    options = (SOCKET, REFRESH, TIMEOUT, MAX_STALE, GPU_RESOURCES, EFA_RESOURCES)
+    options = (SOCKET, REFRESH, TIMEOUT, MAX_STALE, GPU_RESOURCES, EFA_RESOURCES, DRA_GPU_DRIVERS)
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
@@ -119,6 +229,7 @@ class KubernetesCollector(Collector):
         self.max_stale_s = self.option(MAX_STALE)
         self.gpu_resources = self.option(GPU_RESOURCES)
         self.efa_resources = self.option(EFA_RESOURCES)
+        self.dra_gpu_drivers = self.option(DRA_GPU_DRIVERS)
         # grpc is imported only here, when the collector is switched on: ~50 ms of start-up
         # that nodes without Kubernetes never pay.
         from fmdiag.exporters.podresources.client import PodResourcesClient  # noqa: PLC0415
@@ -141,7 +252,9 @@ class KubernetesCollector(Collector):
         except PodResourcesUnavailableError as exc:
             self._error = str(exc)
             return
-        self._assignments = assignments(response, self.gpu_resources, self.efa_resources)
+        self._assignments = assignments(
+            response, self.gpu_resources, self.efa_resources, self.dra_gpu_drivers
+        )
         self._answered_at = now
         self._error = None
 
@@ -153,6 +266,12 @@ class KubernetesCollector(Collector):
             error = self._error
         fam = self.families()
         sysfs = self.ctx.paths.sysfs
+        # Read per scrape, not per kubelet answer: MIG devices are reconfigured at run time.
+        provider = self.ctx.gpu_processes.inventory
+        inventory = provider() if provider is not None else None
+        # Before the GPU collector's first scrape, MIG and DRA devices are left out rather
+        # than exported under a UUID that changes one scrape later.
+        waiting = inventory is not None and not inventory.scraped
         for a in current:
             owner = {
                 "device_id": a.device_id,
@@ -162,7 +281,17 @@ class KubernetesCollector(Collector):
                 "container": a.container,
             }
             if a.kind == "gpu":
-                fam.add("fmdiag_gpu_pod_info", 1, {"UUID": gpu_uuid(a.device_id), **owner})
+                if waiting and needs_inventory(a):
+                    continue
+                uuid, mig = resolve_gpu(a, inventory)
+                labels = {"UUID": uuid, **owner}
+                if mig is not None:
+                    labels["GPU_I_ID"] = str(mig.gpu_instance_id)
+                    labels["GPU_I_PROFILE"] = mig.profile
+                if a.dra:
+                    labels["claim_name"] = a.claim_name
+                    labels["claim_namespace"] = a.claim_namespace
+                fam.add("fmdiag_gpu_pod_info", 1, labels)
             else:
                 fam.add("fmdiag_efa_pod_info", 1, {"device": efa_device(sysfs, a.device_id), **owner})
         families = list(fam)

@@ -18,14 +18,17 @@ from support import exporter_proc, prom
 from support.kubelet import PodResourcesServer, pod
 
 from fmdiag.exporters import gpu_state_file
-from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState
+from fmdiag.exporters.gpu_state_file import GpuProcess, GpuState, MigDeviceState
+from fmdiag.exporters.podresources import api_pb2
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "attribution.md"
 EFA_TREE = REPO / "tests" / "fixtures" / "efa" / "nitro_v4" / "sys"
-UUIDS = [f"GPU-{i}{i}{i}{i}{i}{i}{i}{i}-0000-1111-2222-333333333333" for i in range(3)]
+UUIDS = [f"GPU-{i}{i}{i}{i}{i}{i}{i}{i}-0000-1111-2222-333333333333" for i in range(5)]
+MIG_A = "MIG-aaaaaaaa-0000-1111-2222-333333333333"
+MIG_B = "MIG-bbbbbbbb-0000-1111-2222-333333333333"
 
 
 def documented_queries() -> list[str]:
@@ -34,7 +37,9 @@ def documented_queries() -> list[str]:
 
 def test_the_doc_has_the_joins() -> None:
     queries = documented_queries()
-    assert len(queries) == 6
+    assert len(queries) == 8
+    assert any('GPU_I_ID!=""' in q for q in queries)
+    assert any("claim_name" in q for q in queries)
     assert any("fmdiag_efa_pod_info" in q for q in queries)
     assert any("fmdiag_gpu_slurm_job_info" in q for q in queries)
     assert any("fmdiag_efa_slurm_job_info" in q for q in queries)
@@ -55,8 +60,15 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
             pci_bus_id=f"00000000:{0x18 + i:02X}:00.0",
             util_gpu_pct=10 * (i + 1),
             fb_used_mib=1000 * (i + 1),
+            temperature_c=50 + i,
         )
         for i, u in enumerate(UUIDS)
+    ]
+    # GPU 3 is split by MIG into two pods' devices; GPU 4 is a DRA claim's (device gpu-4).
+    gpus[3].mig_capable = gpus[3].mig_enabled = True
+    gpus[3].mig_devices = [
+        MigDeviceState(index=0, uuid=MIG_A, gpu_instance_id=9, profile="1g.10gb"),
+        MigDeviceState(index=1, uuid=MIG_B, gpu_instance_id=2, profile="3g.40gb", gi_profile_id=9),
     ]
     # Job 4242's process on GPU 0 holding an EFA device open (cgroup v2 path, fd to uverbs0).
     gpus[0].processes.append(GpuProcess(pid=7001, used_memory_bytes=1 << 30))
@@ -85,6 +97,28 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
         ),
         pod("notebook", "research", {"lab": {"nvidia.com/gpu": [f"{UUIDS[2]}::0"]}}),
         pod("infer", "serving", {"server": {"nvidia.com/gpu": [f"{UUIDS[2]}::1"]}}),
+        pod("small", "research", {"main": {"nvidia.com/mig-1g.10gb": [MIG_A]}}),
+        pod("medium", "research", {"main": {"nvidia.com/mig-3g.40gb": [MIG_B]}}),
+        api_pb2.PodResources(
+            name="dra-job",
+            namespace="training",
+            containers=[
+                api_pb2.ContainerResources(
+                    name="worker",
+                    dynamic_resources=[
+                        api_pb2.DynamicResource(
+                            claim_name="dra-job-gpu",
+                            claim_namespace="training",
+                            claim_resources=[
+                                api_pb2.ClaimResource(
+                                    driver_name="gpu.nvidia.com", pool_name="p5-001", device_name="gpu-4"
+                                )
+                            ],
+                        )
+                    ],
+                )
+            ],
+        ),
     ]
     kubelet.start()
     args = [
@@ -108,10 +142,14 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
             server.wait_for("fmdiag_gpu_slurm_job_info", min_results=3)
             server.wait_for("count_over_time(fmdiag_efa_tx_bytes_total[1m]) > 1")
             server.wait_for("fmdiag_efa_slurm_job_info")
-            exclusive, any_gpu, memory, efa, slurm, slurm_efa = documented_queries()
+            # MIG and DRA devices appear once the GPU collector has scraped NVML once.
+            server.wait_for('fmdiag_gpu_pod_info{GPU_I_ID!=""}', min_results=2)
+            server.wait_for('fmdiag_gpu_pod_info{claim_name!=""}')
+            exclusive, any_gpu, memory, mig, dra, efa, slurm, slurm_efa = documented_queries()
             assert owners(server.query(exclusive), "UUID", "pod", "namespace", "container") == {
                 (UUIDS[0], "llama-0", "training", "trainer"),
                 (UUIDS[1], "llama-0", "training", "trainer"),
+                (UUIDS[4], "dra-job", "training", "worker"),
             }
             shared = server.query(any_gpu)
             assert owners(shared, "UUID", "pod", "gpu") == {
@@ -119,7 +157,20 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
                 (UUIDS[1], "llama-0", "1"),
                 (UUIDS[2], "notebook", "2"),
                 (UUIDS[2], "infer", "2"),
+                (UUIDS[3], "small", "3"),
+                (UUIDS[3], "medium", "3"),
+                (UUIDS[4], "dra-job", "4"),
             }
+            sliced = server.query(mig)
+            assert owners(sliced, "UUID", "device_id", "pod", "GPU_I_ID", "GPU_I_PROFILE", "gpu") == {
+                (UUIDS[3], MIG_A, "small", "9", "1g.10gb", "3"),
+                (UUIDS[3], MIG_B, "medium", "2", "3g.40gb", "3"),
+            }
+            assert {float(r["value"][1]) for r in sliced} == {53.0}  # the physical GPU's temperature
+            assert {
+                (r["metric"]["claim_namespace"], r["metric"]["claim_name"]): float(r["value"][1])
+                for r in server.query(dra)
+            } == {("training", "dra-job-gpu"): 50.0}
             assert {
                 r["metric"]["pod"]: float(r["value"][1]) for r in shared if r["metric"]["UUID"] == UUIDS[2]
             } == {
@@ -127,7 +178,8 @@ def test_documented_joins_answer_with_owners(tmp_path: Path) -> None:
                 "infer": 30.0,
             }
             assert {r["metric"]["pod"]: float(r["value"][1]) for r in server.query(memory)} == {
-                "llama-0": 3000.0
+                "llama-0": 3000.0,
+                "dra-job": 5000.0,
             }
             assert owners(server.query(efa), "namespace", "pod") == {("training", "llama-0")}
             assert {r["metric"]["slurm_job_id"]: float(r["value"][1]) for r in server.query(slurm)} == {
