@@ -64,6 +64,9 @@ EFA_ERROR_COUNTERS = (
     "fmdiag_efa_unresponsive_remote_events_total",
     "fmdiag_efa_rx_drops_total",
 )
+#: A culprit device sending under this fraction of the median device's throughput carries
+#: less than its share (a degraded link), which the recommendation says.
+LOW_THROUGHPUT = 0.8
 #: Seconds around a step a metric sample may lie and still describe it (two scrapes of 15 s).
 SAMPLE_TOLERANCE_S = 30.0
 
@@ -194,6 +197,17 @@ class MetricView:
             for (inst, dev), g in errs.groupby(["instance", "device"], observed=True):
                 summed = g.groupby("timestamp")["value"].sum().sort_index()
                 self._efa[(str(inst), str(dev))] = (summed.index.to_numpy(), summed.to_numpy())
+        # per device: transmitted bytes over time, and its line rate
+        self._tx: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float]] = {}
+        if efa is not None and len(efa) and "device" in efa:
+            rate = efa[efa["metric"] == "fmdiag_efa_port_rate_bytes_per_second"]
+            line = rate.groupby(["instance", "device"], observed=True)["value"].max().to_dict()
+            tx = efa[efa["metric"] == "fmdiag_efa_tx_bytes_total"]
+            for (inst, dev), group in tx.groupby(["instance", "device"], observed=True):
+                cap = float(line.get((inst, dev), 0.0))
+                g = group.sort_values("timestamp")
+                if cap > 0 and len(g) > 1:
+                    self._tx[(str(inst), str(dev))] = (g["timestamp"].to_numpy(), g["value"].to_numpy(), cap)
         self._reasons: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, str]] = {}
         if self.gpu is not None and len(self.gpu):
             r = _samples(self.gpu, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS")
@@ -269,6 +283,18 @@ class MetricView:
         if top <= 0 or top < 3 * median:
             return None
         return {"node": node, "efa_device": dev}, top, median
+
+    def efa_line_fraction(self, t: float) -> dict[tuple[str, str], float]:
+        """Per (node, device), transmit throughput over line rate in the scrape interval holding
+        ``t``: a sick link carries less than its peers. (Averaged over a scrape interval, a
+        healthy FSDP job's bursts read far below 1: this is not a saturation test.)"""
+        out: dict[tuple[str, str], float] = {}
+        for node, (ts, vals, cap) in self._tx.items():
+            hi = int(np.searchsorted(ts, t, side="right"))
+            lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+            if hi > lo and ts[hi] > ts[lo]:
+                out[node] = float(vals[hi] - vals[lo]) / (ts[hi] - ts[lo]) / cap
+        return out
 
     def slowest_ost(self) -> dict[str, Any] | None:
         """The OST with the highest read latency seen by any client (the I/O culprit)."""
@@ -365,6 +391,14 @@ def _network(v: Verdict, f: StepFeatures, work_s: float, view: MetricView) -> No
             f"{v.culprit['node']} {v.culprit['efa_device']} has {errors:.0f} error events in the "
             f"interval (median device {usual:.0f}): check its link and port state"
         )
+    line = view.efa_line_fraction(f.end_s)
+    if line:
+        usual = float(np.median(list(line.values())))
+        key = (str(v.culprit["node"]), str(v.culprit["efa_device"])) if v.culprit else None
+        own = line.get(key, usual) if key else usual
+        v.evidence.append(_ev("efa_tx_fraction_of_line_rate", own, usual))
+        if key in line and own < LOW_THROUGHPUT * usual:
+            where += f"; it sends at {own:.1%} of line rate against {usual:.1%} on the median device"
     v.recommendation = (
         f"every rank waits {f.comm_min * 1e3:.0f} ms or more in collectives with no late rank "
         f"({f.comm_min / work_s:.0%} of the step): {where}"
