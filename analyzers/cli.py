@@ -201,6 +201,14 @@ def analyze(
     show_default=True,
     help="Most points per series one request may return.",
 )
+@click.option(
+    "--steps-from",
+    "steps_from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    metavar="SPOOL",
+    help="Also copy the job's step files from this spool directory (shared by the ranks) into steps/.",
+)
 def collect(
     prometheus: str,
     job: str,
@@ -210,10 +218,13 @@ def collect(
     query_step: float,
     max_series: int,
     max_points: int,
+    steps_from: Path | None,
 ) -> None:
-    """Copy a training job's node metrics from Prometheus into a trace dump's metrics/ folder.
+    """Copy a training job's node metrics from Prometheus into a trace dump's metrics/ folder,
+    and with --steps-from its step records into steps/.
 
-    Offline analysis (fmdiag analyze OUT) then needs no Prometheus.
+    Offline analysis (fmdiag analyze OUT) then needs no Prometheus. Prometheus holds step times
+    at scrape resolution only, so the per-step records come from the job's spool.
     """
     if end < start:
         raise click.BadParameter(f"--end {end} is before --start {start}", param_hint="--end")
@@ -227,3 +238,10 @@ def collect(
     for sub in sorted(result.files):
         click.echo(f"{result.files[sub]}: {result.series[sub]} series, {result.rows[sub]} rows")
     click.echo(f"{len(result.instances)} nodes, {result.requests} requests")
+    if steps_from is not None:
+        copied = collect_mod.copy_step_files(steps_from, job, out)
+        for problem in copied.problems[:10]:
+            click.echo(f"warning: {problem}", err=True)
+        if not copied.files:
+            raise click.ClickException(f"{steps_from}: no step files of job {job!r}")
+        click.echo(f"{out / 'steps'}: {len(copied.files)} step files, {copied.records} records")

@@ -195,3 +195,41 @@ def job_series(
         series = list(series_for(client, subsystem, job, instances, start, end, step, max_series, max_points))
         if series:
             yield subsystem, series
+
+
+@dataclass
+class CopiedSteps:
+    """Step files copied into a dump's ``steps/``: how many, their records, and what was wrong."""
+
+    files: list[str] = field(default_factory=list)
+    records: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def copy_step_files(spool: Path, job: str, out: Path) -> CopiedSteps:
+    """Copy the job's step files from a spool directory (a shared filesystem the ranks write to)
+    into ``out/steps/``, byte for byte: a bad line stays for the analysis to report, not dropped
+    here. A file is the job's when its name is ``steprecord.file_name(job, rank)``'s and its
+    records say the job."""
+    from fmdiag import steprecord  # noqa: PLC0415
+
+    prefix = steprecord.file_name(job, 0).removesuffix("00000.jsonl")
+    result = CopiedSteps()
+    candidates = [p for p in steprecord.step_files(spool) if p.name.startswith(prefix)]
+    target = dumpformat.DumpLayout(out).steps_dir
+    for path in candidates:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            result.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            continue
+        read = steprecord.read_file(path)
+        if read.records and any(r.job != job for r in read.records):
+            result.problems.append(f"{path}: records of another job, not copied")
+            continue
+        result.problems.extend(str(e) for e in read.errors)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / path.name).write_bytes(data)
+        result.files.append(str(target / path.name))
+        result.records += len(read.records)
+    return result

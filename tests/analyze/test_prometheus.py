@@ -266,3 +266,27 @@ def test_analyze_reads_metrics_from_prometheus(prom: Prometheus, tmp_path: Path)
     assert metrics["source"] == f"prometheus {prom.url}"
     assert metrics["subsystems"]["gpu"]["series"] == 3
     assert metrics["subsystems"]["steps"]["instances"] == ["node-a", "node-b"]
+
+
+def test_collect_copies_the_jobs_step_files_from_a_spool(prom: Prometheus, tmp_path: Path) -> None:
+    from fmdiag import steprecord
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    good = '{"v":1,"job":"j1","rank":%d,"node":"node-a","step":0,"start_ns":1,"end_ns":2}\n'
+    (spool / steprecord.file_name("j1", 0)).write_text(good % 0 + "not json\n")
+    (spool / steprecord.file_name("j1", 1)).write_text(good % 1)
+    (spool / steprecord.file_name("other", 0)).write_text(good.replace("j1", "other") % 0)
+    out = tmp_path / "dump"
+    args = ["--prometheus", prom.url, "--job", "j1", "--start", str(T0), "--end", str(T1), "--out", str(out)]
+    r = CliRunner().invoke(collect_cmd, [*args, "--steps-from", str(spool)])
+    assert r.exit_code == 0, r.output
+    copied = sorted(p.name for p in dumpformat.DumpLayout(out).step_files())
+    assert copied == [steprecord.file_name("j1", 0), steprecord.file_name("j1", 1)]
+    assert "2 step files, 2 records" in r.stdout
+    assert "j1.rank00000.jsonl:2: not valid JSON" in r.stderr  # reported, and kept for the analysis to name
+    assert (out / "steps" / steprecord.file_name("j1", 0)).read_text().endswith("not json\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(collect_cmd, [*args, "--steps-from", str(empty)])
+    assert r.exit_code != 0 and "no step files of job 'j1'" in r.output
