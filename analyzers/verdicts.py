@@ -54,6 +54,9 @@ DATA_WAIT_FRACTION = 0.05
 #: :data:`CPU_BUSY_FRACTION` with iowait below it is a CPU-bound host.
 IOWAIT_FRACTION = 0.10
 CPU_BUSY_FRACTION = 0.60
+#: With iowait present too, busy CPUs must hold at least this share, and more than iowait,
+#: for the loader rather than the filesystem to be the cause.
+HOST_MIN_BUSY = 0.30
 #: A checkpoint costing more than this many median steps is a write stall; a normal
 #: checkpoint of the presets costs under ten.
 CHECKPOINT_STALL_STEPS = 20.0
@@ -372,11 +375,17 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
 
 
 def starvation_class(cpu: dict[str, float] | None) -> str:
-    """io or host for a step that starves for input: iowait says the filesystem, saturated CPUs
-    with no iowait say the loader; with no CPU data (or neither) io is assumed."""
-    if cpu is None or cpu.get("iowait", 0.0) >= IOWAIT_FRACTION:
+    """io or host for a step that starves for input: iowait says the filesystem, busy CPUs the
+    loader. Both at once (a CPU-bound loader on a cluster whose reads also queue) is host when
+    the busy share is the larger and at least :data:`HOST_MIN_BUSY`. With no CPU data, or
+    neither sign, io is assumed."""
+    if cpu is None:
         return "io"
-    return "host" if cpu.get("user", 0.0) + cpu.get("system", 0.0) >= CPU_BUSY_FRACTION else "io"
+    iowait = cpu.get("iowait", 0.0)
+    busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
+    if iowait >= IOWAIT_FRACTION:
+        return "host" if busy > iowait and busy >= HOST_MIN_BUSY else "io"
+    return "host" if busy >= CPU_BUSY_FRACTION else "io"
 
 
 def _network(v: Verdict, f: StepFeatures, work_s: float, view: MetricView) -> None:
@@ -410,19 +419,22 @@ def _starved(
 ) -> None:
     v.evidence.append(_ev("data_wait_s", f.data_wait_median, DATA_WAIT_FRACTION * work_s))
     share = f.data_wait_median / work_s
+    v.cls = starvation_class(cpu)
     if cpu is None:
-        v.cls, v.confidence = "io", 0.4
+        v.confidence = 0.4
         v.undecided.append("no host CPU metrics: io and host cannot be told apart; io assumed")
-    elif cpu.get("iowait", 0.0) >= IOWAIT_FRACTION:
-        v.cls, v.confidence = "io", 0.85
-        v.evidence.append(_ev("cpu_iowait_fraction", cpu.get("iowait", 0.0), IOWAIT_FRACTION))
-    elif cpu.get("user", 0.0) + cpu.get("system", 0.0) >= CPU_BUSY_FRACTION:
-        v.cls, v.confidence = "host", 0.85
-        busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
-        v.evidence.append(_ev("cpu_busy_fraction", busy, CPU_BUSY_FRACTION))
     else:
-        v.cls, v.confidence = "io", 0.5
-        v.undecided.append("data wait with neither iowait nor saturated CPUs; io assumed")
+        iowait = cpu.get("iowait", 0.0)
+        busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
+        if iowait >= IOWAIT_FRACTION:
+            v.evidence.append(_ev("cpu_iowait_fraction", iowait, IOWAIT_FRACTION))
+        if v.cls == "host":
+            v.evidence.append(
+                _ev("cpu_busy_fraction", busy, CPU_BUSY_FRACTION if iowait < IOWAIT_FRACTION else iowait)
+            )
+        v.confidence = 0.85 if v.evidence[-1]["metric"] != "data_wait_s" else 0.5
+        if iowait < IOWAIT_FRACTION and v.cls == "io":
+            v.undecided.append("data wait with neither iowait nor saturated CPUs; io assumed")
     if v.cls == "io":
         if ost:
             v.culprit = dict(ost)
