@@ -97,6 +97,8 @@ def _verdict_section(a: Analysis) -> list[str]:
     """Phases of one verdict, one line each with their onset and cost, then the recommendation."""
     d = a.diagnosis
     if not a.verdicts or d is None:
+        if a.metrics and not a.traces and a.steps is None:
+            return ["", "Verdicts: none (no step records or Kineto traces: there is no step to judge)"]
         return []
     lines = ["", "Verdicts (phases of one class)"]
     lines.append(f"  {'steps':<11} {'class':<10} {'onset':>6} {'lost':>7}  culprit")

@@ -73,6 +73,12 @@ def test_kineto_only_steps_only_metrics_only(tmp_path: Path) -> None:
     assert s["steps"]["per_rank"]["rows"] and s["kineto"]["per_rank"]["rows"] == []  # type: ignore[index]
     m = analyze_json(str(_partial_dump(tmp_path, "metrics")))
     assert m["inputs"]["metrics"]["source"] == "dump" and m["steps"]["per_rank"]["rows"] == []  # type: ignore[index]
+    # metrics alone have no step to judge: no verdicts, and the terminal report says why
+    assert m["verdicts"] == [] and m["attribution"] is None
+    code, out = run(str(tmp_path / "metrics"))
+    assert code == 0 and "Verdicts: none (no step records or Kineto traces" in out
+    # the other two each get verdicts
+    assert k["verdicts"] and s["verdicts"] and s["attribution"]["run"]["duration_s"] > 0  # type: ignore[index]
 
 
 def test_empty_dump_and_missing_dump(tmp_path: Path) -> None:
