@@ -16,7 +16,10 @@ A cause is counted on a step only when its own test passed there (the verdict's 
 its ``secondary`` causes), so noise on healthy steps is not booked as loss. A run with fewer than
 :data:`MIN_HEALTHY_STEPS` healthy steps (a fault from the first step) has no healthy step time to
 compare with: each cause is then costed by its own signal alone, which is a lower bound, and
-the document says so (``baseline.losses_are_lower_bounds``).
+the document says so (``baseline.losses_are_lower_bounds``) — except a straggler when GPU
+activity was scraped: its peers spend ``1 - activity(median GPU) / activity(straggler's GPU)``
+of the step idle waiting for it (its own GPU never waits), which is the time its fix gives back
+(``straggler_from_gpu_activity``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers.verdicts import NETWORK_FLOOR_FRACTION, StepFeatures, Verdict
+from fmdiag.analyzers.verdicts import NETWORK_FLOOR_FRACTION, MetricView, StepFeatures, Verdict
 
 CAUSES: tuple[str, ...] = ("straggler", "network", "io", "host", "checkpoint")
 #: Healthy steps needed before their medians are trusted as the baseline.
@@ -75,6 +78,8 @@ class Attribution:
     #: The cause each step's loss of each cause is booked to, for the aggregates (step index ->
     #: cause -> culprit dict or None for job-wide).
     culprits: list[dict[str, dict[str, Any] | None]] = field(default_factory=list)
+    #: With no healthy steps, the straggler was costed by its peers' idle GPU time (metrics).
+    straggler_from_activity: bool = False
 
     @property
     def run_seconds(self) -> float:
@@ -91,7 +96,9 @@ class Attribution:
             if lost <= 0 or total <= 0:
                 continue
             steps = int(np.count_nonzero(self.per_step[f"lost_{cause}_s"]))
-            bound = "at least " if not self.baseline.measured and cause != "checkpoint" else ""
+            measured = self.baseline.measured or cause == "checkpoint"
+            measured = measured or (cause == "straggler" and self.straggler_from_activity)
+            bound = "" if measured else "at least "
             out.append(
                 f"fixing {_WHAT[cause]} gives back {bound}{lost / total:.1%} of step time "
                 f"({lost:.1f} s over {steps} steps)"
@@ -109,6 +116,7 @@ class Attribution:
                 "fraction": {c: round(v / total, 6) if total > 0 else 0.0 for c, v in lost.items()},
             },
             "statements": self.statements(),
+            "straggler_from_gpu_activity": self.straggler_from_activity,
             "per_step": table(self.per_step),
         }
 
@@ -184,10 +192,25 @@ def _booked(cause: str, f: StepFeatures, v: Verdict) -> dict[str, Any] | None:
     return v.culprit if v.cls == cause else None
 
 
-def attribute(feats: list[StepFeatures], verdicts: list[Verdict]) -> Attribution:
+def _peers_idle(view: MetricView, culprit: dict[str, Any] | None, f: StepFeatures) -> float | None:
+    """The share of the step a straggler's peers spend idle waiting for it: one minus the median
+    GPU's activity over the straggler's own (its GPU never waits)."""
+    if not culprit or "node" not in culprit or int(culprit.get("gpu", -1)) < 0:
+        return None
+    got = view.gpu_activity(str(culprit["node"]), int(culprit["gpu"]), f.end_s)
+    if got is None or got[0] <= 0:
+        return None
+    own, peers = got
+    return float(min(max(1.0 - peers / own, 0.0), 0.95))
+
+
+def attribute(
+    feats: list[StepFeatures], verdicts: list[Verdict], view: MetricView | None = None
+) -> Attribution:
     """The losses of every step (see the module docstring for each cause's what-if)."""
     base = baseline(feats, verdicts)
     n = len(feats)
+    estimated = np.zeros(n, bool)
     cols: dict[str, np.ndarray] = {c: np.zeros(n) for c in COLUMNS}
     cols["step"] = np.array([f.step for f in feats], np.int64)
     cols["duration_s"] = np.array([f.duration_s for f in feats])
@@ -204,9 +227,16 @@ def attribute(feats: list[StepFeatures], verdicts: list[Verdict]) -> Attribution
             continue
         signal = {c: _signal(c, f, base) for c in running}
         if not base.measured:
-            # no healthy step to compare with: each cause's own signal, a lower bound
+            # no healthy step to compare with: each cause's own signal, a lower bound; a
+            # straggler's peers idle waiting for it, which their GPU activity measures
             for c in running:
-                cols[f"lost_{c}_s"][i] = min(signal[c], f.duration_s)
+                lost = signal[c]
+                if c == "straggler" and view is not None:
+                    idle = _peers_idle(view, booked[c], f)
+                    if idle is not None:
+                        lost = max(lost, idle * (f.duration_s - f.checkpoint_s))
+                        estimated[i] = True
+                cols[f"lost_{c}_s"][i] = min(lost, f.duration_s)
             continue
         # the step's excess over a healthy step, shared by the causes in proportion to their signals
         excess = max(f.duration_s - f.checkpoint_s - base.duration_s, 0.0)
@@ -217,4 +247,6 @@ def attribute(feats: list[StepFeatures], verdicts: list[Verdict]) -> Attribution
     for c in CAUSES:
         cols[f"lost_{c}_s"] = np.round(cols[f"lost_{c}_s"], 9)
     cols["lost_total_s"] = np.round(np.sum([cols[f"lost_{c}_s"] for c in CAUSES], axis=0), 9)
-    return Attribution(baseline=base, per_step=cols, culprits=culprits)
+    return Attribution(
+        baseline=base, per_step=cols, culprits=culprits, straggler_from_activity=bool(estimated.any())
+    )

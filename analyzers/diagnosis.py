@@ -29,10 +29,11 @@ class Diagnosis:
 
 def diagnose(steps: pd.DataFrame | columns.Columns, metrics: dict[str, pd.DataFrame] | None) -> Diagnosis:
     feats = verdicts.step_features(steps)
-    found = verdicts.classify_features(feats, verdicts.MetricView(metrics or {}))
+    view = verdicts.MetricView(metrics or {})
+    found = verdicts.classify_features(feats, view)
     if not found:
         return Diagnosis(verdicts=[], attribution=None)
-    attr = attribution.attribute(feats, found)
+    attr = attribution.attribute(feats, found, view)
     change = onset.all_change_points(feats)
     return Diagnosis(
         verdicts=found,

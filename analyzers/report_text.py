@@ -128,7 +128,12 @@ def _lost_section(a: Analysis) -> list[str]:
         for s in statements:
             lines.extend(textwrap.wrap(s, 78, initial_indent="  ", subsequent_indent="    "))
         if not d.attribution.baseline.measured:
-            lines.append("  (no healthy stretch in the run: losses are lower bounds)")
+            but = (
+                ", but a straggler's: its peers' idle GPU time"
+                if d.attribution.straggler_from_activity
+                else ""
+            )
+            lines.extend(_wrap(f"(no healthy stretch in the run: losses are lower bounds{but})"))
     targets = d.aggregates.get("targets", [])
     if targets:
         lines += ["", "Act on (ranked by the time they cost)"]

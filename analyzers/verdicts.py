@@ -231,6 +231,37 @@ class MetricView:
                     g["value"].to_numpy(),
                 )
 
+    def _activity_index(self) -> None:
+        """GPU activity per (node, GPU), and the median over all GPUs per sample time, built on
+        first use (only the whole-run straggler costing reads it)."""
+        self._act: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._act_median: tuple[np.ndarray, np.ndarray] = (np.array([]), np.array([]))
+        if self.gpu is None or not len(self.gpu):
+            return
+        a = _samples(self.gpu, "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+        if not len(a):
+            return
+        for (inst, gpu), group in a.groupby(["instance", "gpu"], observed=True):
+            g = group.sort_values("timestamp")
+            self._act[(str(inst), str(gpu))] = (g["timestamp"].to_numpy(), g["value"].to_numpy())
+        med = a.groupby("timestamp")["value"].median().sort_index()
+        self._act_median = (med.index.to_numpy(), med.to_numpy())
+
+    def gpu_activity(self, node: str, gpu: int, t: float) -> tuple[float, float] | None:
+        """The GPU's graphics-engine activity near ``t`` and the median GPU's: a straggler's GPU
+        is busy while its peers idle waiting for it."""
+        if not hasattr(self, "_act"):
+            self._activity_index()
+        own = self._act.get((node, str(gpu)))
+        ts, med = self._act_median
+        if own is None or not len(ts):
+            return None
+        near_own = np.abs(own[0] - t) <= SAMPLE_TOLERANCE_S
+        near_all = np.abs(ts - t) <= SAMPLE_TOLERANCE_S
+        if not near_own.any() or not near_all.any():
+            return None
+        return float(np.mean(own[1][near_own])), float(np.mean(med[near_all]))
+
     def hw_slowdown(self, node: str, gpu: int, t: float) -> tuple[float, str] | None:
         """Fraction of samples near ``t`` with a hardware clock-event bit set, and the GPU's UUID."""
         got = self._reasons.get((node, str(gpu)))
