@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--nodes", default="2,4,8", help="comma-separated node counts")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--efa-devices", type=int, default=32, help="per node (4 keeps 256+ node dumps' metrics small)"
+    )
     args = parser.parse_args()
     pairs: list[tuple[str, str]] = []
     naive: list[tuple[str, str]] = []
@@ -97,7 +100,14 @@ def main() -> None:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     out = Path(tmp) / f"{name}-{nodes}-{seed}"
                     write_dump(
-                        SimOptions(scenario=name, nodes=nodes, gpus=args.gpus, steps=args.steps, seed=seed),
+                        SimOptions(
+                            scenario=name,
+                            nodes=nodes,
+                            gpus=args.gpus,
+                            steps=args.steps,
+                            seed=seed,
+                            efa_devices=args.efa_devices,
+                        ),
                         out,
                     )
                     truth_doc = json.loads((out / "truth.json").read_text())
