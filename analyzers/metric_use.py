@@ -1,7 +1,7 @@
 """The node metrics the diagnosis and its reports read, so readers can drop the rest early.
 
 A 512-node dump holds ~140 million metric rows (every DCGM, EFA, Lustre and host series); the
-verdicts and the HTML overlays read thirteen metrics. Filtering in Arrow, before the conversion to
+verdicts and the HTML overlays read fifteen metrics. Filtering in Arrow, before the conversion to
 pandas, is what keeps a 4,096-rank diagnosis inside its time and memory. A test checks that
 every metric name the consuming modules mention is listed here.
 """
@@ -16,6 +16,9 @@ USED: frozenset[str] = frozenset(
         "DCGM_FI_DEV_GPU_TEMP",
         "DCGM_FI_DEV_POWER_USAGE",
         "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+        # verdicts: where an EFA device sits (its NUMA node and the GPUs on it)
+        "fmdiag_efa_info",
+        "fmdiag_gpu_info",
         # verdicts: the EFA device with the errors, and throughput against line rate
         "fmdiag_efa_tx_bytes_total",
         "fmdiag_efa_port_rate_bytes_per_second",

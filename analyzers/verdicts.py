@@ -200,6 +200,19 @@ class MetricView:
             for (inst, dev), g in errs.groupby(["instance", "device"], observed=True):
                 summed = g.groupby("timestamp")["value"].sum().sort_index()
                 self._efa[(str(inst), str(dev))] = (summed.index.to_numpy(), summed.to_numpy())
+        # where each EFA device sits: its NUMA node, and the GPUs on that NUMA node
+        self._efa_numa: dict[tuple[str, str], str] = {}
+        self._gpu_numa: dict[tuple[str, str], list[int]] = {}
+        if efa is not None and len(efa) and "numa_node" in efa:
+            info = efa[efa["metric"] == "fmdiag_efa_info"].drop_duplicates(["instance", "device"])
+            for row in info[["instance", "device", "numa_node"]].itertuples(index=False):
+                self._efa_numa[(str(row[0]), str(row[1]))] = str(row[2])
+        gpu = metrics.get("gpu")
+        if gpu is not None and len(gpu) and "numa_node" in gpu:
+            info = gpu[gpu["metric"] == "fmdiag_gpu_info"].drop_duplicates(["instance", "gpu"])
+            for row in info[["instance", "gpu", "numa_node"]].itertuples(index=False):
+                if str(row[1]).isdigit():
+                    self._gpu_numa.setdefault((str(row[0]), str(row[2])), []).append(int(row[1]))
         # per device: transmitted bytes over time, and its line rate
         self._tx: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float]] = {}
         if efa is not None and len(efa) and "device" in efa:
@@ -318,6 +331,13 @@ class MetricView:
             return None
         return {"node": node, "efa_device": dev}, top, median
 
+    def efa_neighbours(self, node: str, device: str) -> dict[str, Any]:
+        """The device's NUMA node and the GPUs on it (their collectives go through it first)."""
+        numa = self._efa_numa.get((node, device), "")
+        if not numa:
+            return {}
+        return {"numa_node": numa, "gpus_on_numa_node": sorted(self._gpu_numa.get((node, numa), []))}
+
     def efa_line_fraction(self, t: float) -> dict[tuple[str, str], float]:
         """Per (node, device), transmit throughput over line rate in the scrape interval holding
         ``t``: a sick link carries less than its peers. (Averaged over a scrape interval, a
@@ -426,9 +446,14 @@ def _network(v: Verdict, f: StepFeatures, work_s: float, view: MetricView) -> No
     efa = view.efa_culprit(f.end_s)
     if efa is not None:
         v.culprit, errors, usual = efa
+        v.culprit.update(view.efa_neighbours(v.culprit["node"], v.culprit["efa_device"]))
         v.evidence.append(_ev("efa_error_events", errors, usual))
+        gpus = v.culprit.get("gpus_on_numa_node")
+        shared = (
+            f" (NUMA node {v.culprit['numa_node']}, with GPUs {', '.join(map(str, gpus))})" if gpus else ""
+        )
         where = (
-            f"{v.culprit['node']} {v.culprit['efa_device']} has {errors:.0f} error events in the "
+            f"{v.culprit['node']} {v.culprit['efa_device']}{shared} has {errors:.0f} error events in the "
             f"interval (median device {usual:.0f}): check its link and port state"
         )
     line = view.efa_line_fraction(f.end_s)

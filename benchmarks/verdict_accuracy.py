@@ -79,7 +79,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="2,3", help="comma-separated seeds (tuned on 0,1)")
-    parser.add_argument("--nodes", default="2,4,8", help="comma-separated node counts")
+    parser.add_argument("--nodes", default="4,16,64", help="comma-separated node counts")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument(

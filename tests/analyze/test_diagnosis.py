@@ -254,3 +254,13 @@ def test_kineto_only_dump_gets_verdicts_and_says_what_it_cannot_check(tmp_path: 
             assert any("node and GPU are unknown" in u for v in a.verdicts for u in v.undecided)
             culprit = _truth(sample)["faults"][0]["culprit"]["rank"]
             assert list(rank_scores.flagged(a.diagnosis.rank_scores)["rank"]) == [culprit]
+
+
+def test_network_culprit_names_the_devices_numa_node_and_its_gpus(
+    analyses: dict[str, pipeline.Analysis],
+) -> None:
+    truth = _truth("network-node")["faults"][0]["culprit"]
+    v = next(v for v in analyses["network-node"].verdicts if v.culprit)
+    assert (v.culprit["node"], v.culprit["efa_device"]) == (truth["node"], truth["efa_device"])
+    assert v.culprit["numa_node"] == "0" and v.culprit["gpus_on_numa_node"] == [0, 1]
+    assert "(NUMA node 0, with GPUs 0, 1)" in v.recommendation
