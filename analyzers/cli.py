@@ -220,10 +220,9 @@ def collect(
     max_points: int,
     steps_from: Path | None,
 ) -> None:
-    """Copy a training job's node metrics from Prometheus into a trace dump's metrics/ folder,
-    and with --steps-from its step records into steps/.
+    """Copy a training job's node metrics from Prometheus (and its step records) into a trace dump.
 
-    Offline analysis (fmdiag analyze OUT) then needs no Prometheus. Prometheus holds step times
+    Metrics go to metrics/; with --steps-from, the job's step files go to steps/. Offline analysis (fmdiag analyze OUT) then needs no Prometheus. Prometheus holds step times
     at scrape resolution only, so the per-step records come from the job's spool.
     """
     if end < start:

@@ -207,9 +207,9 @@ class MetricView:
             info = efa[efa["metric"] == "fmdiag_efa_info"].drop_duplicates(["instance", "device"])
             for row in info[["instance", "device", "numa_node"]].itertuples(index=False):
                 self._efa_numa[(str(row[0]), str(row[1]))] = str(row[2])
-        gpu = metrics.get("gpu")
-        if gpu is not None and len(gpu) and "numa_node" in gpu:
-            info = gpu[gpu["metric"] == "fmdiag_gpu_info"].drop_duplicates(["instance", "gpu"])
+        gpus = metrics.get("gpu")
+        if gpus is not None and len(gpus) and "numa_node" in gpus:
+            info = gpus[gpus["metric"] == "fmdiag_gpu_info"].drop_duplicates(["instance", "gpu"])
             for row in info[["instance", "gpu", "numa_node"]].itertuples(index=False):
                 if str(row[1]).isdigit():
                     self._gpu_numa.setdefault((str(row[0]), str(row[2])), []).append(int(row[1]))

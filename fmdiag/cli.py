@@ -57,7 +57,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "collect": Subcommand(
         "fmdiag.analyzers.cli:collect",
-        "Copy a training job's node metrics from Prometheus into a trace dump's metrics/ folder.",
+        "Copy a training job's node metrics from Prometheus (and its step records) into a trace dump.",
         extra="analyze",
     ),
     "dashboards": Subcommand(
