@@ -175,13 +175,15 @@ def _steps(step_files: list[str], options: Options, skipped: list[Skipped]) -> d
             raise InputError.verbatim(p.source, p.errors[0] + more)
         skipped.extend(Skipped(p.source, e) for e in p.errors)
     steps, coverage = steps_reader.merge(parts)
-    sb = step_breakdown.breakdown(steps)
+    del parts  # the files' columns: the frame holds a copy, and at scale it is a gigabyte
+    offsets = step_breakdown.clock_offsets(steps)
+    sb = step_breakdown.breakdown(steps, offsets)
     return {
         "steps": steps,
         "steps_coverage": coverage,
         "step_breakdown": sb,
         "step_spread": spread.spread(sb, step_breakdown.SPREAD_VALUES),
-        "clock_offsets": step_breakdown.clock_offsets(steps),
+        "clock_offsets": offsets,
     }
 
 

@@ -1,8 +1,11 @@
 """Step records (a dump's ``steps/``) into one frame, with what is missing or repeated reported.
 
-Each file is read through the core reader (``fmdiag.steprecord.read_file``, the same validation
-the exporter's step collector uses) into columns — :func:`read_file` is the per-rank map step a
-process pool or Dask runs — and :func:`merge` concatenates them into the frame below.
+Each file is read through the core reader (``fmdiag.steprecord.read_rows``: the same validation
+the exporter's step collector uses, with a tuple instead of an object per record) into numpy
+columns — :func:`read_file` is the per-rank map step a process pool or Dask runs, and needs
+numpy alone — and :func:`merge` gathers them into the frame below, sorted, without a Python step
+per row (4,096 ranks x 1,000 steps load and break down in about 14 s on 2 idle cores:
+``benchmarks/analyze_scale.py``).
 
 The frame (one row per (job, rank, step); pandas):
 
@@ -34,13 +37,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fmdiag import steprecord
 from fmdiag.analyzers.coverage import StepsCoverage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INT_COLUMNS: tuple[str, ...] = ("rank", "local_rank", "step", "start_ns", "end_ns", "dropped")
 FLOAT_COLUMNS: tuple[str, ...] = ("duration_s", *steprecord.PHASES, "tokens", "samples", "gpu_time")
@@ -49,10 +54,15 @@ COLUMNS: tuple[str, ...] = ("job", "node", *INT_COLUMNS, *FLOAT_COLUMNS)
 
 @dataclass
 class FileSteps:
-    """One step file as columns (cheap to send between processes), plus what went wrong in it."""
+    """One step file as numpy columns (cheap to send between processes), plus what went wrong in it.
+
+    ``job`` and ``node`` are int32 codes into ``categories[name]`` (a file has one or a few of
+    each, so strings are not sent once per record); :func:`merge` makes them categoricals.
+    """
 
     source: str
-    columns: dict[str, Any]
+    columns: dict[str, np.ndarray]
+    categories: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     partial_tail: bool = False
     #: Records replaced by a later record of the same (job, rank, step): restarts.
@@ -68,6 +78,9 @@ class FileSteps:
 
 #: Examples of implausible records kept per file.
 EXAMPLES = 3
+#: Where each field is in a ``steprecord.validate_row`` row.
+_AT = {name: i for i, name in enumerate(steprecord.ROW_FIELDS)}
+_CATEGORICAL = ("job", "node")
 
 
 class BinaryStepFileError(ValueError):
@@ -80,51 +93,87 @@ def read_file(path: str | Path) -> FileSteps:
     Raises :class:`BinaryStepFileError` (naming the offset) for a file that is not text at all.
     """
     with open(path, "rb") as f:
-        why = steprecord.binary_content(f.read())
+        data = f.read()
+    why = steprecord.binary_content(data)
     if why is not None:
         raise BinaryStepFileError(f"{path}: {why}")
-    result = steprecord.read_file(path)
-    latest: dict[tuple[str, int, int], steprecord.StepRecord] = {}
-    implausible = 0
-    examples: list[str] = []
-    for rec in result.records:
-        latest[(rec.job, rec.rank, rec.step)] = rec
-        if rec.phases:
-            found = steprecord.warnings(rec)
-            if found:
-                implausible += 1
-                if len(examples) < EXAMPLES:
-                    examples.append(f"{path}: rank {rec.rank} step {rec.step}: {found[0]}")
-    records = list(latest.values())
-    nan = float("nan")
-    cols: dict[str, Any] = {
-        "job": [r.job for r in records],
-        "node": [r.node for r in records],
-        "rank": np.fromiter((r.rank for r in records), np.int64, len(records)),
-        "local_rank": np.fromiter(
-            (-1 if r.local_rank is None else r.local_rank for r in records), np.int64, len(records)
-        ),
-        "step": np.fromiter((r.step for r in records), np.int64, len(records)),
-        "start_ns": np.fromiter((r.start_ns for r in records), np.int64, len(records)),
-        "end_ns": np.fromiter((r.end_ns for r in records), np.int64, len(records)),
-        "dropped": np.fromiter((r.dropped for r in records), np.int64, len(records)),
-    }
+    result = steprecord.read_rows(data, source=str(path))
+    rows = result.rows
+    # Transposed once in C: one tuple per field, then numpy columns without a Python step per value.
+    fields: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * len(_AT)
+    cols: dict[str, np.ndarray] = {}
+    categories: dict[str, list[str]] = {}
+    for name in _CATEGORICAL:
+        categories[name], cols[name] = _codes(fields[_AT[name]])
+    for name in INT_COLUMNS:
+        values = fields[_AT[name]]
+        if name == "local_rank" and None in values:
+            values = tuple(-1 if v is None else v for v in values)
+        cols[name] = np.array(values, dtype=np.int64)
     cols["duration_s"] = (cols["end_ns"] - cols["start_ns"]) / 1e9
-    for phase in steprecord.PHASES:
-        cols[phase] = np.fromiter((r.phases.get(phase, nan) for r in records), np.float64, len(records))
-    for name in ("tokens", "samples", "gpu_time"):
-        cols[name] = np.fromiter(
-            (nan if (v := getattr(r, name)) is None else float(v) for r in records), np.float64, len(records)
-        )
+    for name in (*steprecord.PHASES, "tokens", "samples", "gpu_time"):
+        cols[name] = np.array(fields[_AT[name]], dtype=np.float64)  # None -> NaN
+    implausible, examples = _implausible(str(path), rows, cols)
+    keep = _latest(cols)
+    if keep is not None:
+        cols = {name: values[keep] for name, values in cols.items()}
+        for name in _CATEGORICAL:  # a node only superseded records had is not one of the file's
+            used = np.unique(cols[name])
+            if used.size < len(categories[name]):
+                categories[name] = [categories[name][i] for i in used]
+                cols[name] = np.searchsorted(used, cols[name]).astype(np.int32)
     return FileSteps(
         source=str(path),
-        columns=cols,
+        columns={name: cols[name] for name in COLUMNS},
+        categories=categories,
         errors=[str(e) for e in result.errors],
         partial_tail=result.partial_tail,
-        superseded=len(result.records) - len(records),
+        superseded=len(rows) - len(cols["step"]),
         implausible=implausible,
         implausible_examples=examples,
     )
+
+
+def _codes(values: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """(distinct values in order of appearance, int32 code of each value)."""
+    if values and values.count(values[0]) == len(values):  # one job, one node: the usual file
+        return [values[0]], np.zeros(len(values), dtype=np.int32)
+    seen: dict[str, int] = {}
+    codes = [seen.setdefault(v, len(seen)) for v in values]
+    return list(seen), np.array(codes, dtype=np.int32)
+
+
+def _implausible(
+    source: str, rows: list[steprecord.Row], cols: dict[str, np.ndarray]
+) -> tuple[int, list[str]]:
+    """How many records have a phase longer than the step (``steprecord.warnings``), and examples."""
+    if not rows:
+        return 0, []
+    phases = np.column_stack([cols[name] for name in steprecord.PHASES])
+    # The rule's threshold from the core, on all records at once; NaN (no phase) never exceeds it.
+    flagged = np.flatnonzero((phases > steprecord.longest_phase(cols["duration_s"])[:, None]).any(axis=1))
+    examples = []
+    for i in flagged[:EXAMPLES]:
+        record = steprecord.from_row(rows[i])
+        examples.append(f"{source}: rank {record.rank} step {record.step}: {steprecord.warnings(record)[0]}")
+    return int(flagged.size), examples
+
+
+def _latest(cols: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Indices of the record kept for each (job, rank, step), in order of first appearance, the
+    later record winning; None when no key repeats (the usual file: one rank, steps ascending)."""
+    steps = cols["step"]
+    if steps.size < 2:
+        return None
+    job, rank = cols["job"], cols["rank"]
+    if (job == job[0]).all() and (rank == rank[0]).all() and (np.diff(steps) > 0).all():
+        return None
+    latest: dict[tuple[int, int, int], int] = {}
+    for i, key in enumerate(zip(job.tolist(), rank.tolist(), steps.tolist(), strict=True)):
+        latest[key] = i
+    if len(latest) == steps.size:
+        return None
+    return np.fromiter(latest.values(), dtype=np.intp, count=len(latest))
 
 
 def _ranges(values: np.ndarray) -> list[list[int]]:
@@ -138,6 +187,8 @@ def _ranges(values: np.ndarray) -> list[list[int]]:
 
 def merge(parts: Sequence[FileSteps]) -> tuple[pd.DataFrame, StepsCoverage]:
     """One frame of every file's records, sorted by (step, rank), and its coverage."""
+    import pandas as pd  # noqa: PLC0415 - only here: the per-file workers need numpy alone
+
     cov = StepsCoverage(files=len(parts))
     for p in parts:
         cov.bad_lines.extend(p.errors)
@@ -149,47 +200,102 @@ def merge(parts: Sequence[FileSteps]) -> tuple[pd.DataFrame, StepsCoverage]:
     nonempty = [p for p in parts if p.rows]
     if not nonempty:
         return empty_frame(), cov
-    data: dict[str, Any] = {}
-    for name in COLUMNS:
-        chunks = [p.columns[name] for p in nonempty]
-        if name in ("job", "node"):
-            data[name] = pd.Categorical(np.concatenate([np.asarray(c, dtype=object) for c in chunks]))
+    codes: dict[str, np.ndarray] = {}
+    categories: dict[str, list[str]] = {}
+    for name in _CATEGORICAL:  # each file's codes into codes of the sorted union of the files' values
+        categories[name] = sorted({c for p in nonempty for c in p.categories[name]})
+        index = {c: i for i, c in enumerate(categories[name])}
+        remap = [np.array([index[c] for c in p.categories[name]], dtype=np.int32) for p in nonempty]
+        if any(r.size > 1 or r[0] != 0 for r in remap):
+            codes[name] = np.concatenate([r[p.columns[name]] for r, p in zip(remap, nonempty, strict=True)])
         else:
-            data[name] = np.concatenate(chunks)
-    frame = pd.DataFrame(data)
+            codes[name] = np.concatenate([p.columns[name] for p in nonempty])
+    steps = np.concatenate([p.columns["step"] for p in nonempty])
+    ranks = np.concatenate([p.columns["rank"] for p in nonempty])
     # a (job, rank, step) in two files: the later file (in name order) wins, as within a file.
     # Only possible when a (job, rank) appears in more than one file: checked first, it is cheap.
     keys: list[tuple[str, int]] = []
     mixed = False
+    file_ranks = []
     for p in nonempty:
-        jobs = set(p.columns["job"])
+        jobs = p.categories["job"]
         mixed = mixed or len(jobs) > 1
-        keys.extend((min(jobs), int(r)) for r in np.unique(p.columns["rank"]))
+        file_ranks.append(np.unique(p.columns["rank"]))
+        keys.extend((min(jobs), int(r)) for r in file_ranks[-1])
     if mixed or len(keys) != len(set(keys)):
-        before = len(frame)
-        frame = frame.drop_duplicates(subset=["job", "rank", "step"], keep="last")
-        cov.superseded += before - len(frame)
-    order = np.lexsort((frame["rank"].to_numpy(), frame["step"].to_numpy()))
-    frame = frame.iloc[order].reset_index(drop=True)
-    cov.records = len(frame)
-    ranks = np.unique(frame["rank"].to_numpy())
-    cov.ranks = [int(r) for r in ranks]
-    cov.missing_ranks = [int(r) for r in np.setdiff1d(np.arange(int(ranks.max()) + 1), ranks)]
-    steps = frame["step"].to_numpy()
-    cov.first_step, cov.last_step = int(steps.min()), int(steps.max())
-    all_steps = np.unique(steps)
-    cov.steps_missing_everywhere = _ranges(
-        np.setdiff1d(np.arange(cov.first_step, cov.last_step + 1), all_steps)
-    )
-    per_rank = frame.groupby("rank", sort=True)["step"].nunique()
-    for rank in per_rank.index[per_rank.to_numpy() < all_steps.size]:
-        have = frame.loc[frame["rank"] == rank, "step"].to_numpy()
-        cov.missing_steps[int(rank)] = _ranges(np.setdiff1d(all_steps, have))
-    cov.jobs = sorted(str(j) for j in frame["job"].cat.categories)
+        key_frame = pd.DataFrame({"job": codes["job"], "rank": ranks, "step": steps})
+        kept = np.flatnonzero(~key_frame.duplicated(keep="last").to_numpy())
+        cov.superseded += steps.size - kept.size
+        order = kept[np.lexsort((ranks[kept], steps[kept]))]
+    else:
+        order = np.lexsort((ranks, steps))
+    frame = _frame(nonempty, order, codes, categories)
+    _coverage(cov, steps[order], ranks[order], np.unique(np.concatenate(file_ranks)))
+    cov.jobs = list(categories["job"])
     return frame, cov
 
 
+def _frame(
+    parts: Sequence[FileSteps],
+    order: np.ndarray,
+    codes: dict[str, np.ndarray],
+    categories: dict[str, list[str]],
+) -> pd.DataFrame:
+    """The merged frame: row ``i`` is row ``order[i]`` of the files' columns end to end.
+
+    Memory is the cost at this size (4 million rows, 22 columns), so each column is gathered
+    straight into the frame's own 2-D block through one scratch buffer, with no intermediate
+    column and no consolidating copy by pandas afterwards.
+    """
+    import pandas as pd  # noqa: PLC0415 - see merge
+
+    scratch = np.empty(sum(p.rows for p in parts), dtype=np.int64)
+    blocks = []
+    for names, dtype in ((INT_COLUMNS, np.int64), (FLOAT_COLUMNS, np.float64)):
+        block = np.empty((len(names), order.size), dtype=dtype)
+        flat = scratch.view(dtype)
+        for row, name in zip(block, names, strict=True):
+            np.concatenate([p.columns[name] for p in parts], out=flat)
+            np.take(flat, order, out=row, mode="clip")  # "clip": unbuffered; every index is valid
+        blocks.append(pd.DataFrame(block.T, columns=list(names), copy=False))
+    cats = pd.DataFrame(
+        {
+            name: pd.Categorical.from_codes(codes[name][order], categories=pd.Index(categories[name]))
+            for name in _CATEGORICAL
+        }
+    )
+    return pd.concat([cats, *blocks], axis=1)
+
+
+def _coverage(cov: StepsCoverage, steps: np.ndarray, ranks: np.ndarray, rank_set: np.ndarray) -> None:
+    """Records, ranks and steps present and missing, from the (step, rank)-sorted columns."""
+    cov.records = int(steps.size)
+    cov.ranks = [int(r) for r in rank_set]
+    cov.missing_ranks = [int(r) for r in np.setdiff1d(np.arange(int(rank_set.max()) + 1), rank_set)]
+    cov.first_step, cov.last_step = int(steps[0]), int(steps[-1])
+    new_step = np.concatenate(([True], steps[1:] != steps[:-1]))
+    all_steps = steps[new_step]
+    cov.steps_missing_everywhere = _ranges(
+        np.setdiff1d(np.arange(cov.first_step, cov.last_step + 1), all_steps)
+    )
+    # each (step, rank) once (two jobs may share one), then how many steps each rank has
+    pair = new_step | np.concatenate(([True], ranks[1:] != ranks[:-1]))
+    pair_steps, pair_ranks = steps[pair], ranks[pair]
+    have = np.bincount(np.searchsorted(rank_set, pair_ranks), minlength=rank_set.size)
+    short = rank_set[have < all_steps.size]
+    if short.size:
+        lacking = np.isin(pair_ranks, short)
+        s, r = pair_steps[lacking], pair_ranks[lacking]
+        by_rank = np.argsort(r, kind="stable")
+        s, r = s[by_rank], r[by_rank]
+        bounds = np.searchsorted(r, short, side="right")
+        for rank, begin, end in zip(short, np.concatenate(([0], bounds[:-1])), bounds, strict=True):
+            cov.missing_steps[int(rank)] = _ranges(np.setdiff1d(all_steps, s[begin:end]))
+
+
 def empty_frame() -> pd.DataFrame:
+    import pandas as pd  # noqa: PLC0415 - see merge
+
     frame = pd.DataFrame({name: pd.Series(dtype="float64") for name in COLUMNS})
     frame = frame.astype({n: "int64" for n in INT_COLUMNS})
     return frame.astype({"job": "category", "node": "category"})

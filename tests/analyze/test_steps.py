@@ -162,3 +162,136 @@ def test_a_binary_file_is_named_with_its_offset(tmp_path: Path) -> None:
     p.write_bytes(record(0, 0, "n0").encode() + b"\n\x00\x01junk\n")
     with pytest.raises(steps_reader.BinaryStepFileError, match=rf"^{p}: binary file: NUL byte at offset \d+"):
         steps_reader.read_file(p)
+
+
+_VALUES = st.sampled_from([0.5, 1.0, 1.5, 2.0, 0.0, -0.0, 3.25, np.nan])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_spread_on_the_step_grid_equals_spread_by_sorting(data: st.DataObject) -> None:
+    """The grid (one row per step, a sort per row) against one lexsort of all rows: bit for bit,
+    ragged steps, duplicate ranks and NaN included (mixed signed zeros take the sorting path)."""
+    n = data.draw(st.integers(1, 60))
+    steps = np.array(data.draw(st.lists(st.integers(0, 6), min_size=n, max_size=n)), dtype=np.int64)
+    ranks = np.array(data.draw(st.lists(st.integers(0, 12), min_size=n, max_size=n)), dtype=np.int64)
+    values = np.array(data.draw(st.lists(_VALUES, min_size=n, max_size=n)), dtype=np.float64)
+    if data.draw(st.booleans()):  # a full grid in order: the reshaped, copy-free layout
+        steps, ranks = np.repeat(np.arange(n), 3), np.tile(np.arange(3), n)
+        values = np.repeat(values, 3)
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return
+    want = spread._by_sorting("x", steps[keep], values[keep], ranks[keep])
+    grid = spread._Grid.of(steps, ranks)
+    assert grid is not None
+    if not spread._mixed_zeros(values):
+        got = grid.spread("x", values)
+        for name in spread.COLUMNS:
+            assert got[name].tolist() == want[name].tolist(), name
+            if got[name].dtype.kind == "f":
+                assert (np.signbit(got[name]) == np.signbit(want[name])).all(), name
+    got_all = spread.spread({"step": steps, "rank": ranks, "x": values}, ["x"])
+    for name in spread.COLUMNS:
+        assert got_all[name].tolist() == want[name].tolist(), name
+
+
+def test_spread_of_ragged_steps_sorts_instead_of_padding() -> None:
+    steps = np.concatenate([np.zeros(5000, dtype=np.int64), np.arange(1, 5000)])
+    assert spread._Grid.of(steps, np.arange(steps.size)) is None
+    frame = {"step": steps, "rank": np.arange(steps.size), "x": np.ones(steps.size)}
+    out = spread.spread(frame, ["x"])
+    assert out["ranks"][0] == 5000 and len(out["step"]) == 5000
+
+
+_PHASE_VALUES = st.sampled_from([None, 0.0, -0.0, 0.25, 0.5, 1, 2.5])
+
+
+@st.composite
+def step_files(draw: st.DrawFn) -> list[list[str]]:
+    """Files of records with restarts, two jobs, ranks in two files, gaps and odd phases."""
+    files = []
+    for f in range(draw(st.integers(1, 5))):
+        lines = []
+        for _ in range(draw(st.integers(0, 8))):
+            rank = draw(st.sampled_from([f, f, f, 0, 1, 6]))
+            doc: dict[str, object] = {
+                "v": 1,
+                "job": draw(st.sampled_from(["j1", "j1", "j2"])),
+                "rank": rank,
+                "node": draw(st.sampled_from([f"n{rank // 2}", "n0", "zz"])),
+                "step": draw(st.integers(0, 5)),
+                "start_ns": T0 + draw(st.integers(0, 10**9)),
+            }
+            doc["end_ns"] = int(doc["start_ns"]) + draw(st.sampled_from([0, 1, 10**9, 2 * 10**9 + 7]))  # type: ignore[call-overload]
+            for name in steprecord.PHASES:
+                value = draw(_PHASE_VALUES)
+                if value is not None:
+                    doc[name] = value
+            for name in ("local_rank", "tokens", "gpu_time", "dropped"):
+                if draw(st.booleans()):
+                    doc[name] = draw(st.integers(0, 2**62))
+            lines.append(json.dumps(doc))
+        files.append(lines)
+    return files
+
+
+def naive_merge(paths: list[Path]) -> pd.DataFrame:
+    """The frame as its documentation defines it, one record at a time through pandas."""
+    rows = []
+    for p in paths:
+        latest: dict[tuple[str, int, int], steprecord.StepRecord] = {}
+        for rec in steprecord.read_file(p).records:
+            latest[(rec.job, rec.rank, rec.step)] = rec
+        for r in latest.values():
+            row: dict[str, object] = {
+                "job": r.job,
+                "node": r.node,
+                "rank": r.rank,
+                "local_rank": -1 if r.local_rank is None else r.local_rank,
+                "step": r.step,
+                "start_ns": r.start_ns,
+                "end_ns": r.end_ns,
+                "dropped": r.dropped,
+                "duration_s": (r.end_ns - r.start_ns) / 1e9,
+            }
+            row.update({name: r.phases.get(name, np.nan) for name in steprecord.PHASES})
+            for name in ("tokens", "samples", "gpu_time"):
+                value = getattr(r, name)
+                row[name] = np.nan if value is None else float(value)
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(steps_reader.COLUMNS))
+    frame = frame.astype({n: "int64" for n in steps_reader.INT_COLUMNS})
+    frame = frame.astype({n: "float64" for n in steps_reader.FLOAT_COLUMNS})
+    frame["job"] = pd.Categorical(frame["job"])
+    frame["node"] = pd.Categorical(frame["node"])
+    frame = frame.drop_duplicates(subset=["job", "rank", "step"], keep="last")
+    return frame.sort_values(["step", "rank"], kind="stable").reset_index(drop=True)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=step_files())
+def test_merge_equals_the_frame_built_record_by_record(tmp_path: Path, files: list[list[str]]) -> None:
+    for old in tmp_path.glob("*.jsonl"):
+        old.unlink()
+    paths = []
+    for i, lines in enumerate(files):
+        paths.append(tmp_path / f"f{i}.jsonl")
+        paths[-1].write_text("".join(line + "\n" for line in lines))
+    frame, cov = steps_reader.merge([steps_reader.read_file(p) for p in paths])
+    want = naive_merge(paths)
+    if want.empty:
+        assert frame.empty and cov.records == 0
+        return
+    pd.testing.assert_frame_equal(frame, want, check_exact=True)
+    assert cov.records == len(want)
+    assert cov.ranks == sorted(set(want["rank"]))
+    all_steps = set(want["step"])
+    for rank, group in want.groupby("rank"):
+        missing = sorted(all_steps - set(group["step"]))
+        assert [s for a, b in cov.missing_steps.get(int(rank), []) for s in range(a, b + 1)] == missing  # type: ignore[call-overload]
+    b = step_breakdown.breakdown(frame)
+    unattributed = frame["duration_s"] - frame[list(steprecord.PHASES)].fillna(0.0).sum(axis=1)
+    assert b["unattributed_s"].tolist() == unattributed.tolist()
+    offsets = step_breakdown.clock_offsets(frame)
+    pd.testing.assert_frame_equal(step_breakdown.breakdown(frame, offsets), b)
