@@ -77,10 +77,9 @@ def read_used(path: Any, subsystem: str, keep: Collection[str]) -> tuple[pd.Data
     except pa.ArrowException as exc:
         raise InputError(str(path), f"cannot read the data: {exc}") from None
     summary = summarize_table(subsystem, table)
+    # the categoricals keep the whole file's categories: groupby(observed=True) and value
+    # filters never see the unused ones, and dropping them cost seconds on a big dump
     frame: pd.DataFrame = table.filter(_is_in(table["metric"], keep)).to_pandas()
-    for name in frame.columns:
-        if isinstance(frame[name].dtype, pd.CategoricalDtype):
-            frame[name] = frame[name].cat.remove_unused_categories()
     return frame, summary
 
 
