@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,28 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
             return durations.parse_duration(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+#: Fewer files than this read too fast for a progress bar to help.
+PROGRESS_MIN_FILES = 64
+
+
+def _progress_bar(label: str, total: int) -> Callable[[int], None] | None:
+    """A bar on stderr (a terminal only: the caller checks) for long per-file reads."""
+    if total < PROGRESS_MIN_FILES:
+        return None
+    done = 0
+    width = 30
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        filled = width * done // total
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r  {label:<13} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return advance
 
 
 TIME = _Time()
@@ -156,6 +179,7 @@ def analyze(
         workers=workers,
         scheduler=scheduler,
         kernel_wait_us=kernel_wait_us,
+        progress=_progress_bar if sys.stderr.isatty() else None,
     )
     try:
         metrics: dict[str, pd.DataFrame] | None = None
@@ -222,8 +246,9 @@ def collect(
 ) -> None:
     """Copy a training job's node metrics from Prometheus (and its step records) into a trace dump.
 
-    Metrics go to metrics/; with --steps-from, the job's step files go to steps/. Offline analysis (fmdiag analyze OUT) then needs no Prometheus. Prometheus holds step times
-    at scrape resolution only, so the per-step records come from the job's spool.
+    Metrics go to metrics/; with --steps-from, the job's step files go to steps/. Offline
+    analysis (fmdiag analyze OUT) then needs no Prometheus. Prometheus holds step times at
+    scrape resolution only, so the per-step records come from the job's spool.
     """
     if end < start:
         raise click.BadParameter(f"--end {end} is before --start {start}", param_hint="--end")

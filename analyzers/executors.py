@@ -30,23 +30,42 @@ def default_workers() -> int:
 
 
 def map_items(
-    fn: Callable[[T], R], items: Sequence[T], workers: int | None = None, scheduler: str | None = None
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int | None = None,
+    scheduler: str | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> list[R]:
-    """``[fn(x) for x in items]``, in order, on Dask at ``scheduler``, else on ``workers`` processes."""
+    """``[fn(x) for x in items]``, in order, on Dask at ``scheduler``, else on ``workers`` processes.
+
+    ``advance(n)`` is called as results come in (``n`` items done since the last call): a
+    progress bar's hook.
+    """
     if not items:
         return []
+    tick = advance or (lambda n: None)
     if scheduler:
-        return _dask_map(fn, items, scheduler)
+        out = _dask_map(fn, items, scheduler)
+        tick(len(out))
+        return out
     workers = default_workers() if workers is None else workers
     workers = min(workers, len(items))
     if workers <= 1:
-        return [fn(x) for x in items]
+        results = []
+        for x in items:
+            results.append(fn(x))
+            tick(1)
+        return results
     # Chunks amortise the round trips over many small files (4,096 step files), and small enough
     # that the last one does not leave the other workers idle for long (~0.5 s of step files).
     chunksize = max(1, math.ceil(len(items) / (workers * 16)))
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(fn, items, chunksize=chunksize))
+        results = []
+        for r in pool.map(fn, items, chunksize=chunksize):
+            results.append(r)
+            tick(1)
+        return results
 
 
 def _dask_map(fn: Callable[[T], R], items: Sequence[T], scheduler: str) -> list[R]:

@@ -16,6 +16,7 @@ Bad input: a file that cannot be read (or a bad line in a step file) raises its
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,9 @@ class Options:
     workers: int | None = None
     scheduler: str | None = None
     kernel_wait_us: float = kineto_breakdown.KERNEL_WAIT_US
+    #: Called as ``progress(label, total)`` before each per-file map; returns the ``advance(n)``
+    #: hook the map calls as files finish (the CLI draws a bar on a terminal). None: silent.
+    progress: Callable[[str, int], Callable[[int], None] | None] | None = None
 
 
 @dataclass
@@ -142,6 +146,10 @@ def read_steps_file(path: str) -> steps_reader.FileSteps | Skipped:
         return Skipped(path, f"{path}: not UTF-8 text at byte {exc.start}")
 
 
+def _advance(options: Options, label: str, total: int) -> Callable[[int], None] | None:
+    return options.progress(label, total) if options.progress is not None and total else None
+
+
 def _fail_or_skip(items: list[Any], keep_going: bool, skipped: list[Skipped]) -> list[Any]:
     good = []
     for item in items:
@@ -160,7 +168,11 @@ def _steps(step_files: list[str], options: Options, skipped: list[Skipped]) -> d
 
     parts = _fail_or_skip(
         executors.map_items(
-            read_steps_file, step_files, _workers(options, step_files, "steps"), options.scheduler
+            read_steps_file,
+            step_files,
+            _workers(options, step_files, "steps"),
+            options.scheduler,
+            _advance(options, "step records", len(step_files)),
         ),
         options.keep_going,
         skipped,
@@ -211,7 +223,13 @@ def _kineto(
 ) -> dict[str, Any]:
     job = functools.partial(analyze_trace, kernel_wait_us=options.kernel_wait_us, hta=options.hta_compatible)
     traces: list[TraceResult] = _fail_or_skip(
-        executors.map_items(job, trace_files, _workers(options, trace_files, "kineto"), options.scheduler),
+        executors.map_items(
+            job,
+            trace_files,
+            _workers(options, trace_files, "kineto"),
+            options.scheduler,
+            _advance(options, "Kineto traces", len(trace_files)),
+        ),
         options.keep_going,
         skipped,
     )

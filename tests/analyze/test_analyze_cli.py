@@ -164,3 +164,38 @@ def test_a_kineto_only_analysis_loads_neither_pandas_nor_pyarrow(tmp_path: Path)
     assert run_.returncode == 0, run_.stderr
     assert "pandas" not in run_.heavy and "pyarrow" not in run_.heavy, run_.heavy_report()
     assert json.loads(run_.stdout)["hta"]
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    # 64 ranks of step records: long enough for the bar; stderr a pseudo-terminal, as a user has
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from fmdiag.simulate.dump import SimOptions, write_dump
+
+    dump = tmp_path / "d"
+    write_dump(SimOptions(scenario="healthy", nodes=8, gpus=8, steps=5, seed=1, metrics=False), dump)
+    cmd = [sys.executable, "-m", "fmdiag", "analyze", str(dump), "--workers", "1"]
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0
+    assert b"step records  [" in seen and b"] 64/64" in seen
+    assert b"64/64" not in proc.stdout  # the bar never mixes into the report
+    # not a terminal: no bar at all
+    piped = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert piped.returncode == 0 and b"[" not in piped.stderr
