@@ -1,7 +1,7 @@
 """The node metrics the diagnosis and its reports read, so readers can drop the rest early.
 
 A 512-node dump holds ~140 million metric rows (every DCGM, EFA, Lustre and host series); the
-verdicts and the HTML overlays read fifteen metrics. Filtering in Arrow, before the conversion to
+verdicts and the HTML overlays read sixteen metrics. Filtering in Arrow, before the conversion to
 pandas, is what keeps a 4,096-rank diagnosis inside its time and memory. A test checks that
 every metric name the consuming modules mention is listed here.
 """
@@ -26,8 +26,9 @@ USED: frozenset[str] = frozenset(
         "fmdiag_efa_impaired_remote_conn_events_total",
         "fmdiag_efa_unresponsive_remote_events_total",
         "fmdiag_efa_rx_drops_total",
-        # verdicts: io or host (iowait against busy CPUs)
+        # verdicts: io or host (iowait against busy CPUs; PSI io and cpu stall shares as evidence)
         "fmdiag_host_cpu_seconds_total",
+        "fmdiag_host_pressure_stall_seconds_total",
         # verdicts: the slow OST
         "fmdiag_lustre_osc_operation_latency_max_seconds",
     }

@@ -288,6 +288,35 @@ class MetricView:
         bits = vals[idx].astype(np.int64) & HW_SLOWDOWN_BITS
         return float(np.mean(bits != 0)), uuid
 
+    def pressure_at(self, resource: str, times: np.ndarray, until: float) -> np.ndarray | None:
+        """The mean node's PSI ``some`` stall share of ``resource`` (cpu, io, memory) in the scrape
+        interval holding each of ``times``: how much of the time some task waited on it."""
+        if not hasattr(self, "_psi"):
+            self._psi: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+            if self.host is not None and len(self.host) and "resource" in self.host:
+                x = self.host[self.host["metric"] == "fmdiag_host_pressure_stall_seconds_total"]
+                x = x[x["kind"] == "some"] if "kind" in x else x
+                for (_inst, res), group in x.groupby(["instance", "resource"], observed=True):
+                    g = group.sort_values("timestamp")
+                    self._psi.setdefault(str(res), []).append(
+                        (g["timestamp"].to_numpy(), g["value"].to_numpy())
+                    )
+        series = self._psi.get(resource)
+        if not series:
+            return None
+        total, count = np.zeros(len(times)), np.zeros(len(times))
+        for ts, vals in series:
+            hi = np.searchsorted(ts, times, side="right")
+            lo, hi = np.maximum(0, hi - 1), np.minimum(len(ts) - 1, hi)
+            back = (ts[hi] > until) & (lo > 0)
+            lo, hi = np.where(back, lo - 1, lo), np.where(back, lo, hi)
+            ok = (hi > lo) & (ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S)
+            span = np.where(ok, ts[hi] - ts[lo], 1.0)
+            total += np.where(ok, (vals[hi] - vals[lo]) / span, 0.0)
+            count += ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
     def cpu_fractions(self, t: float, until: float) -> dict[str, float] | None:
         """Cluster-wide share of CPU time per mode between the samples around ``t``; ``until``
         is the end of the last step (samples after it show the job gone, not its load)."""
@@ -381,7 +410,9 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         return []
     ost = view.slowest_ost()
     typical = float(np.median([f.duration_s for f in feats]))
-    cpu_at = view.cpu_fractions_at(np.array([f.end_s for f in feats]), feats[-1].end_s)
+    ends = np.array([f.end_s for f in feats])
+    cpu_at = view.cpu_fractions_at(ends, feats[-1].end_s)
+    psi = {r: view.pressure_at(r, ends, feats[-1].end_s) for r in ("io", "cpu")}
     out: list[Verdict] = []
     for i, f in enumerate(feats):
         work_s = max(f.duration_s - f.checkpoint_s, 1e-9)
@@ -413,6 +444,9 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
             )
         elif first in ("io", "host"):
             _starved(v, f, work_s, cpu, ost)
+            for res, shares in psi.items():
+                if shares is not None and np.isfinite(shares[i]):
+                    v.evidence.append(_ev(f"psi_{res}_some_fraction", shares[i], float(np.nanmedian(shares))))
         elif first == "network":
             _network(v, f, work_s, view)
         elif same_late >= LATE_RANK_CONSISTENCY:
