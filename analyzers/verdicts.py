@@ -186,6 +186,17 @@ def _samples(frame: pd.DataFrame, metric: str, **labels: str) -> pd.DataFrame:
     ]
 
 
+def _intervals(ts: np.ndarray, times: np.ndarray, until: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``times``, the samples (indexes ``lo``, ``hi``) bounding the scrape interval
+    holding it, and whether that interval is usable. For the last steps, whose next sample comes
+    after the job ended at ``until`` (and reads as idle), the interval before it."""
+    hi = np.searchsorted(ts, times, side="right")
+    lo, hi = np.maximum(0, hi - 1), np.minimum(len(ts) - 1, hi)
+    back = (ts[hi] > until) & (lo > 0)
+    lo, hi = np.where(back, lo - 1, lo), np.where(back, lo, hi)
+    return lo, hi, (hi > lo) & (ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S)
+
+
 class MetricView:
     """Node metrics looked up at a step's time; every method returns None when there is no data."""
 
@@ -306,11 +317,7 @@ class MetricView:
             return None
         total, count = np.zeros(len(times)), np.zeros(len(times))
         for ts, vals in series:
-            hi = np.searchsorted(ts, times, side="right")
-            lo, hi = np.maximum(0, hi - 1), np.minimum(len(ts) - 1, hi)
-            back = (ts[hi] > until) & (lo > 0)
-            lo, hi = np.where(back, lo - 1, lo), np.where(back, lo, hi)
-            ok = (hi > lo) & (ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S)
+            lo, hi, ok = _intervals(ts, times, until)
             span = np.where(ok, ts[hi] - ts[lo], 1.0)
             total += np.where(ok, (vals[hi] - vals[lo]) / span, 0.0)
             count += ok
@@ -328,13 +335,7 @@ class MetricView:
         totals: dict[str, np.ndarray] = {}
         for modes in self._cpu.values():
             for mode, (ts, vals) in modes.items():
-                # the scrape interval holding t; for the last steps, whose next sample comes after
-                # the job ended (and reads as idle), the interval before it
-                hi = np.searchsorted(ts, times, side="right")
-                lo, hi = np.maximum(0, hi - 1), np.minimum(len(ts) - 1, hi)
-                back = (ts[hi] > until) & (lo > 0)
-                lo, hi = np.where(back, lo - 1, lo), np.where(back, lo, hi)
-                ok = (hi > lo) & (ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S)
+                lo, hi, ok = _intervals(ts, times, until)
                 delta = np.where(ok, vals[hi] - vals[lo], 0.0)
                 totals[mode] = totals.get(mode, np.zeros(len(times))) + delta
         out: list[dict[str, float] | None] = []

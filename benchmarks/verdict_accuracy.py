@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import naive_baseline
 
+from fmdiag import dumpformat
 from fmdiag.analyzers import pipeline
 
 
@@ -54,23 +55,6 @@ def truth_runs(steps: list[dict[str, object]]) -> list[tuple[str, int, int]]:
             out.append((cls, step, step))
         prev = cls
     return out
-
-
-def truth_lost(truth: dict[str, object]) -> dict[str, float]:
-    """Seconds per class: each fault's cost, and a volume cause's where it is the step's class."""
-    lost: dict[str, float] = {}
-    faults = truth["faults"]
-    volume = {"communication": "network", "data_loading": "io"}
-    for s in truth["steps"]:  # type: ignore[attr-defined]
-        for key, seconds in s["lost_s"].items():
-            if key.isdigit():
-                cls = faults[int(key)]["class"]  # type: ignore[index]
-            elif s["fault"] is None and volume[key] == s["class"]:
-                cls = s["class"]
-            else:
-                continue
-            lost[cls] = lost.get(cls, 0.0) + seconds
-    return lost
 
 
 def main() -> None:
@@ -124,7 +108,7 @@ def main() -> None:
                         attr = analysis.diagnosis.attribution
                         mine = attr.lost_s()
                         mine["io"] += mine.pop("checkpoint")
-                        for cls, seconds in truth_lost(truth_doc).items():
+                        for cls, seconds in dumpformat.truth_lost_by_class(truth_doc).items():
                             if seconds <= 0:
                                 continue
                             if attr.baseline.measured:

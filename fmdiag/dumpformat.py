@@ -311,6 +311,24 @@ def _check_optional_step_fields(source: str, where: str, step: Mapping[str, Any]
         raise DumpFormatError(f"{source}: {where}checkpoint must be true or false")
 
 
+def truth_lost_by_class(truth: Mapping[str, Any]) -> dict[str, float]:
+    """Seconds the run lost per verdict class in a truth document: every fault's cost under its
+    class, and a volume cause's (``communication``, ``data_loading``) on the steps it is the class
+    of (no fault to blame). What an analyzer's attribution is scored against."""
+    volume = {LOST_COMMUNICATION: "network", LOST_DATA_LOADING: "io"}
+    lost: dict[str, float] = {}
+    for step in truth["steps"]:
+        for key, seconds in step.get("lost_s", {}).items():
+            if key.isdigit():
+                cls = truth["faults"][int(key)]["class"]
+            elif step.get("fault") is None and volume.get(key) == step["class"]:
+                cls = step["class"]
+            else:
+                continue
+            lost[cls] = lost.get(cls, 0.0) + float(seconds)
+    return lost
+
+
 def read_truth(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_no_constant)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fmdiag import dumpformat
 from fmdiag.analyzers import onset, pipeline, rank_scores, report_json
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -22,19 +23,7 @@ def _truth(sample: str) -> dict[str, Any]:
 
 
 def _truth_lost(truth: dict[str, Any]) -> dict[str, float]:
-    """Seconds per class: each fault's cost, and a volume cause's where it is the step's class."""
-    lost: dict[str, float] = {}
-    volume = {"communication": "network", "data_loading": "io"}
-    for s in truth["steps"]:
-        for key, seconds in s["lost_s"].items():
-            if key.isdigit():
-                cls = truth["faults"][int(key)]["class"]
-            elif s["fault"] is None and volume[key] == s["class"]:
-                cls = s["class"]
-            else:
-                continue
-            lost[cls] = lost.get(cls, 0.0) + seconds
-    return lost
+    return dumpformat.truth_lost_by_class(truth)
 
 
 def _truth_runs(truth: dict[str, Any]) -> list[tuple[str, int]]:

@@ -129,3 +129,22 @@ def test_layout_of_an_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown metrics subsystem 'exporter'"):
         layout.metrics_path("exporter")
     assert dumpformat.kineto_file_name(3, gzip=True) == "rank3.json.gz"
+
+
+def test_truth_lost_by_class_counts_faults_and_volume_only_where_it_is_the_class() -> None:
+    truth = {
+        "faults": [{"class": "straggler"}],
+        "steps": [
+            {"step": 0, "class": "straggler", "fault": 0, "lost_s": {"0": 0.5, "communication": 0.01}},
+            # bound by its reads with no fault to blame: the loading cost is io's
+            {"step": 1, "class": "io", "fault": None, "lost_s": {"communication": 0.01, "data_loading": 0.4}},
+            # a healthy step's small volume costs are nobody's
+            {
+                "step": 2,
+                "class": "compute",
+                "fault": None,
+                "lost_s": {"communication": 0.01, "data_loading": 0.0},
+            },
+        ],
+    }
+    assert dumpformat.truth_lost_by_class(truth) == {"straggler": 0.5, "io": 0.4}
