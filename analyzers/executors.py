@@ -11,10 +11,8 @@ pyarrow's pools, a logging handler) can deadlock the child, which is one of HTA'
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -59,6 +57,10 @@ def map_items(
     # Chunks amortise the round trips over many small files (4,096 step files), and small enough
     # that the last one does not leave the other workers idle for long (~0.5 s of step files).
     chunksize = max(1, math.ceil(len(items) / (workers * 16)))
+    # the pool's modules load only when there is a pool (a small Kineto analysis has none)
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         results = []
