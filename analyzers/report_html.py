@@ -86,7 +86,7 @@ def render(analysis: Analysis, doc: dict[str, Any]) -> str:
     verdicts = doc.get("verdicts") or []
     body.append(_timeline(verdicts) if verdicts else _note("no verdicts (they need step records)"))
     body.append("<h2>Time lost per cause</h2>")
-    body.append(_lost(b, doc))
+    body.append(_lost(doc))
     body.append("<h2>Metrics behind the verdicts</h2>")
     body.append(_overlays(a, verdicts))
     body.append(
@@ -374,43 +374,18 @@ def _timeline(verdicts: list[dict[str, Any]]) -> str:
 # --- time lost -------------------------------------------------------------------------------
 
 
-def _table_frame(t: dict[str, Any] | None) -> pd.DataFrame | None:
-    if not t or not t.get("columns"):
-        return None
-    return pd.DataFrame(t.get("rows") or [], columns=t["columns"])
-
-
-def _lost(b: pd.DataFrame | None, doc: dict[str, Any]) -> str:
-    """From the document's attribution when it has one; else an approximation said as such."""
-    att = doc.get("attribution") or {}
-    run = (att.get("run") or {}).get("lost_s") or {}
-    per_step = _table_frame(att.get("per_step"))
+def _lost(doc: dict[str, Any]) -> str:
+    """The attribution's time lost per cause, over the run and per step."""
+    att = doc.get("attribution")
+    if not att:
+        return _note("no verdicts (no step records or traces): no time lost to show")
+    totals = {c: float(v or 0.0) for c, v in att["run"]["lost_s"].items()}
+    table = att["per_step"]
+    per_step = pd.DataFrame(table["rows"], columns=table["columns"])
+    steps = per_step["step"].to_numpy()
+    stacked = {c: per_step[f"lost_{c}_s"].astype("float64").fillna(0.0).to_numpy() for c in totals}
+    title = "Time lost per cause (what-if attribution)"
     out: list[str] = []
-    if run or per_step is not None:
-        causes = list(run) or [c[5:-2] for c in per_step.columns if c.startswith("lost_")]  # type: ignore[union-attr]
-        totals = {c: float(run.get(c) or 0.0) for c in causes}
-        steps: np.ndarray = np.array([])
-        stacked: dict[str, np.ndarray] = {}
-        if per_step is not None and "step" in per_step:
-            steps = per_step["step"].to_numpy()
-            stacked = {
-                c: per_step[f"lost_{c}_s"].astype("float64").fillna(0.0).to_numpy()
-                for c in causes
-                if f"lost_{c}_s" in per_step
-            }
-        title = "Time lost per cause (what-if attribution)"
-    elif b is not None and doc.get("verdicts"):
-        med = b.groupby("step", sort=True)["duration_s"].median()
-        excess = (med - float(med.median())).clip(lower=0.0)
-        cls_of = {v["step"]: v["class"] for v in doc["verdicts"]}
-        by_cls = pd.Series([cls_of.get(s, "compute") for s in med.index], index=med.index)
-        causes = [c for c in VERDICT_CLASSES if (by_cls == c).any()]
-        totals = {c: float(excess[by_cls == c].sum()) for c in causes}
-        steps = med.index.to_numpy()
-        stacked = {c: np.where(by_cls == c, excess, 0.0) for c in causes}
-        title = "Time lost per verdict class (approximation: median step time over the run's median step)"
-    else:
-        return _note("no attribution and no verdicts: time lost cannot be shown")
     fig = make_subplots(rows=1, cols=2, column_widths=[0.25, 0.75], subplot_titles=("whole run", "per step"))
     fig.add_trace(
         go.Bar(

@@ -136,16 +136,17 @@ def test_steps_only_dump_renders_notes(browser: Browser, tmp_path: Path) -> None
     assert not [f for f in got["drawn"] if f.startswith("fig-overlay-")]
 
 
-def test_lost_time_without_attribution_is_an_approximation(tmp_path: Path) -> None:
-    """Documents from before the attribution key: the step excess per verdict class, said so."""
+def test_lost_time_is_the_attribution_and_a_note_without_it(tmp_path: Path) -> None:
+    """The figure draws the document's attribution; a document without one (no verdicts) says so."""
     from fmdiag.analyzers import pipeline
 
     a = pipeline.run(SAMPLES / "io-lustre", Options(workers=1))
     doc = report_json.document(a)
-    doc.pop("attribution", None)
-    doc.pop("aggregates", None)
     text = report_html.render(a, doc)
-    assert has(text, 'id="fig-lost"', "approximation", 'id="fig-overlay-io"') == []
+    assert has(text, 'id="fig-lost"', "what-if attribution", 'id="fig-overlay-io"') == []
+    doc["attribution"] = None
+    text = report_html.render(a, doc)
+    assert has(text, "no time lost to show") == [] and 'id="fig-lost"' not in text
 
 
 def _big_job(ranks: int = 4096, steps: int = 1000, gpus_per_node: int = 8) -> tuple[Analysis, dict[str, Any]]:
