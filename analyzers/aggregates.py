@@ -15,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from fmdiag.analyzers import onset
-from fmdiag.analyzers.attribution import CAUSES, Attribution, is_checkpoint_stall
+from fmdiag.analyzers.attribution import CAUSES, Attribution
 from fmdiag.analyzers.verdicts import StepFeatures, Verdict
 
 #: Targets listed in the report.
@@ -43,7 +43,7 @@ def phases(
     for a, b in bounds:
         vs = verdicts[a : b + 1]
         cls = vs[0].cls
-        cause = "checkpoint" if all(is_checkpoint_stall(v) for v in vs) else cls
+        cause = "checkpoint" if all(v.primary_cause == "checkpoint" for v in vs) else cls
         named = Counter(_key(v.culprit) for v in vs if v.culprit)
         top = named.most_common(1)[0][0] if named else ""
         pick = next((v for v in vs if _key(v.culprit) == top), vs[0])
@@ -101,7 +101,7 @@ def aggregates(verdicts: list[Verdict], attr: Attribution) -> dict[str, Any]:
             key = cause + "|" + _key(culprit)
             base = {"cause": cause, "target": culprit or {"job": "whole job"}, "recommendation": ""}
             _add(targets, key, base, cause, s, v.step)
-            own = v.cls == cause or (cause == "checkpoint" and is_checkpoint_stall(v))
+            own = v.primary_cause == cause
             if own and v.recommendation and not targets[key]["recommendation"]:
                 targets[key]["recommendation"] = v.recommendation
             if culprit and "node" in culprit:

@@ -139,7 +139,7 @@ def baseline(feats: list[StepFeatures], verdicts: list[Verdict]) -> Baseline:
     ckpt = [
         f.checkpoint_s
         for f, v in zip(feats, verdicts, strict=True)
-        if f.checkpoint_s > 0 and not is_checkpoint_stall(v)
+        if f.checkpoint_s > 0 and v.primary_cause != "checkpoint"
     ]
     normal_ckpt = float(np.median(ckpt)) if ckpt else 0.0
     if len(healthy) >= MIN_HEALTHY_STEPS:
@@ -165,14 +165,8 @@ def baseline(feats: list[StepFeatures], verdicts: list[Verdict]) -> Baseline:
     )
 
 
-def is_checkpoint_stall(v: Verdict) -> bool:
-    """An ``io`` verdict given for a checkpoint that cost far more than a checkpoint does."""
-    return v.cls == "io" and any(e["metric"] == "checkpoint_s" for e in v.evidence)
-
-
 def _causes(v: Verdict) -> set[str]:
-    primary = "checkpoint" if is_checkpoint_stall(v) else v.cls
-    return {primary, *v.secondary} & set(CAUSES)
+    return {v.primary_cause, *v.secondary} & set(CAUSES)
 
 
 def _signal(cause: str, f: StepFeatures, base: Baseline) -> float:

@@ -26,6 +26,7 @@ tell io from host) the verdict keeps the step-record answer, lowers its confiden
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,13 @@ class Verdict:
     undecided: list[str] = field(default_factory=list)
     #: Other causes whose own test passed on this step (they cost time too: see attribution).
     secondary: list[str] = field(default_factory=list)
+    #: The cause behind the class: ``checkpoint`` for an io verdict given for a stalled
+    #: checkpoint, else the class itself (empty: the class).
+    cause: str = ""
+
+    @property
+    def primary_cause(self) -> str:
+        return self.cause or self.cls
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -255,29 +263,27 @@ class MetricView:
                     g["value"].to_numpy(),
                 )
 
-    def _activity_index(self) -> None:
-        """GPU activity per (node, GPU), and the median over all GPUs per sample time, built on
+    @functools.cached_property
+    def _activity(
+        self,
+    ) -> tuple[dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+        """GPU activity per (node, GPU), and the median over all GPUs per sample time; built on
         first use (only the whole-run straggler costing reads it)."""
-        self._act: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        self._act_median: tuple[np.ndarray, np.ndarray] = (np.array([]), np.array([]))
-        if self.gpu is None or not len(self.gpu):
-            return
-        a = _samples(self.gpu, "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
-        if not len(a):
-            return
+        per_gpu: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        a = _samples(self.gpu, "DCGM_FI_PROF_GR_ENGINE_ACTIVE") if self.gpu is not None else None
+        if a is None or not len(a):
+            return per_gpu, np.array([]), np.array([])
         for (inst, gpu), group in a.groupby(["instance", "gpu"], observed=True):
             g = group.sort_values("timestamp")
-            self._act[(str(inst), str(gpu))] = (g["timestamp"].to_numpy(), g["value"].to_numpy())
+            per_gpu[(str(inst), str(gpu))] = (g["timestamp"].to_numpy(), g["value"].to_numpy())
         med = a.groupby("timestamp")["value"].median().sort_index()
-        self._act_median = (med.index.to_numpy(), med.to_numpy())
+        return per_gpu, med.index.to_numpy(), med.to_numpy()
 
     def gpu_activity(self, node: str, gpu: int, t: float) -> tuple[float, float] | None:
         """The GPU's graphics-engine activity near ``t`` and the median GPU's: a straggler's GPU
         is busy while its peers idle waiting for it."""
-        if not hasattr(self, "_act"):
-            self._activity_index()
-        own = self._act.get((node, str(gpu)))
-        ts, med = self._act_median
+        per_gpu, ts, med = self._activity
+        own = per_gpu.get((node, str(gpu)))
         if own is None or not len(ts):
             return None
         near_own = np.abs(own[0] - t) <= SAMPLE_TOLERANCE_S
@@ -299,20 +305,23 @@ class MetricView:
         bits = vals[idx].astype(np.int64) & HW_SLOWDOWN_BITS
         return float(np.mean(bits != 0)), uuid
 
+    @functools.cached_property
+    def _pressure(self) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+        """PSI ``some`` stall seconds per resource, one series per node; built on first use."""
+        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        if self.host is None or not len(self.host) or "resource" not in self.host:
+            return out
+        x = self.host[self.host["metric"] == "fmdiag_host_pressure_stall_seconds_total"]
+        x = x[x["kind"] == "some"] if "kind" in x else x
+        for (_inst, res), group in x.groupby(["instance", "resource"], observed=True):
+            g = group.sort_values("timestamp")
+            out.setdefault(str(res), []).append((g["timestamp"].to_numpy(), g["value"].to_numpy()))
+        return out
+
     def pressure_at(self, resource: str, times: np.ndarray, until: float) -> np.ndarray | None:
         """The mean node's PSI ``some`` stall share of ``resource`` (cpu, io, memory) in the scrape
         interval holding each of ``times``: how much of the time some task waited on it."""
-        if not hasattr(self, "_psi"):
-            self._psi: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-            if self.host is not None and len(self.host) and "resource" in self.host:
-                x = self.host[self.host["metric"] == "fmdiag_host_pressure_stall_seconds_total"]
-                x = x[x["kind"] == "some"] if "kind" in x else x
-                for (_inst, res), group in x.groupby(["instance", "resource"], observed=True):
-                    g = group.sort_values("timestamp")
-                    self._psi.setdefault(str(res), []).append(
-                        (g["timestamp"].to_numpy(), g["value"].to_numpy())
-                    )
-        series = self._psi.get(resource)
+        series = self._pressure.get(resource)
         if not series:
             return None
         total, count = np.zeros(len(times)), np.zeros(len(times))
@@ -455,6 +464,7 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         else:
             v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
             v.recommendation = "compute-bound: no input, network or hardware cause stands out"
+        v.cause = "checkpoint" if first == "checkpoint" else v.cls
         v.secondary = [c for c in causes[1:] if c != v.cls]
         out.append(v)
     return smooth(out)
@@ -523,9 +533,11 @@ def _starved(
             v.evidence.append(
                 _ev("cpu_busy_fraction", busy, CPU_BUSY_FRACTION if iowait < IOWAIT_FRACTION else iowait)
             )
-        v.confidence = 0.85 if v.evidence[-1]["metric"] != "data_wait_s" else 0.5
         if iowait < IOWAIT_FRACTION and v.cls == "io":
+            v.confidence = 0.5
             v.undecided.append("data wait with neither iowait nor saturated CPUs; io assumed")
+        else:
+            v.confidence = 0.85
     if v.cls == "io":
         if ost:
             v.culprit = dict(ost)
@@ -602,7 +614,7 @@ def smooth(verdicts: list[Verdict]) -> list[Verdict]:
                 f"looked like {cur.cls} alone between two {prev.cls} steps (continuity rule)"
             )
             cur.cls, cur.confidence = prev.cls, min(prev.confidence, nxt.confidence) * 0.8
-            cur.culprit, cur.recommendation = prev.culprit, prev.recommendation
+            cur.culprit, cur.recommendation, cur.cause = prev.culprit, prev.recommendation, prev.cause
     return verdicts
 
 
