@@ -132,7 +132,6 @@ class GpuStateDoc:
 
 
 _GPU_HINTS: dict[str, Any] = typing.get_type_hints(GpuState)
-_GPU_FIELDS = {f.name: f for f in dataclasses.fields(GpuState)}
 _REQUIRED = tuple(
     f.name
     for f in dataclasses.fields(GpuState)
@@ -203,17 +202,21 @@ _MIG_REQUIRED = tuple(
 )
 
 
-def _mig_from_dict(where: str, raw: Any) -> MigDeviceState:
+def _checked_fields(where: str, raw: Any, hints: dict[str, Any], required: Any) -> dict[str, Any]:
+    """An object's fields, each checked against its type: unknown and missing ones named."""
     if not isinstance(raw, dict):
         raise GpuStateError(f"{where}: expected an object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_MIG_HINTS))
+    unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise GpuStateError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    missing = [n for n in _MIG_REQUIRED if n not in raw]
+    missing = [n for n in required if n not in raw]
     if missing:
         raise GpuStateError(f"{where}: missing field(s) {', '.join(missing)}")
-    kwargs = {name: _check_value(where, name, value, _MIG_HINTS[name]) for name, value in raw.items()}
-    return MigDeviceState(**kwargs)
+    return {name: _check_value(where, name, value, hints[name]) for name, value in raw.items()}
+
+
+def _mig_from_dict(where: str, raw: Any) -> MigDeviceState:
+    return MigDeviceState(**_checked_fields(where, raw, _MIG_HINTS, _MIG_REQUIRED))
 
 
 def _check_mig(where: str, gpu: GpuState) -> None:
@@ -237,16 +240,7 @@ def _check_mig(where: str, gpu: GpuState) -> None:
 
 def _gpu_from_dict(source: str, i: int, raw: Any) -> GpuState:
     where = f"{source}: gpus[{i}]"
-    if not isinstance(raw, dict):
-        raise GpuStateError(f"{where}: expected an object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_GPU_FIELDS))
-    if unknown:
-        raise GpuStateError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    missing = [n for n in _REQUIRED if n not in raw]
-    if missing:
-        raise GpuStateError(f"{where}: missing field(s) {', '.join(missing)}")
-    kwargs = {name: _check_value(where, name, value, _GPU_HINTS[name]) for name, value in raw.items()}
-    gpu = GpuState(**kwargs)
+    gpu = GpuState(**_checked_fields(where, raw, _GPU_HINTS, _REQUIRED))
     _check_mig(where, gpu)
     return gpu
 
