@@ -229,9 +229,10 @@ def analyze(
     "--steps-from",
     "steps_from",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
-    default=None,
+    multiple=True,
     metavar="SPOOL",
-    help="Also copy the job's step files from this spool directory (shared by the ranks) into steps/.",
+    help="Also copy the job's step files from this spool directory into steps/; repeat it for a "
+    "spool per node (node-local disks).",
 )
 def collect(
     prometheus: str,
@@ -242,7 +243,7 @@ def collect(
     query_step: float,
     max_series: int,
     max_points: int,
-    steps_from: Path | None,
+    steps_from: tuple[Path, ...],
 ) -> None:
     """Copy a training job's node metrics from Prometheus (and its step records) into a trace dump.
 
@@ -262,10 +263,11 @@ def collect(
     for sub in sorted(result.files):
         click.echo(f"{result.files[sub]}: {result.series[sub]} series, {result.rows[sub]} rows")
     click.echo(f"{len(result.instances)} nodes, {result.requests} requests")
-    if steps_from is not None:
-        copied = collect_mod.copy_step_files(steps_from, job, out)
+    if steps_from:
+        copied = collect_mod.copy_step_files_from(steps_from, job, out)
         for problem in copied.problems[:10]:
             click.echo(f"warning: {problem}", err=True)
         if not copied.files:
-            raise click.ClickException(f"{steps_from}: no step files of job {job!r}")
+            spools = ", ".join(map(str, steps_from))
+            raise click.ClickException(f"{spools}: no step files of job {job!r}")
         click.echo(f"{out / 'steps'}: {len(copied.files)} step files, {copied.records} records")

@@ -206,7 +206,22 @@ class CopiedSteps:
     problems: list[str] = field(default_factory=list)
 
 
-def copy_step_files(spool: Path, job: str, out: Path) -> CopiedSteps:
+def copy_step_files_from(spools: Sequence[Path], job: str, out: Path) -> CopiedSteps:
+    """:func:`copy_step_files` over several spools (one per node when the spool is node-local).
+
+    Two spools holding the same rank's file would overwrite each other's records: the later one
+    is not copied and the clash is reported, naming both."""
+    result = CopiedSteps()
+    seen: dict[str, Path] = {}
+    for spool in spools:
+        copied = copy_step_files(spool, job, out, skip=seen)
+        result.files.extend(copied.files)
+        result.records += copied.records
+        result.problems.extend(copied.problems)
+    return result
+
+
+def copy_step_files(spool: Path, job: str, out: Path, skip: dict[str, Path] | None = None) -> CopiedSteps:
     """Copy the job's step files from a spool directory (a shared filesystem the ranks write to)
     into ``out/steps/``, byte for byte: a bad line stays for the analysis to report, not dropped
     here. A file is the job's when its name is ``steprecord.file_name(job, rank)``'s and its
@@ -217,7 +232,11 @@ def copy_step_files(spool: Path, job: str, out: Path) -> CopiedSteps:
     result = CopiedSteps()
     candidates = [p for p in steprecord.step_files(spool) if p.name.startswith(prefix)]
     target = dumpformat.DumpLayout(out).steps_dir
+    seen = {} if skip is None else skip
     for path in candidates:
+        if path.name in seen:
+            result.problems.append(f"{path}: {seen[path.name]} has the same rank's file; not copied")
+            continue
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -230,6 +249,7 @@ def copy_step_files(spool: Path, job: str, out: Path) -> CopiedSteps:
         result.problems.extend(str(e) for e in read.errors)
         target.mkdir(parents=True, exist_ok=True)
         (target / path.name).write_bytes(data)
+        seen[path.name] = path
         result.files.append(str(target / path.name))
         result.records += len(read.records)
     return result

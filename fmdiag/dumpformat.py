@@ -24,12 +24,23 @@ from fmdiag import catalog, steprecord
 
 STEPS_DIR = "steps"
 KINETO_DIR = "kineto"
+#: JAX profiler output as ``jax.profiler`` writes it, one folder per rank:
+#: ``jax/rank<r>/plugins/profile/<timestamp>/<host>.trace.json.gz`` (and ``.xplane.pb``).
+JAX_DIR = "jax"
 METRICS_DIR = "metrics"
 TRUTH_FILE = "truth.json"
 #: Written only by ``fmdiag simulate``: node trees (``--node-trees``/``--live``) and live rates.
 NODES_DIR = "nodes"
 LIVE_TRUTH_FILE = "live-truth.json"
-ENTRIES: tuple[str, ...] = (STEPS_DIR, METRICS_DIR, KINETO_DIR, NODES_DIR, TRUTH_FILE, LIVE_TRUTH_FILE)
+ENTRIES: tuple[str, ...] = (
+    STEPS_DIR,
+    METRICS_DIR,
+    KINETO_DIR,
+    JAX_DIR,
+    NODES_DIR,
+    TRUTH_FILE,
+    LIVE_TRUTH_FILE,
+)
 
 KINETO_SUFFIXES: tuple[str, ...] = (".json", ".json.gz")
 METRICS_SUFFIX = ".parquet"
@@ -57,6 +68,10 @@ class DumpLayout:
     @property
     def kineto_dir(self) -> Path:
         return self.root / KINETO_DIR
+
+    @property
+    def jax_dir(self) -> Path:
+        return self.root / JAX_DIR
 
     @property
     def metrics_dir(self) -> Path:
@@ -200,6 +215,9 @@ CULPRIT_KEYS: dict[str, type | tuple[type, ...]] = {
     "node": str,
     "rank": int,
     "local_rank": int,
+    # A parallel group's coordinates: a late pipeline stage is named by pp_rank, not by one rank.
+    "pp_rank": int,
+    "dp_rank": int,
     "gpu": int,
     "gpu_uuid": str,
     "pci_bus_id": str,

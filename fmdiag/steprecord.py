@@ -38,7 +38,16 @@ OPTIONAL_NUMBERS: dict[str, bool] = {
     "dropped": True,  # records this writer has dropped so far (cumulative, so a lost line loses no count)
     "pid": True,
     "gpu_time": False,  # seconds between CUDA events at step begin and end
+    # The rank's place in the parallel layout (data, pipeline, tensor, context, expert parallel):
+    # a straggling pipeline stage or a tensor-parallel group is named by these, not by the rank.
+    "dp_rank": True,
+    "pp_rank": True,
+    "tp_rank": True,
+    "cp_rank": True,
+    "ep_rank": True,
 }
+#: The parallel-layout coordinates a record may carry (all optional integers).
+LAYOUT_FIELDS: tuple[str, ...] = ("dp_rank", "pp_rank", "tp_rank", "cp_rank", "ep_rank")
 #: Lines longer than this are refused before JSON parsing: no record is anywhere near it.
 MAX_LINE_BYTES = 64 * 1024
 #: Integers are int64 (Unix ns fits until 2262). JSON integers are unbounded, and one past
@@ -76,6 +85,11 @@ class StepRecord:
     gpu_time: float | None = None
     #: The writing process: tells a restarted writer (whose ``dropped`` restarts at 0) apart.
     pid: int | None = None
+    dp_rank: int | None = None
+    pp_rank: int | None = None
+    tp_rank: int | None = None
+    cp_rank: int | None = None
+    ep_rank: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -100,6 +114,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "dropped",
     "gpu_time",
     "pid",
+    *LAYOUT_FIELDS,
 )
 Row = tuple[Any, ...]
 _PHASES_AT = ROW_FIELDS.index(PHASES[0])
@@ -138,11 +153,11 @@ def validate_row(obj: object, *, source: str = "", line: int = 0) -> Row:
 def from_row(row: Row) -> StepRecord:
     """The :class:`StepRecord` of a row from :func:`validate_row`."""
     job, rank, node, step, start_ns, end_ns, v, local_rank = row[:_PHASES_AT]
-    tokens, samples, dropped, gpu_time, pid = row[_PHASES_END:]
+    tokens, samples, dropped, gpu_time, pid, *layout = row[_PHASES_END:]
     values = row[_PHASES_AT:_PHASES_END]
     phases = {name: value for name, value in zip(PHASES, values, strict=True) if value is not None}
     record = (job, rank, node, step, start_ns, end_ns, v, local_rank)
-    return StepRecord(*record, phases, tokens, samples, dropped, gpu_time, pid)
+    return StepRecord(*record, phases, tokens, samples, dropped, gpu_time, pid, *layout)
 
 
 def problems(obj: object, *, source: str = "", line: int = 0) -> list[StepRecordError]:
@@ -204,7 +219,7 @@ def _check(obj: object, source: str, line: int) -> tuple[Row | None, list[StepRe
             found.append((f"must be a non-negative {kind_text}, got {_show(value)}", name))
     if found:
         return None, [StepRecordError(m, source=source, line=line, field_name=n) for m, n in found]
-    local_rank, tokens, samples, dropped, pid, gpu_time = extra
+    local_rank, tokens, samples, dropped, pid, gpu_time, *layout = extra
     return (
         job,
         rank,
@@ -220,6 +235,7 @@ def _check(obj: object, source: str, line: int) -> tuple[Row | None, list[StepRe
         0 if dropped is None else dropped,
         None if gpu_time is None else float(gpu_time),
         pid,
+        *layout,
     ), []
 
 

@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fmdiag.steprecord import FORMAT_VERSION, MAX_INT, PHASES, file_name, spool_dir
+from fmdiag.steprecord import FORMAT_VERSION, LAYOUT_FIELDS, MAX_INT, PHASES, file_name, spool_dir
 
 log = logging.getLogger("fmdiag.steptrace")
 
@@ -184,6 +184,22 @@ class Step:
                 self.fields[name] = number
 
 
+def _check_layout(layout: Mapping[str, int]) -> dict[str, int]:
+    unknown = sorted(set(layout) - set(LAYOUT_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"layout: unknown coordinate(s) {', '.join(unknown)}; known: {', '.join(LAYOUT_FIELDS)}"
+        )
+    checked: dict[str, int] = {}
+    for name in LAYOUT_FIELDS:  # the format's order, so every record spells them alike
+        if name in layout:
+            value = layout[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+                raise ValueError(f"layout: {name}={value!r} must be an integer from 0 to 2**63-1")
+            checked[name] = value
+    return checked
+
+
 class StepTracer:
     """Writes this rank's step records to ``<spool>/<job>.rank<NNNNN>.jsonl``."""
 
@@ -198,10 +214,15 @@ class StepTracer:
         cuda_events: bool | str = "auto",
         buffer_size: int = 1024,
         handoff_timeout: float = 0.05,
+        layout: Mapping[str, int] | None = None,
     ) -> None:
+        """``layout``: the rank's coordinates in the parallel layout (``dp_rank``, ``pp_rank``,
+        ``tp_rank``, ``cp_rank``, ``ep_rank``), written into every record so the analyzer can name
+        a late pipeline stage or tensor-parallel group rather than a rank."""
         self.job, self.rank, self.local_rank, self.node = identity(job, rank, local_rank, node)
         if not 0 <= self.rank <= MAX_INT or not 0 <= (self.local_rank or 0) <= MAX_INT:
             raise ValueError(f"rank {self.rank} / local_rank {self.local_rank}: ranks are non-negative")
+        self.layout = _check_layout(layout or {})
         self.path = spool_dir(spool) / file_name(self.job, self.rank)
         self.handoff_timeout = handoff_timeout
         self.dropped = 0
@@ -280,6 +301,7 @@ class StepTracer:
         }
         if self.local_rank is not None:
             record["local_rank"] = self.local_rank
+        record.update(self.layout)
         record.update({k: round(v, 9) for k, v in current.phases.items()})
         record.update(current.fields)
         # Records the kernel refused (ENOSPC, EIO) are as lost as those the full buffer dropped.

@@ -290,3 +290,25 @@ def test_collect_copies_the_jobs_step_files_from_a_spool(prom: Prometheus, tmp_p
     empty.mkdir()
     r = CliRunner().invoke(collect_cmd, [*args, "--steps-from", str(empty)])
     assert r.exit_code != 0 and "no step files of job 'j1'" in r.output
+
+
+def test_collect_copies_one_spool_per_node_and_names_a_rank_in_two(prom: Prometheus, tmp_path: Path) -> None:
+    from fmdiag import steprecord
+
+    line = '{"v":1,"job":"j1","rank":%d,"node":"%s","step":0,"start_ns":1,"end_ns":2}\n'
+    spools = []
+    for node, ranks in (("node-a", (0, 1)), ("node-b", (2, 3, 1))):
+        spool = tmp_path / node
+        spool.mkdir()
+        for rank in ranks:
+            (spool / steprecord.file_name("j1", rank)).write_text(line % (rank, node))
+        spools += ["--steps-from", str(spool)]
+    out = tmp_path / "dump"
+    args = ["--prometheus", prom.url, "--job", "j1", "--start", str(T0), "--end", str(T1), "--out", str(out)]
+    r = CliRunner().invoke(collect_cmd, [*args, *spools])
+    assert r.exit_code == 0, r.output
+    assert len(dumpformat.DumpLayout(out).step_files()) == 4
+    assert "4 step files, 4 records" in r.stdout
+    # rank 1 in both spools: the first is kept, the second named, not silently overwritten
+    assert f"node-b/{steprecord.file_name('j1', 1)}: " in r.stderr and "same rank's file" in r.stderr
+    assert '"node":"node-a"' in (out / "steps" / steprecord.file_name("j1", 1)).read_text()

@@ -1,4 +1,4 @@
-"""Imports go one way: core <- exporters, analyzers, dashboards <- simulate.
+"""Imports go one way: core <- exporters, analyzers, dashboards <- simulate; core <- testbed.
 
 Every module's imports are read with ``ast`` (imports inside functions included, since a lazy
 import is still a dependency), resolved to fmdiag's module names through the package-dir
@@ -18,15 +18,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Layer of each subpackage; "core" is every module directly in fmdiag/.
-LAYERS = ("core", "exporters", "analyzers", "dashboards", "simulate")
+LAYERS = ("core", "exporters", "analyzers", "dashboards", "simulate", "testbed")
 #: Which layers each layer may import. The three products are independent of each other;
-#: only the simulator (which emulates what they read) and the tests may use them all.
+#: only the simulator (which emulates what they read) and the tests may use them all. The
+#: real-process test bed is a judge: it drives the products as a user does (their commands, in
+#: processes) and imports only the core's formats; nothing imports it, the simulator included.
 ALLOWED: dict[str, frozenset[str]] = {
     "core": frozenset({"core"}),
     "exporters": frozenset({"core", "exporters"}),
     "analyzers": frozenset({"core", "analyzers"}),
     "dashboards": frozenset({"core", "dashboards"}),
-    "simulate": frozenset(LAYERS),
+    "simulate": frozenset(LAYERS) - {"testbed"},
+    "testbed": frozenset({"core", "testbed"}),
 }
 
 
@@ -101,7 +104,7 @@ def test_imports_go_one_way() -> None:
 def test_every_layer_has_modules() -> None:
     """The walk must see the whole tree, or the test above proves nothing."""
     seen = {layer(m) for m, _ in modules(ROOT)}
-    assert {"core", "exporters", "simulate"} <= seen
+    assert {"core", "exporters", "simulate", "testbed"} <= seen
     names = {m for m, _ in modules(ROOT)}
     assert {"fmdiag.catalog", "fmdiag.exporters.collectors.gpu", "fmdiag.simulate.cluster.model"} <= names
 
@@ -109,7 +112,7 @@ def test_every_layer_has_modules() -> None:
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.setuptools.package-dir]\n"fmdiag" = "fmdiag"\n"fmdiag.exporters" = "exporters"\n'
-        '"fmdiag.simulate" = "simulate"\n'
+        '"fmdiag.simulate" = "simulate"\n"fmdiag.testbed" = "testbed"\n'
     )
     for name, text in files.items():
         path = tmp_path / name
@@ -129,6 +132,8 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         ("fmdiag/catalog.py", "import fmdiag.exporters.collector\n", "fmdiag.exporters.collector"),
         ("exporters/x.py", "from fmdiag import simulate\n", "fmdiag.simulate"),
         ("exporters/sub/y.py", "from ...simulate import z\n", "fmdiag.simulate"),
+        ("simulate/z.py", "from fmdiag.testbed import run\n", "fmdiag.testbed"),
+        ("testbed/w.py", "from fmdiag.exporters import x\n", "fmdiag.exporters"),
     ],
 )
 def test_a_wrong_edge_is_named(tmp_path: Path, name: str, text: str, edge: str) -> None:

@@ -252,3 +252,29 @@ def test_a_forked_child_is_told_to_make_its_own_tracer(tmp_path: Path) -> None:
     tracer.close()
     records = read_file(tracer.path).records
     assert [r.step for r in records] == [0, 1, 2, 3]
+
+
+def test_layout_coordinates_are_written_and_read_back(tmp_path: Path) -> None:
+    tracer = steptrace.StepTracer(
+        tmp_path, job="pp", rank=5, node="n1", layout={"pp_rank": 1, "dp_rank": 2, "tp_rank": 0}
+    )
+    with tracer.step():
+        pass
+    tracer.close()
+    (path,) = steprecord.step_files(tmp_path)
+    (record,) = read_file(path).records
+    assert (record.dp_rank, record.pp_rank, record.tp_rank, record.cp_rank, record.ep_rank) == (
+        2,
+        1,
+        0,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "layout", [{"stage": 1}, {"pp_rank": -1}, {"dp_rank": True}, {"tp_rank": 1.0}, {"ep_rank": 2**63}]
+)
+def test_a_bad_layout_is_refused_at_construction(tmp_path: Path, layout: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="layout"):
+        steptrace.StepTracer(tmp_path, job="j", rank=0, node="n", layout=layout)

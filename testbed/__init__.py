@@ -1,0 +1,1 @@
+"""fmdiag.testbed: a real multi-process JAX training job on CPU, with real injected faults."""
