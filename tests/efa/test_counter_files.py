@@ -82,6 +82,11 @@ def test_kept_descriptors_read_fresh_values_and_follow_changes(tmp_path: Path) -
 def test_no_descriptors_kept_for_a_directory_just_modified(tmp_path: Path) -> None:
     sysfs = tmp_path / "sys"
     shutil.copytree(FIXTURE, sysfs, symlinks=True)  # every directory was just written
+    # ... and, so that a loaded machine taking over 50 ms to reach the scrape cannot make them look
+    # settled, stamped a minute ahead: modified after the opening, never trusted.
+    ahead = time.time_ns() + 60 * 10**9
+    for folder, _dirs, _files in os.walk(sysfs):
+        os.utime(folder, ns=(ahead, ahead), follow_symlinks=False)
     c = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs)))
     assert tx(scrape(c)) == 1_001_111
     assert c.files.open_fds == 0

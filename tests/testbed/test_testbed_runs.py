@@ -210,10 +210,12 @@ def test_interrupted_runs_remove_everything_they_made(tmp_path: Path) -> None:
     assert "interrupted; everything it made was removed" in err
     nothing_left()
     assert not (out / "testbed" / "work").exists()
-    leftover_procs = subprocess.run(
-        ["pgrep", "-f", "fmdiag.testbed.worker|fmdiag exporter"], capture_output=True
-    )
-    assert leftover_procs.stdout == b""
+    left = subprocess.run(
+        ["pgrep", "-a", "-f", "fmdiag.testbed.worker|fmdiag exporter"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert left == "", left
 
 
 def test_a_timeout_fails_the_run_and_cleans_up(tmp_path: Path) -> None:
