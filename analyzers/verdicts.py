@@ -4,12 +4,15 @@ The rules follow the physics of synchronous data-parallel training (../shared/DO
 "Telling the bottlenecks apart"), not one sample's numbers:
 
 * every rank waits for the slowest in each collective, so the *late* rank is the one with the
-  least exposed communication. A **straggler** is a late rank that is the same rank step after
-  step *and* whose GPU shows a hardware cause (HW slowdown / thermal / power clock-event bits
-  0x8, 0x40, 0x80). A slowest rank that changes from step to step, or has no hardware cause, is
-  data-dependent imbalance: ``compute``;
-* when *every* rank, including the least-waiting one, has long exposed communication, nobody is
-  late and the fabric is the bottleneck: **network** (EFA errors named as evidence when metrics
+  least exposed communication. A **straggler** is defined by behaviour: the same rank late step
+  after step while the median rank waits for it a fifth of the step or more, its own work
+  explaining the wait (:data:`STRAGGLER_WAIT_FRACTION`); its cause is then hardware when its GPU
+  shows HW slowdown / thermal / power clock-event bits (0x8, 0x40, 0x80), its input when its data
+  wait makes the difference, else ``unknown`` with what to check. A consistently late rank that
+  holds the job up less is a straggler only with a hardware bit; a slowest rank that changes from
+  step to step is data-dependent imbalance: ``compute``;
+* when *every* rank, including the least-waiting one, has long exposed communication and no
+  late rank holds the job up, the fabric is the bottleneck: **network** (EFA errors named as evidence when metrics
   have them; a culprit device when one device carries the errors);
 * long ``data_wait`` is input starvation: **io** when the node's CPUs sit in iowait (Lustre
   slow), **host** when they are saturated in user time with no iowait (a CPU-bound loader);
@@ -45,6 +48,17 @@ HW_SLOWDOWN_BITS = 0x8 | 0x40 | 0x80
 LATE_RANK_CONSISTENCY = 0.6
 #: Steps on each side that make the window for the consistency check.
 WINDOW = 3
+#: A consistently late rank is a straggler by behaviour, whatever its hardware says, when the
+#: median rank waits for it (its exposed communication minus the late rank's) at least this share
+#: of the step, and the late rank's own work (compute and data wait) accounts for at least
+#: :data:`STRAGGLER_OWN_SHARE` of that wait. The late rank's own communication is the transfer
+#: itself, not zero (DDP buckets, pipelines and slow fabrics expose it), so the two are compared
+#: with each other, never the late rank's with nothing. A fifth of the step is NVRx's straggler
+#: score of 0.75-0.8 seen from the waiting ranks (a rank 25-35% slower than its peers); a healthy
+#: job's speed spread makes the median rank wait a few percent, and ranks sharing CPUs (the test
+#: bed) up to 15-18% on some steps.
+STRAGGLER_WAIT_FRACTION = 0.20
+STRAGGLER_OWN_SHARE = 0.5
 #: Exposed communication of the *least-waiting* rank above this fraction of the step means
 #: every rank waits on the fabric (a late rank itself waits only a few ms).
 NETWORK_FLOOR_FRACTION = 0.01
@@ -131,6 +145,18 @@ class StepFeatures:
     comm_median: float
     compute_late: float
     compute_median: float
+    #: The late rank's data wait (its own input may be what makes it late).
+    data_wait_late: float = 0.0
+
+    @property
+    def wait_for_late(self) -> float:
+        """How long the median rank waited for the late one in the collectives."""
+        return max(0.0, self.comm_median - self.comm_min)
+
+    @property
+    def late_own_extra(self) -> float:
+        """How much longer the late rank's own work (compute and data wait) took than the median's."""
+        return (self.compute_late + self.data_wait_late) - (self.compute_median + self.data_wait_median)
 
 
 def step_features(steps: Any) -> list[StepFeatures]:
@@ -177,6 +203,7 @@ def step_features(steps: Any) -> list[StepFeatures]:
                 comm_median=float(np.median(comm[idx])),
                 compute_late=float(compute[late]),
                 compute_median=float(np.median(compute[idx])),
+                data_wait_late=float(data_wait[late]),
             )
         )
     return out
@@ -436,13 +463,18 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         if f.data_wait_median > DATA_WAIT_FRACTION * work_s:
             cpu = cpu_at[i]
             causes.append(starvation_class(cpu))
-        if f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
-            causes.append("network")
         hw = None
         if same_late >= LATE_RANK_CONSISTENCY and f.late_local_rank >= 0:
             hw = view.hw_slowdown(f.late_node, f.late_local_rank, f.end_s)
-            if hw is not None and hw[0] > 0:
-                causes.append("straggler")
+        late_by_behaviour = same_late >= LATE_RANK_CONSISTENCY and late_rank_holds_the_job(f, work_s)
+        # Waiting for a late rank is not the fabric's doing: a straggler by behaviour is decided
+        # before the network, which then needs the transfer itself to be long.
+        if late_by_behaviour:
+            causes.append("straggler")
+        if f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
+            causes.append("network")
+        if not late_by_behaviour and hw is not None and hw[0] > 0:
+            causes.append("straggler")
         first = causes[0] if causes else None
         if first == "checkpoint":
             v.cls, v.confidence = "io", 0.8
@@ -457,6 +489,8 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
             for res, shares in psi.items():
                 if shares is not None and np.isfinite(shares[i]):
                     v.evidence.append(_ev(f"psi_{res}_some_fraction", shares[i], float(np.nanmedian(shares))))
+        elif first == "straggler" and late_by_behaviour:
+            _late_rank(v, f, work_s, same_late, hw)
         elif first == "network":
             _network(v, f, work_s, view)
         elif same_late >= LATE_RANK_CONSISTENCY:
@@ -468,6 +502,56 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         v.secondary = [c for c in causes[1:] if c != v.cls]
         out.append(v)
     return smooth(out)
+
+
+def late_rank_holds_the_job(f: StepFeatures, work_s: float) -> bool:
+    """The median rank waits for the late rank a good share of the step, and the late rank's own
+    work explains that wait (see :data:`STRAGGLER_WAIT_FRACTION`)."""
+    wait = f.wait_for_late
+    return wait >= STRAGGLER_WAIT_FRACTION * work_s and f.late_own_extra >= STRAGGLER_OWN_SHARE * wait
+
+
+def _late_rank(
+    v: Verdict, f: StepFeatures, work_s: float, same_late: float, hw: tuple[float, str] | None
+) -> None:
+    """A straggler found by behaviour; its cause from the evidence there is, else named unknown."""
+    v.cls = "straggler"
+    v.evidence.append(_ev("wait_for_late_rank_s", f.wait_for_late, STRAGGLER_WAIT_FRACTION * work_s))
+    v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
+    v.evidence.append(
+        _ev("late_rank_work_s", f.compute_late + f.data_wait_late, f.compute_median + f.data_wait_median)
+    )
+    culprit: dict[str, Any] = {"node": f.late_node, "rank": f.late_rank}
+    if f.late_local_rank >= 0:
+        culprit["gpu"] = f.late_local_rank
+    v.culprit = culprit
+    where = f"rank {f.late_rank}" + (f" on {f.late_node}" if f.late_node else "")
+    behind = (
+        f"{where} works {f.late_own_extra * 1e3:.0f} ms longer than the median rank and joins every "
+        f"collective last; the others wait {f.wait_for_late * 1e3:.0f} ms for it "
+        f"({f.wait_for_late / work_s:.0%} of the step)"
+    )
+    data_part = f.data_wait_late - f.data_wait_median
+    if hw is not None and hw[0] > 0:
+        share, uuid = hw
+        if uuid:
+            culprit["gpu_uuid"] = uuid
+        v.confidence = min(0.95, 0.7 + 0.25 * share)
+        v.evidence.append(_ev("hw_slowdown_fraction", share, 0.0))
+        v.recommendation = (
+            f"drain {f.late_node}: GPU {f.late_local_rank} in HW slowdown {share:.0%} of the time; {behind}"
+        )
+    elif data_part >= STRAGGLER_OWN_SHARE * f.late_own_extra:
+        v.confidence = 0.75
+        v.recommendation = f"{behind}, mostly waiting for its input: check its node's data path and loader"
+    else:
+        v.confidence = 0.7
+        hw_note = "no hardware clock-event bit on its GPU" if hw is not None else "no GPU metrics to check"
+        v.recommendation = (
+            f"{behind}; cause unknown ({hw_note}): check its node for CPU contention or throttling "
+            "(a noisy neighbour, a cgroup quota), memory pressure, a PCIe link at reduced width, "
+            "and Python GC pauses"
+        )
 
 
 def starvation_class(cpu: dict[str, float] | None) -> str:

@@ -121,6 +121,43 @@ def test_consistent_late_rank_without_throttle_is_not_a_straggler() -> None:
     assert _classes(vs) == {"compute"}
 
 
+def _late_from(onset: int, rank: int, slower: float) -> Any:
+    """Rank ``rank`` computes ``slower`` longer from ``onset``; every rank also spends 80 ms in the
+    transfer itself (DDP buckets: the late rank's exposed communication is not near zero), and
+    its peers wait for it on top of that."""
+    compute = 0.9
+
+    def phases(step: int, r: int) -> dict[str, float]:
+        if step < onset:
+            return {"comm_exposed": 0.08 + (0.0 if r == (step * 5) % RANKS else 0.04)}
+        if r == rank:
+            return {"forward": 0.3 * (1 + slower), "backward": 0.6 * (1 + slower), "comm_exposed": 0.08}
+        return {"comm_exposed": 0.08 + slower * compute}
+
+    return phases
+
+
+@pytest.mark.parametrize("gpu_metrics", [False, True])
+def test_a_late_rank_without_hardware_bits_is_a_straggler_not_network(gpu_metrics: bool) -> None:
+    # the issue's job: a rank 35% slower from step 6, no clock-event bit, 80 ms transfers on every rank
+    steps = _steps(20, _late_from(6, rank=6, slower=0.35))
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(None, 20)} if gpu_metrics else {})
+    after = vs[8:]
+    assert {v.cls for v in after} == {"straggler"}, [(v.step, v.cls) for v in vs]
+    assert all(v.culprit and v.culprit["rank"] == 6 and v.culprit["node"] == "node-001" for v in after)
+    assert "cause unknown" in after[0].recommendation
+    assert ("no hardware clock-event bit" if gpu_metrics else "no GPU metrics") in after[0].recommendation
+    assert "straggler" not in {v.cls for v in vs[:5]}
+    assert "network" not in {v.cls for v in after}
+
+
+def test_a_rank_a_little_slower_is_not_called_a_straggler() -> None:
+    # 10% slower: its peers wait 90 ms (9% of the step), within a healthy job's spread
+    steps = _steps(20, _late_from(6, rank=6, slower=0.10))
+    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(None, 20)})
+    assert "straggler" not in _classes(vs)
+
+
 def test_no_gpu_metrics_is_undecided_not_a_guess() -> None:
     steps = _steps(10, lambda s, r: {"comm_exposed": 0.003} if r == 2 else {})
     vs = verdicts.classify(steps, {})
