@@ -12,8 +12,8 @@ The rules follow the physics of synchronous data-parallel training (../shared/DO
   holds the job up less is a straggler only with a hardware bit; a slowest rank that changes from
   step to step is data-dependent imbalance: ``compute``;
 * when *every* rank, including the least-waiting one, has long exposed communication and no
-  late rank holds the job up, the fabric is the bottleneck: **network** (EFA errors named as evidence when metrics
-  have them; a culprit device when one device carries the errors);
+  late rank holds the job up, the fabric is the bottleneck: **network** (EFA errors named as
+  evidence when metrics have them; a culprit device when one device carries the errors);
 * long ``data_wait`` is input starvation: **io** when the node's CPUs sit in iowait (Lustre
   slow), **host** when they are saturated in user time with no iowait (a CPU-bound loader);
 * a checkpoint phase is normal unless it costs far more than a checkpoint does: **io** only
