@@ -210,11 +210,9 @@ def test_interrupted_runs_remove_everything_they_made(tmp_path: Path) -> None:
     assert "interrupted; everything it made was removed" in err
     nothing_left()
     assert not (out / "testbed" / "work").exists()
-    left = subprocess.run(
-        ["pgrep", "-a", "-f", "fmdiag.testbed.worker|fmdiag exporter"],
-        capture_output=True,
-        text=True,
-    ).stdout
+    # this run's ranks and exporters carry its folder in their command lines (other tests' exporters
+    # may still be serving: only this run's are looked for)
+    left = subprocess.run(["pgrep", "-a", "-f", str(out)], capture_output=True, text=True).stdout
     assert left == "", left
 
 
