@@ -147,3 +147,11 @@ def leftovers(*, include_live: bool = False) -> list[Path]:
 
 def remove_stale() -> list[str]:
     return [str(p) for p in leftovers() if _remove_group(p)]
+
+
+def remove_owned(owner: int) -> list[str]:
+    """Remove every group of run ``owner`` (this run's, at its end); returns those that stayed."""
+    prefix = f"{PREFIX}{owner}-"
+    return [
+        str(p) for p in leftovers(include_live=True) if p.name.startswith(prefix) and not _remove_group(p)
+    ]

@@ -8,10 +8,10 @@ what was planned. :meth:`Injector.close` removes every throttle still in place.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fmdiag.testbed import cgroups, shaping
@@ -114,8 +114,6 @@ def pick_targets(
 ) -> list[Target]:
     """Which rank or node each fault hits, chosen by the seed (never rank 0 alone: a culprit
     that is always rank 0 would reward an analyzer that blames rank 0 by default)."""
-    import random  # noqa: PLC0415
-
     rng = random.Random(rng_seed)
     out: list[Target] = []
     for fault in faults:
@@ -131,7 +129,3 @@ def pick_targets(
         else:
             out.append(Target())
     return out
-
-
-def disk_for(path: Path) -> str:
-    return cgroups.disk_of(path)

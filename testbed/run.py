@@ -389,10 +389,7 @@ def run(opts: Options, log: Callable[[str], None] = _log_default) -> Result:
         procs.stop()
         if prom is not None:
             prom.stop()
-        left = fab.close()
-        for path in cgroups.leftovers(include_live=True):
-            if path.name.startswith(f"{cgroups.PREFIX}{os.getpid()}-") and not cgroups._remove_group(path):
-                left.append(str(path))
+        left = fab.close() + cgroups.remove_owned(os.getpid())
         if not opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
         if left:
