@@ -26,6 +26,29 @@ def _key(culprit: dict[str, Any] | None) -> str:
     return json.dumps(culprit, sort_keys=True) if culprit else ""
 
 
+def _target_key(cause: str, culprit: dict[str, Any] | None) -> str:
+    """What an operator acts on, once: a GPU (node, GPU index) or an EFA device whatever else
+    its culprits carry (a UUID on some steps, a rank on others) and whatever cause its steps
+    were booked to; an OST; else the culprit as written, per cause (the whole job)."""
+    if culprit:
+        node = culprit.get("node")
+        gpu = culprit.get("gpu")
+        if node and isinstance(gpu, int) and gpu >= 0:
+            return json.dumps(["gpu", node, gpu])
+        if node and culprit.get("efa_device"):
+            return json.dumps(["efa", node, culprit["efa_device"]])
+        if culprit.get("ost"):
+            return json.dumps(["ost", culprit.get("fs", ""), culprit["ost"]])
+    return cause + "|" + _key(culprit)
+
+
+def _typical(candidates: list[int], feats: list[StepFeatures]) -> int:
+    """The candidate step whose duration is the median of theirs: a phase's or target's typical
+    step, not its first (a warm-up or onset step quotes numbers the rest of the phase never saw)."""
+    ordered = sorted(candidates, key=lambda i: (feats[i].duration_s, i))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def phases(
     feats: list[StepFeatures],
     verdicts: list[Verdict],
@@ -46,7 +69,8 @@ def phases(
         cause = "checkpoint" if all(v.primary_cause == "checkpoint" for v in vs) else cls
         named = Counter(_key(v.culprit) for v in vs if v.culprit)
         top = named.most_common(1)[0][0] if named else ""
-        pick = next((v for v in vs if _key(v.culprit) == top), vs[0])
+        chosen = [a + j for j, v in enumerate(vs) if _key(v.culprit) == top] or list(range(a, b + 1))
+        pick = verdicts[_typical(chosen, feats)]
         lost = float(attr.per_step["lost_total_s"][a : b + 1].sum())
         phase: dict[str, Any] = {
             "first_step": vs[0].step,
@@ -87,23 +111,30 @@ def _finish(rows: dict[str, dict[str, Any]], total: float) -> list[dict[str, Any
     return out
 
 
-def aggregates(verdicts: list[Verdict], attr: Attribution) -> dict[str, Any]:
+def aggregates(
+    verdicts: list[Verdict], attr: Attribution, feats: list[StepFeatures] | None = None
+) -> dict[str, Any]:
     """Time lost per cause, per node, per rank and per target, each ranked by seconds lost."""
     by_node: dict[str, dict[str, Any]] = {}
     by_rank: dict[str, dict[str, Any]] = {}
     targets: dict[str, dict[str, Any]] = {}
+    advice: dict[str, list[int]] = {}
     for i, v in enumerate(verdicts):
         for cause in CAUSES:
             s = float(attr.per_step[f"lost_{cause}_s"][i])
             if s <= 0:
                 continue
             culprit = attr.culprits[i].get(cause)
-            key = cause + "|" + _key(culprit)
+            if culprit is None and v.outside_metrics and cause != "checkpoint":
+                continue  # no metrics there to name a culprit: not "the whole job" either
+            key = _target_key(cause, culprit)
             base = {"cause": cause, "target": culprit or {"job": "whole job"}, "recommendation": ""}
             _add(targets, key, base, cause, s, v.step)
-            own = v.primary_cause == cause
-            if own and v.recommendation and not targets[key]["recommendation"]:
-                targets[key]["recommendation"] = v.recommendation
+            row = targets[key]
+            if culprit and len(culprit) > len(row["target"]):
+                row["target"] = culprit  # the fullest description of the same thing (its UUID too)
+            if v.primary_cause == cause and v.recommendation:
+                advice.setdefault(key, []).append(i)
             if culprit and "node" in culprit:
                 _add(by_node, str(culprit["node"]), {"node": culprit["node"]}, cause, s, v.step)
             if culprit and "rank" in culprit:
@@ -115,6 +146,11 @@ def aggregates(verdicts: list[Verdict], attr: Attribution) -> dict[str, Any]:
                     s,
                     v.step,
                 )
+    for key, steps in advice.items():
+        pick = _typical(steps, feats) if feats else steps[0]
+        targets[key]["recommendation"] = verdicts[pick].recommendation
+    for row in targets.values():  # a target booked to several causes is named by its costliest
+        row["cause"] = max(row["causes"].items(), key=lambda kv: kv[1])[0]
     total = attr.run_seconds
     ranked = _finish(targets, total)
     for row in ranked:

@@ -56,6 +56,8 @@ class Baseline:
     checkpoint_s: float
     #: False when the run had too few healthy steps: losses are then lower bounds.
     measured: bool = True
+    #: GPU idle waiting for the host, the loader aside (Kineto traces; 0 from step records).
+    host_wait_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -125,7 +127,7 @@ _WHAT = {
     "straggler": "the straggling rank",
     "network": "the network",
     "io": "data loading from storage",
-    "host": "the CPU-bound input pipeline",
+    "host": "the host side (a CPU-bound input pipeline or training loop)",
     "checkpoint": "the checkpoint stalls",
 }
 
@@ -150,6 +152,7 @@ def baseline(feats: list[StepFeatures], verdicts: list[Verdict]) -> Baseline:
             comm_min_s=float(np.median([f.comm_min for f in healthy])),
             data_wait_s=float(np.median([f.data_wait_median for f in healthy])),
             checkpoint_s=normal_ckpt,
+            host_wait_s=float(np.median([f.host_wait_median for f in healthy])),
         )
     # no healthy stretch to learn from: the floors a healthy job stays under (the verdict rules'
     # thresholds at half), so a whole-run fault is still costed, conservatively
@@ -175,6 +178,10 @@ def _signal(cause: str, f: StepFeatures, base: Baseline) -> float:
         return max(f.compute_late - f.compute_median, 0.0)
     if cause == "network":
         return max(f.comm_min - base.comm_min_s, 0.0)
+    if cause == "host":
+        # a CPU-bound loader (data wait) or the training loop's own host side (host wait)
+        loader = max(f.data_wait_median - base.data_wait_s, 0.0)
+        return loader + max(f.host_wait_median - base.host_wait_s, 0.0)
     return max(f.data_wait_median - base.data_wait_s, 0.0)
 
 

@@ -50,6 +50,32 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
 PROGRESS_MIN_FILES = 64
 
 
+def _check_regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A bad ``--rank-from`` fails at the command line, naming the option, not in a worker."""
+    if value is None:
+        return None
+    import re  # noqa: PLC0415
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise click.BadParameter(f"not a regular expression: {exc}") from None
+    return value
+
+
+def _check_writable(path: Path) -> None:
+    """``--html`` to a path that cannot be written fails before the analysis, not after it."""
+    import os  # noqa: PLC0415
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory", param_hint="--html")
+    if not parent.is_dir():
+        raise click.BadParameter(f"{parent}: no such directory", param_hint="--html")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise click.BadParameter(f"{path}: not writable", param_hint="--html")
+
+
 def _progress_bar(label: str, total: int) -> Callable[[int], None] | None:
     """A bar on stderr (a terminal only: the caller checks) for long per-file reads."""
     if total < PROGRESS_MIN_FILES:
@@ -136,6 +162,14 @@ def _live_metrics(
     help="Gaps between kernels shorter than this are kernel wait (launch latency).",
 )
 @click.option(
+    "--rank-from",
+    metavar="REGEX",
+    default=None,
+    callback=_check_regex,
+    help="For traces that state no rank: a regex whose first group (or whole match) in the file name"
+    " is the rank, e.g. 'worker(\\d+)'. Without it such a trace is rank 0.",
+)
+@click.option(
     "--prometheus",
     metavar="URL",
     default=None,
@@ -163,6 +197,7 @@ def analyze(
     workers: int | None,
     scheduler: str | None,
     kernel_wait_us: float,
+    rank_from: str | None,
     prometheus: str | None,
     job: str | None,
     start: float | None,
@@ -179,8 +214,11 @@ def analyze(
         workers=workers,
         scheduler=scheduler,
         kernel_wait_us=kernel_wait_us,
+        rank_from=rank_from,
         progress=_progress_bar if sys.stderr.isatty() else None,
     )
+    if html_out is not None:
+        _check_writable(html_out)
     try:
         metrics: dict[str, pd.DataFrame] | None = None
         source: str | None = None
@@ -189,6 +227,11 @@ def analyze(
         result = pipeline.run(dump, options, metrics=metrics, metrics_source=source)
     except (InputError, prometheus_source.PrometheusError) as exc:
         raise click.ClickException(str(exc)) from None
+    except (OSError, TimeoutError) as exc:
+        if scheduler is None:
+            raise
+        # distributed raises these when the scheduler is gone: one line, not its traceback
+        raise click.ClickException(f"cannot use the Dask scheduler at {scheduler}: {exc}") from None
     sys.stdout.write(report_json.dumps(result) if as_json else report_text.render(result))
     if html_out is not None:
         from fmdiag.analyzers import report_html  # noqa: PLC0415 - plotly loads only for --html

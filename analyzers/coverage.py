@@ -27,3 +27,19 @@ class StepsCoverage:
     bad_lines: list[str] = field(default_factory=list)
     partial_tails: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
+
+
+def as_ranges(values: list[int]) -> list[list[int]]:
+    """Sorted integers as ``[first, last]`` runs: [0, 1, 2, 5] -> [[0, 2], [5, 5]]."""
+    out: list[list[int]] = []
+    for v in values:
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return out
+
+
+def ranges_text(ranges: list[list[int]]) -> str:
+    """``0-2, 5`` for [[0, 2], [5, 5]]: how reports name many ranks or steps on one line."""
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)

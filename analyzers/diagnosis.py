@@ -39,7 +39,7 @@ def diagnose(steps: pd.DataFrame | columns.Columns, metrics: dict[str, pd.DataFr
         verdicts=found,
         attribution=attr,
         phases=aggregates.phases(feats, found, attr, change),
-        aggregates=aggregates.aggregates(found, attr),
+        aggregates=aggregates.aggregates(found, attr, feats),
         change_points=change,
         rank_scores=rank_scores.scores(steps, {v.step for v in found if v.cls in ("compute", "straggler")}),
     )

@@ -25,6 +25,21 @@ driver calls: ``cudaLaunchKernel``, ``cudaGraphLaunch``, ``cudaMemcpyAsync``, ..
 
 ``steps`` — one row per host-side ``ProfilerStep#N`` span: ``step`` (N), ``ts``, ``dur``.
 
+``gpu_steps`` — the same for the GPU-side ``ProfilerStep#N`` spans (``gpu_user_annotation``)
+that recent PyTorch writes beside the host ones; empty in older traces.
+
+``loader`` — the DataLoader's host spans (``enumerate(DataLoader)#…__next__``): ``ts``, ``dur``,
+``single_process`` (``_SingleProcessDataLoaderIter``: ``num_workers=0``, loading in the training
+process itself).
+
+``host_ops`` — every host op span (``cpu_op``, ``user_annotation``, old ``Operator``): ``ts``,
+``dur``, ``tid`` (the thread), ``name`` (index into :attr:`KinetoTrace.names`), ``annotation``
+(True for ``user_annotation`` spans: ``record_function`` regions, not ops).
+
+``hta_streams`` — for ``--hta-compatible`` only: every event other than a kernel, memcpy or
+memset that carries ``args.stream`` (HTA counts those as GPU activity): ``ts``, ``dur``,
+``stream``, ``corr``, ``name``, ``cat``.
+
 Times stay in the trace's µs (relative to ``baseTimeNanoseconds`` when the trace has one, which
 :attr:`KinetoTrace.base_ns` keeps) so that ``--hta-compatible`` can round them the way HTA does.
 """
@@ -57,16 +72,26 @@ class KinetoTrace:
 
     source: str
     rank: int
-    #: ``"distributedInfo"`` or ``"file name"``: where :attr:`rank` came from.
+    #: ``"distributedInfo"``, ``"--rank-from"``, ``"file name"`` or
+    #: :data:`~fmdiag.analyzers.kineto_reader.RANK_ASSUMED`: where :attr:`rank` came from.
     rank_from: str
     base_ns: int | None
     names: list[str]
     gpu: dict[str, Any]
     launch: dict[str, Any]
     steps: dict[str, Any]
+    gpu_steps: dict[str, Any] = field(default_factory=dict)
+    loader: dict[str, Any] = field(default_factory=dict)
+    host_ops: dict[str, Any] = field(default_factory=dict)
+    #: The job's world size as the trace states it (``distributedInfo``); None when it does not.
+    world_size: int | None = None
     #: Events read, and how many of each phase/category were kept or ignored.
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: ``--hta-compatible`` only: events other than kernel/memcpy/memset that carry ``args.stream``,
+    #: as HTA reads them (:func:`~fmdiag.analyzers.kineto_reader.hta_streams`): ``ts``, ``dur``,
+    #: ``stream``, ``corr``, ``name`` and ``cat`` (lists of str).
+    hta_streams: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gpu_events(self) -> int:

@@ -4,9 +4,18 @@ Tolerates what real traces vary in (DOMAIN.md, "What real Kineto traces contain"
 
 - categories old and new: ``Kernel``/``Runtime``/``Memcpy``/``Memset`` as well as
   ``kernel``/``cuda_runtime``/``cuda_driver``/``gpu_memcpy``/``gpu_memset``;
-- communication kernels named ``nccl*``, ``ncclKernel_*``, ``ncclDevKernel_*`` (and kernels
-  whose name merely contains ``ncclKernel``);
-- no ``distributedInfo``: the rank comes from ``rank<N>`` in the file name, with a warning;
+- kernels classed by name with the table ``kernel_classes.toml`` (docs/kernel-classes.md):
+  NCCL/RCCL old and new names, DeepEP, NVSHMEM, PyTorch symmetric memory, ... as communication;
+  a kernel no entry matches is compute (and listed as unclassified by the pipeline);
+- no ``distributedInfo`` (single-process traces, HTA's test traces): the rank comes from a
+  ``--rank-from`` pattern when given, else ``rank<N>`` in the file name, else it is rank 0 — as
+  HTA reads such files — with a one-line note; the world size from ``distributedInfo.world_size``
+  (or the number of ranks in its ``pg_config``), so ranks missing from a dump can be named;
+- ``ProfilerStep#N`` on the host (``user_annotation``/``cpu_op``/``Operator``) and, in recent
+  PyTorch, also on the GPU timeline (``gpu_user_annotation``): both kept, in separate tables;
+- the DataLoader's own host spans (``enumerate(DataLoader)#…__next__``), kept to measure data
+  wait, and the host ops (``cpu_op``/``Operator``/``user_annotation``: name, thread, span), kept
+  to name the host work the GPU waited for;
 - ``baseTimeNanoseconds`` present or not, fractional microseconds, ``ProfilerStep#N`` as
   ``user_annotation`` (new) or ``cpu_op`` (old);
 - kernels launched by ``cudaGraphLaunch`` (many kernels share one correlation id);
@@ -25,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fmdiag.analyzers import kernel_classes
 from fmdiag.analyzers import kineto_frame as kf
 from fmdiag.analyzers.errors import InputError
 from fmdiag.analyzers.kineto_json import TraceStream
@@ -42,23 +52,39 @@ GPU_CATS: dict[str, int] = {
 }
 #: Device-side categories that are not activity of their own (spans drawn over kernels).
 GPU_ANNOTATION_CATS = frozenset({"gpu_user_annotation", "cuda_sync"})
+#: Host-side runtime/driver calls: launches whatever their ``args`` (ROCm's carry a ``stream``
+#: string such as ``"0x0"``, which must not make them device activity).
+_LAUNCH_CATS = frozenset({"cuda_runtime", "cuda_driver", "Runtime", "Driver"})
 #: Host-side categories whose events are never launches: their ``args`` are not inspected.
 _HOST_ONLY_CATS = frozenset({"cpu_op", "python_function", "user_annotation", "Trace", "Operator"})
-COMM_NAME = re.compile(r"^nccl|ncclKernel|ncclDevKernel|^hccl|^rccl")
-MEMORY_NAME = re.compile(r"^(hip)?Mem(cpy|set)")
 PROFILER_STEP = re.compile(r"^ProfilerStep\s*#\s*(\d+)$")
 RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
+#: The DataLoader's span around each batch it hands out (PyTorch's ``_BaseDataLoaderIter``).
+LOADER_PREFIX = "enumerate(DataLoader)"
+#: Host op categories whose spans are kept (``python_function`` stacks are left out: they
+#: double the bulk of a trace and name Python frames, not the ops the GPU waited for).
+_HOST_OP_CATS = frozenset({"cpu_op", "user_annotation", "Operator"})
+#: Where :attr:`KinetoTrace.rank` came from when the trace does not say.
+RANK_ASSUMED = "assumed (single-process trace)"
+
+
+_KIND_CODES = {"comm": kf.KIND_COMM, "memory": kf.KIND_MEMORY, "compute": kf.KIND_COMPUTE}
 
 
 def kind_of(name: str, cat_code: int) -> int:
-    """fmdiag's class of a device-side event: communication, memory copy/set, or compute."""
-    if COMM_NAME.search(name):
-        return kf.KIND_COMM
-    if cat_code in (kf.CAT_MEMCPY, kf.CAT_MEMSET) or MEMORY_NAME.match(name):
+    """fmdiag's class of a device-side event: communication, memory copy/set, or compute.
+
+    Memcpy/memset events are memory; otherwise the first entry of ``kernel_classes.toml`` whose
+    pattern is in ``name`` decides (a compute entry only for kernels). A kernel no entry matches
+    is compute; any other unmatched event (no kernel category) is no GPU activity of its own.
+    """
+    if cat_code in (kf.CAT_MEMCPY, kf.CAT_MEMSET):
         return kf.KIND_MEMORY
-    if cat_code == kf.CAT_KERNEL:
-        return kf.KIND_COMPUTE
-    return kf.KIND_NONE
+    cls = kernel_classes.classify(name)
+    kind = kf.KIND_COMPUTE if cls is None else _KIND_CODES[cls[0]]
+    if kind == kf.KIND_COMPUTE and cat_code != kf.CAT_KERNEL:
+        return kf.KIND_NONE
+    return kind
 
 
 def _int_or(value: object, default: int) -> int:
@@ -76,22 +102,58 @@ def _int_or(value: object, default: int) -> int:
     return default
 
 
-def rank_of(source: str, meta: dict[str, Any], warnings: list[str]) -> tuple[int, str]:
-    """The trace's rank: ``distributedInfo.rank``, else ``rank<N>`` in the file name (warned)."""
+def rank_of(
+    source: str, meta: dict[str, Any], warnings: list[str], rank_pattern: re.Pattern[str] | None = None
+) -> tuple[int, str]:
+    """The trace's rank and where it came from: ``distributedInfo.rank``; else the first group of
+    ``rank_pattern`` (``--rank-from``) in the file name; else ``rank<N>`` in the file name; else
+    rank 0, as for a single-process trace (HTA reads such files as rank 0 too). Every fallback
+    leaves a one-line note in ``warnings``."""
     info = meta.get("distributedInfo")
     if isinstance(info, dict):
         rank = _int_or(info.get("rank"), -1)
         if rank >= 0:
             return rank, "distributedInfo"
-    m = RANK_IN_NAME.search(Path(source).name)
-    if m is None:
-        raise InputError(source, "no distributedInfo.rank and no rank<N> in the file name: rank unknown")
-    warnings.append(f"{source}: no distributedInfo.rank; rank {m.group(1)} taken from the file name")
-    return int(m.group(1)), "file name"
+    name = Path(source).name
+    if rank_pattern is not None:
+        m = rank_pattern.search(name)
+        if m is not None and _int_or(m.group(1) if m.groups() else m.group(0), -1) >= 0:
+            rank = _int_or(m.group(1) if m.groups() else m.group(0), -1)
+            warnings.append(f"{source}: no distributedInfo.rank; rank {rank} from --rank-from")
+            return rank, "--rank-from"
+    m = RANK_IN_NAME.search(name)
+    if m is not None:
+        warnings.append(f"{source}: no distributedInfo.rank; rank {m.group(1)} taken from the file name")
+        return int(m.group(1)), "file name"
+    warnings.append(
+        f"{source}: no distributedInfo.rank and no rank in the file name: read as rank 0 (a single-process"
+        " trace); give --rank-from REGEX to take ranks from file names"
+    )
+    return 0, RANK_ASSUMED
 
 
-def read_trace(path: str | Path) -> kf.KinetoTrace:
-    """Parse ``path`` in one streaming pass; raise InputError naming file and offset on bad input."""
+def world_size_of(meta: dict[str, Any]) -> int | None:
+    """The job's world size as the trace states it: ``distributedInfo.world_size``, else the
+    largest rank list of its process groups (``pg_config``); None when it says nothing."""
+    info = meta.get("distributedInfo")
+    if not isinstance(info, dict):
+        return None
+    size = _int_or(info.get("world_size"), -1)
+    if size > 0:
+        return size
+    groups = info.get("pg_config")
+    best = -1
+    if isinstance(groups, list):
+        for g in groups:
+            ranks = g.get("ranks") if isinstance(g, dict) else None
+            if isinstance(ranks, list) and ranks:
+                best = max(best, max(_int_or(r, -1) for r in ranks) + 1)
+    return best if best > 0 else None
+
+
+def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) -> kf.KinetoTrace:
+    """Parse ``path`` in one streaming pass; raise InputError naming file and offset on bad input.
+    ``rank_pattern`` maps a file name to its rank when the trace does not state one."""
     source = str(path)
     stream = TraceStream(path)
     names: list[str] = []
@@ -112,11 +174,25 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
     s_step: list[int] = []
     s_ts: list[float] = []
     s_dur: list[float] = []
+    gs_step: list[int] = []
+    gs_ts: list[float] = []
+    gs_dur: list[float] = []
+    d_ts: list[float] = []
+    d_dur: list[float] = []
+    d_single: list[bool] = []
+    h_ts: list[float] = []
+    h_dur: list[float] = []
+    h_tid: list[int] = []
+    h_name: list[int] = []
+    h_cat: list[bool] = []
+    host_ops_cats = _HOST_OP_CATS
+    launch_cats = _LAUNCH_CATS
     other_phase = 0
     host_events = 0
     gpu_cats = GPU_CATS
     annotation_cats = GPU_ANNOTATION_CATS
     host_only = _HOST_ONLY_CATS
+    hta_rows: list[tuple[Any, ...]] = []  # --hta-compatible only: see hta_streams()
     index = -1
     for batch in stream.batches():
         for ev in batch:
@@ -125,16 +201,47 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
                 other_phase += 1
                 continue
             cat = ev.cat
+            hta_args = ev.args  # --hta-compatible only: events with args.stream, see hta_streams()
+            if hta_args is not None and hta_args.stream is not None and cat not in gpu_cats:
+                hta_rows.append((ev.ts, ev.dur, hta_args.stream, hta_args.correlation, ev.name, cat))
             if cat in host_only:
-                # the bulk of a trace (cpu_op, python_function, annotations): only ProfilerStep#N is kept
-                name = ev.name
-                if (
-                    cat == "python_function"
-                    or name.__class__ is not str
-                    or not name.startswith("ProfilerStep")
-                ):
-                    host_events += 1
+                # the bulk of a trace: host ops are kept as compact spans (name, thread, time),
+                # ProfilerStep#N and the DataLoader's spans also in their own tables
+                host_events += 1
+                if cat == "python_function" or cat not in host_ops_cats:
                     continue
+                name = ev.name
+                ts = ev.ts
+                dur = ev.dur
+                if name.__class__ is not str:
+                    continue
+                if ts.__class__ not in (float, int) or dur.__class__ not in (float, int):
+                    if name.startswith("ProfilerStep") and ts is not None and dur is not None:
+                        raise InputError(
+                            source, f"'ts'/'dur' must be numbers, got {ts!r}/{dur!r}", f"event {index}"
+                        )
+                    continue  # a host op without timing: nothing to place
+                nid = name_ids.get(name)
+                if nid is None:
+                    nid = name_ids[name] = len(names)
+                    names.append(name)
+                tid = ev.tid
+                h_ts.append(ts)
+                h_dur.append(dur)
+                h_tid.append(tid if tid.__class__ is int else _int_or(tid, -1))
+                h_name.append(nid)
+                h_cat.append(cat == "user_annotation")
+                if name.startswith("ProfilerStep"):
+                    m = PROFILER_STEP.match(name)
+                    if m is not None:
+                        s_step.append(int(m.group(1)))
+                        s_ts.append(ts)
+                        s_dur.append(dur)
+                elif name.startswith(LOADER_PREFIX):
+                    d_ts.append(ts)
+                    d_dur.append(dur)
+                    d_single.append("SingleProcess" in name)
+                continue
             ts = ev.ts
             dur = ev.dur
             if ts.__class__ not in (float, int) or dur.__class__ not in (float, int):
@@ -146,15 +253,12 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
             if name.__class__ is not str:
                 name = "" if name is None else str(name)
             code = gpu_cats.get(cat) if cat.__class__ is str else None
-            if code is None and cat in host_only:
-                host_events += 1
-                if cat != "python_function" and name.startswith("ProfilerStep"):
-                    m = PROFILER_STEP.match(name)
-                    if m is not None:
-                        s_step.append(int(m.group(1)))
-                        s_ts.append(ts)
-                        s_dur.append(dur)
-                continue
+            if code is None and cat in annotation_cats and name.startswith("ProfilerStep"):
+                m = PROFILER_STEP.match(name)
+                if m is not None:  # the GPU-side copy of the step marker (recent PyTorch)
+                    gs_step.append(int(m.group(1)))
+                    gs_ts.append(ts)
+                    gs_dur.append(dur)
             args = ev.args
             if args is None:
                 corr, stream_id, device = -1, None, None
@@ -162,7 +266,7 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
                 corr, stream_id, device = args.correlation, args.stream, args.device
                 if corr.__class__ is not int:
                     corr = _int_or(corr, -1)
-            if code is None and stream_id is None and cat not in annotation_cats:
+            if code is None and (cat in launch_cats or (stream_id is None and cat not in annotation_cats)):
                 host_events += 1  # host side: runtime/driver calls carry the correlation of their launch
                 if corr >= 0:
                     nid = name_ids.get(name)
@@ -196,14 +300,17 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
             g_cat.append(cat_code)
             g_kind.append(kind)
     warnings: list[str] = []
-    rank, rank_from = rank_of(source, stream.meta, warnings)
+    rank, rank_from = rank_of(source, stream.meta, warnings, rank_pattern)
     base = stream.meta.get("baseTimeNanoseconds")
     base_ns = _int_or(base, -1) if base is not None else -1
     order = np.argsort(np.asarray(s_ts, dtype=np.float64), kind="stable")
+    g_order = np.argsort(np.asarray(gs_ts, dtype=np.float64), kind="stable")
+    d_order = np.argsort(np.asarray(d_ts, dtype=np.float64), kind="stable")
     trace = kf.KinetoTrace(
         source=source,
         rank=rank,
         rank_from=rank_from,
+        world_size=world_size_of(stream.meta),
         base_ns=base_ns if base_ns >= 0 else None,
         names=names,
         gpu={
@@ -227,6 +334,23 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
             "ts": np.asarray(s_ts, dtype=np.float64)[order],
             "dur": np.asarray(s_dur, dtype=np.float64)[order],
         },
+        gpu_steps={
+            "step": np.asarray(gs_step, dtype=np.int64)[g_order],
+            "ts": np.asarray(gs_ts, dtype=np.float64)[g_order],
+            "dur": np.asarray(gs_dur, dtype=np.float64)[g_order],
+        },
+        loader={
+            "ts": np.asarray(d_ts, dtype=np.float64)[d_order],
+            "dur": np.asarray(d_dur, dtype=np.float64)[d_order],
+            "single_process": np.asarray(d_single, dtype=bool)[d_order],
+        },
+        host_ops={
+            "ts": np.asarray(h_ts, dtype=np.float64),
+            "dur": np.asarray(h_dur, dtype=np.float64),
+            "tid": np.asarray(h_tid, dtype=np.int64),
+            "name": np.asarray(h_name, dtype=np.int32),
+            "annotation": np.asarray(h_cat, dtype=bool),
+        },
         counts={
             "events": stream.events_seen,
             "gpu": len(g_ts),
@@ -234,9 +358,13 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
             "host": host_events,
             "not_complete": other_phase,
             "steps": len(s_ts),
+            "gpu_steps": len(gs_ts),
+            "loader_spans": len(d_ts),
+            "host_ops": len(h_ts),
         },
         warnings=warnings,
     )
+    trace.hta_streams = hta_streams(hta_rows)
     if trace.cpu_only:
         trace.warnings.append(
             f"{source}: CPU-only trace (no kernel, memcpy or memset events): no GPU breakdown for"
@@ -245,3 +373,25 @@ def read_trace(path: str | Path) -> kf.KinetoTrace:
     for message in trace.warnings:
         log.warning("%s", message)
     return trace
+
+
+# -- --hta-compatible only ------------------------------------------------------------------------
+# HTA 0.6.1 takes an event's stream from ``args.stream`` alone and counts every event that has one
+# as GPU activity (Triton's ``cpu_op``, MTIA's ``mtia_ccp_events``, HIP runtime calls, ``cuda_sync``);
+# the tables above place events by category and fall back to ``tid``. This one table keeps HTA's
+# view for :mod:`fmdiag.analyzers.hta_compat`; nothing else reads it.
+
+
+def hta_streams(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Events other than kernel/memcpy/memset that carry ``args.stream``, as read by HTA: ``ts``,
+    ``dur`` (float64), ``stream``, ``corr`` (int64; -1 when not a number), ``name``, ``cat``
+    (lists of str). Rows of ``(ts, dur, stream, correlation, name, cat)``; untimed ones are left out."""
+    ok = [r for r in rows if r[0].__class__ in (float, int) and r[1].__class__ in (float, int)]
+    return {
+        "ts": np.asarray([r[0] for r in ok], dtype=np.float64),
+        "dur": np.asarray([r[1] for r in ok], dtype=np.float64),
+        "stream": np.asarray([_int_or(r[2], -1) for r in ok], dtype=np.int64),
+        "corr": np.asarray([_int_or(r[3], -1) for r in ok], dtype=np.int64),
+        "name": [r[4] if isinstance(r[4], str) else "" if r[4] is None else str(r[4]) for r in ok],
+        "cat": [str(r[5]) for r in ok],
+    }

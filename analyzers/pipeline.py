@@ -16,6 +16,7 @@ Bad input: a file that cannot be read (or a bad line in a step file) raises its
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fmdiag import dumpformat
-from fmdiag.analyzers import columns, executors, hta_compat, kineto_breakdown, kineto_reader, spread
+from fmdiag.analyzers import (
+    columns,
+    executors,
+    hta_compat,
+    kernel_classes,
+    kineto_breakdown,
+    kineto_reader,
+    kineto_windows,
+    spread,
+)
 from fmdiag.analyzers.coverage import StepsCoverage
 from fmdiag.analyzers.errors import InputError, Skipped
 
@@ -41,6 +51,9 @@ class Options:
     workers: int | None = None
     scheduler: str | None = None
     kernel_wait_us: float = kineto_breakdown.KERNEL_WAIT_US
+    #: ``--rank-from``: a regex whose first group (else whole match) in a trace's file name is its
+    #: rank, for traces that do not state one.
+    rank_from: str | None = None
     #: Called as ``progress(label, total)`` before each per-file map; returns the ``advance(n)``
     #: hook the map calls as files finish (the CLI draws a bar on a terminal). None: silent.
     progress: Callable[[str, int], Callable[[int], None] | None] | None = None
@@ -60,9 +73,30 @@ class TraceResult:
     outside_steps: int
     counts: dict[str, int]
     warnings: list[str]
+    #: Where the steps came from (:mod:`~fmdiag.analyzers.kineto_windows`: host or GPU
+    #: ProfilerStep, detected iterations, whole trace).
+    steps_from: str = kineto_windows.HOST
+    #: GPU activities launched before the profiling window (no launch call in the trace): set
+    #: apart, with their GPU time (seconds).
+    before_window: int = 0
+    before_window_s: float = 0.0
+    #: The job's world size as the trace states it (None: not stated).
+    world_size: int | None = None
+    #: The trace's DataLoader (:func:`~fmdiag.analyzers.kineto_breakdown.loader_kind`).
+    loader: str = "none"
+    #: ``baseTimeNanoseconds``: the trace's times are µs after it (None: absolute µs).
+    base_ns: int | None = None
+    #: Per step: the host ops that ran while the GPU waited for the host, ``[name, seconds]``.
+    host_wait_ops: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
+    #: Kernels the classification table does not know, and communication time by library/op
+    #: (:func:`~fmdiag.analyzers.kernel_classes.trace_summary`).
+    kernel_classes: dict[str, Any] = field(default_factory=dict)
     #: HTA's numbers with its last-step filter on, and off (needed only when this rank has < 2 steps).
     hta_filtered: dict[str, Any] | None = None
     hta_unfiltered: dict[str, Any] | None = None
+    #: The ``ProfilerStep#N`` numbers HTA reads in this trace (host and GPU side): its filter is on
+    #: when the traces hold two or more (the steps above may be detected ones).
+    hta_step_names: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -89,47 +123,62 @@ class Analysis:
     diagnosis: Any = None
     #: The node metrics themselves (subsystem -> long-form frame), for reports that plot them.
     metric_frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: The world size the traces state (None: none does), and the ranks below it with no trace.
+    world_size: int | None = None
+    missing_ranks: list[int] = field(default_factory=list)
+    #: Kernels no entry of the classification table matched, summed across ranks
+    #: (:func:`~fmdiag.analyzers.kernel_classes.merge`); empty without Kineto traces.
+    unclassified_kernels: dict[str, Any] = field(default_factory=dict)
 
 
-def _hta_rank(trace: Any, filtered: bool) -> dict[str, Any]:
-    k = hta_compat.kept_kernels(trace, filtered)
-    overlap = hta_compat.comm_comp_overlap(k)
-    return {
-        "rank": trace.rank,
-        "temporal": hta_compat.temporal(k),
-        "comm_comp_overlap_ratio": None if np.isnan(overlap) else overlap,
-        "comm_comp_overlap_pctg": None if np.isnan(overlap) else round(100 * overlap, 2),
-        "idle": hta_compat.idle_breakdown(k),
-    }
-
-
-def analyze_trace(path: str, kernel_wait_us: float, hta: bool) -> TraceResult | Skipped:
+def analyze_trace(
+    path: str, kernel_wait_us: float, hta: bool, rank_from: str | None = None
+) -> TraceResult | Skipped:
     """The per-rank map step for Kineto: read, break down, and (optionally) HTA's numbers."""
     try:
-        trace = kineto_reader.read_trace(path)
+        trace = kineto_reader.read_trace(path, re.compile(rank_from) if rank_from else None)
     except InputError as exc:
         return Skipped.of(exc)
-    frame = kineto_breakdown.breakdown(trace, kernel_wait_us)
-    launch = kineto_breakdown.launch_times(trace)
-    at = np.where(np.isnan(launch), trace.gpu["ts"], launch)
+    win = kineto_windows.windows(trace)
+    frame, gaps = kineto_breakdown.breakdown_and_gaps(trace, kernel_wait_us, win)
     active = trace.gpu["kind"] != 3
-    outside = int(np.sum((kineto_breakdown.step_of(trace, at) < 0) & active))
+    outside = int(np.sum((win.step < 0) & active & ~win.before_window))
     result = TraceResult(
         source=path,
         rank=trace.rank,
         rank_from=trace.rank_from,
         cpu_only=trace.cpu_only,
         breakdown=frame,
-        steps=[int(s) for s in trace.steps["step"]],
-        partial_steps=sorted(kineto_breakdown.partial_steps(trace)),
+        steps=[int(s) for s in np.unique(win.spans["step"])],
+        partial_steps=sorted(win.partial),
         outside_steps=outside,
         counts=trace.counts,
         warnings=trace.warnings,
+        steps_from=win.source,
+        before_window=int(np.sum(win.before_window)),
+        before_window_s=float(np.sum(trace.gpu["dur"][win.before_window])) / 1e6,
+        world_size=trace.world_size,
+        host_wait_ops=kineto_breakdown.host_wait_ops(trace, gaps),
+        loader=kineto_breakdown.loader_kind(trace),
+        kernel_classes=kernel_classes.trace_summary(trace.names, trace.gpu),
+        base_ns=trace.base_ns,
     )
+    if win.source != kineto_windows.HOST and not trace.cpu_only:
+        result.warnings.append(
+            f"{path}: no host ProfilerStep markers: steps are {win.source}"
+            + (f" ({len(result.steps)})" if win.source != kineto_windows.WHOLE else "")
+        )
+    if result.before_window:
+        result.warnings.append(
+            f"{path}: {result.before_window} GPU activities ({result.before_window_s * 1e3:.1f} ms) were"
+            " launched before the profiling window (no launch call in the trace): set apart, not counted"
+            " in any step"
+        )
     if hta:
-        result.hta_filtered = _hta_rank(trace, True)
-        if len(set(result.steps)) < 2:
-            result.hta_unfiltered = _hta_rank(trace, False)
+        result.hta_step_names = sorted(hta_compat.step_names(trace))
+        result.hta_filtered = hta_compat.rank_result(trace, True)
+        if len(result.hta_step_names) < 2:
+            result.hta_unfiltered = hta_compat.rank_result(trace, False)
     return result
 
 
@@ -223,7 +272,12 @@ def _workers(options: Options, files: list[str], kind: str) -> int:
 def _kineto(
     trace_files: list[str], options: Options, skipped: list[Skipped], warnings: list[str]
 ) -> dict[str, Any]:
-    job = functools.partial(analyze_trace, kernel_wait_us=options.kernel_wait_us, hta=options.hta_compatible)
+    job = functools.partial(
+        analyze_trace,
+        kernel_wait_us=options.kernel_wait_us,
+        hta=options.hta_compatible,
+        rank_from=options.rank_from,
+    )
     traces: list[TraceResult] = _fail_or_skip(
         executors.map_items(
             job,
@@ -240,13 +294,21 @@ def _kineto(
     for t in traces:
         warnings.extend(t.warnings)
         if t.rank in seen:
-            warnings.append(f"{t.source}: rank {t.rank} already read from {seen[t.rank]}; both kept")
+            hint = (
+                ": the traces state no rank; give --rank-from REGEX to read ranks from their file names"
+                if t.rank_from == kineto_reader.RANK_ASSUMED
+                else ""
+            )
+            warnings.append(f"{t.source}: rank {t.rank} already read from {seen[t.rank]}; both kept{hint}")
         seen.setdefault(t.rank, t.source)
+    sizes = [t.world_size for t in traces if t.world_size]
+    world_size = max(sizes) if sizes else None
+    missing = sorted(set(range(world_size)) - set(seen)) if world_size else []
     kb = columns.concat([t.breakdown for t in traces], kineto_breakdown.DTYPES)
     complete = columns.select(kb, ~kb["partial"])
     hta = None
     if options.hta_compatible:
-        drop = len({s for t in traces for s in t.steps}) >= 2
+        drop = len({s for t in traces for s in t.hta_step_names}) >= 2  # HTA's rule: its ProfilerStep names
         hta = [
             (t.hta_filtered if drop or t.hta_unfiltered is None else t.hta_unfiltered)
             for t in traces
@@ -254,10 +316,79 @@ def _kineto(
         ]
     return {
         "traces": traces,
+        "world_size": world_size,
+        "missing_ranks": missing,
         "kineto_breakdown": kb,
         "kineto_spread": spread.spread(complete, kineto_breakdown.TIME_COLUMNS),
         "hta": hta,
+        "unclassified_kernels": kernel_classes.merge((t.rank, t.kernel_classes) for t in traces)
+        if traces
+        else {},
     }
+
+
+def _phases_recorded(frame: pd.DataFrame) -> bool:
+    """Whether step records carry any of the phases the verdicts read (else they are bare)."""
+    used = [c for c in ("forward", "backward", "comm_exposed", "data_wait") if c in frame]
+    return bool(used) and bool(frame[used].notna().to_numpy().any())
+
+
+def _diagnose(
+    records: pd.DataFrame | None,
+    kineto: dict[str, Any],
+    metrics: dict[str, pd.DataFrame],
+    warnings: list[str],
+) -> Any:
+    """Verdicts from the richer source: step records with phases; else the Kineto breakdown
+    (step records without phases lend it each rank's node and GPU); else bare step records."""
+    from fmdiag.analyzers import diagnosis, kineto_steps  # noqa: PLC0415 - pandas only when needed
+
+    has_records = records is not None and len(records) > 0
+    if records is not None and has_records and _phases_recorded(records):
+        return diagnosis.diagnose(records, metrics)
+    kb = kineto["kineto_breakdown"]
+    if columns.length(kb):
+        nodes: dict[int, tuple[str, int]] = {}
+        if has_records:
+            assert records is not None
+            firsts = records.drop_duplicates("rank")
+            local = firsts["local_rank"] if "local_rank" in firsts else [-1] * len(firsts)
+            for r, node, lr in zip(firsts["rank"], firsts["node"], local, strict=True):
+                nodes[int(r)] = (str(node), -1 if np.isnan(float(lr)) else int(lr))
+        ops = {t.rank: t.host_wait_ops for t in kineto["traces"]}
+        loaders = {t.rank: t.loader for t in kineto["traces"]}
+        bases = {t.rank: t.base_ns for t in kineto["traces"] if t.base_ns is not None}
+        frame = kineto_steps.step_frame(kb, ops, nodes, loaders, bases)
+        if columns.length(frame):
+            ranks = len(np.unique(frame["rank"]))
+            warnings.append(
+                f"verdicts from Kineto traces ({ranks} rank{'s' if ranks != 1 else ''})"
+                + (
+                    ", with the step records' nodes (the records have no phases)"
+                    if has_records
+                    else ": a trace does not say which node or GPU a rank runs on"
+                )
+            )
+            found = diagnosis.diagnose(frame, metrics)
+            _partial_job(found, kineto, has_records)
+            return found
+    if records is not None and has_records:
+        return diagnosis.diagnose(records, metrics)
+    return None
+
+
+def _partial_job(found: Any, kineto: dict[str, Any], has_records: bool) -> None:
+    """Cross-rank verdicts from traces of part of the job: the late rank may be one not traced."""
+    size, missing = kineto["world_size"], kineto["missing_ranks"]
+    present = (size or 0) - len(missing)
+    if has_records or not missing or present < 2:
+        return
+    for v in found.verdicts:
+        if v.cls in ("network", "straggler"):
+            v.undecided.append(
+                f"only {present} of {size} ranks in the data: a late rank among the others would look"
+                " the same"
+            )
 
 
 def run(
@@ -273,6 +404,8 @@ def run(
     skipped: list[Skipped] = []
     warnings: list[str] = []
     step_files = [str(p) for p in layout.step_files()]
+    if layout.is_spool():
+        warnings.append(f"{dump}: a steptrace spool directory (no steps/ folder): its step records are read")
     trace_files = [str(p) for p in layout.kineto_files()]
     if step_files:
         steps = _steps(step_files, options, skipped)
@@ -306,21 +439,7 @@ def run(
             summaries = {sub: metrics_reader.summarize(sub, f) for sub, f in metrics.items()}
     if not step_files and not trace_files and not summaries and not skipped:
         raise InputError(str(dump), "no steps/, kineto/ or metrics/ data: nothing to analyse")
-    found: Any = None
-    if steps["steps"] is not None and len(steps["steps"]):
-        from fmdiag.analyzers import diagnosis  # noqa: PLC0415 - pandas is loaded already here
-
-        found = diagnosis.diagnose(steps["steps"], metrics or {})
-    elif columns.length(kineto["kineto_breakdown"]):
-        from fmdiag.analyzers import diagnosis, kineto_steps  # noqa: PLC0415
-
-        frame = kineto_steps.step_frame(kineto["kineto_breakdown"])
-        if columns.length(frame):
-            found = diagnosis.diagnose(frame, metrics or {})
-            warnings.append(
-                f"verdicts from Kineto traces alone ({len(np.unique(frame['rank']))} ranks): data wait is the"
-                " GPU's host-wait idle time, and a trace does not say which node or GPU a rank runs on"
-            )
+    found = _diagnose(steps["steps"], kineto, metrics or {}, warnings)
     return Analysis(
         dump=str(dump),
         verdicts=found.verdicts if found is not None else [],

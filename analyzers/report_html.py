@@ -24,6 +24,7 @@ import plotly.offline  # type: ignore[import-untyped]
 from plotly.subplots import make_subplots  # type: ignore[import-untyped]
 
 from fmdiag import __version__, steprecord
+from fmdiag.analyzers.coverage import as_ranges, ranges_text
 from fmdiag.analyzers.pipeline import Analysis
 from fmdiag.analyzers.verdicts import EFA_ERROR_COUNTERS, HW_SLOWDOWN_BITS, SAMPLE_TOLERANCE_S
 from fmdiag.dumpformat import VERDICT_CLASSES
@@ -127,6 +128,8 @@ def _fig(fig: Any, div_id: str, height: int = 420) -> str:
 def _culprit_text(c: dict[str, Any] | None) -> str:
     if not c:
         return "-"
+    if set(c) == {"job"}:
+        return "whole job"  # not "job whole job"
     return ", ".join(
         f"{k} {c[k]}" for k in ("node", "rank", "gpu", "efa_device", "fs", "ost", "job") if k in c
     )
@@ -163,6 +166,14 @@ def _summary(b: pd.DataFrame | None, doc: dict[str, Any]) -> str:
     subs = doc.get("inputs", {}).get("metrics", {}).get("subsystems", {})
     facts.append(("metrics", ", ".join(sorted(subs)) or "none"))
     facts.append(("kineto traces", str(len(doc.get("inputs", {}).get("kineto", {}).get("files", [])))))
+    kcov = doc.get("coverage", {}).get("kineto", {})
+    if kcov.get("world_size"):
+        facts.append(("world size (traces)", str(kcov["world_size"])))
+    if kcov.get("missing_ranks"):
+        facts.append(("missing ranks", ranges_text(as_ranges(kcov["missing_ranks"]))))
+    unclassified = kcov.get("unclassified_kernels") or {}
+    if unclassified.get("names"):
+        facts.append(("kernels not in the classification table", _unclassified_text(unclassified)))
     if doc.get("warnings"):
         facts.append(("warnings", str(len(doc["warnings"]))))
     if doc.get("skipped"):
@@ -210,7 +221,32 @@ def _summary(b: pd.DataFrame | None, doc: dict[str, Any]) -> str:
         out += _top_targets(targets)
     elif verdicts:
         out += _top_recommendations(verdicts)
+    if unclassified.get("names"):
+        out += _unclassified_table(unclassified)
     return out
+
+
+def _unclassified_text(u: dict[str, Any]) -> str:
+    count = f"{u['names']} names" if u.get("names_exact", True) else f"at least {u['names']} names"
+    share = f", {100 * u['share']:.1f}% of kernel time" if u.get("share") is not None else ""
+    return f"{count}{share} (counted as compute)"
+
+
+def _unclassified_table(u: dict[str, Any], top: int = 10, width: int = 120) -> str:
+    """The unclassified kernels with the most time (docs/kernel-classes.md says how to add them)."""
+
+    def short(name: str) -> str:
+        return name if len(name) <= width else name[: width - 1] + "…"
+
+    rows = "".join(
+        f'<tr><td class="num">{item["kernel_time_us"] / 1e3:.1f} ms</td><td class="num">{item["ranks"]}</td>'
+        f'<td title="{_e(item["name"])}"><code>{_e(short(item["name"]))}</code></td></tr>'
+        for item in u.get("top", [])[:top]
+    )
+    return (
+        '<table id="unclassified-kernels"><tr><th>kernel time</th><th>ranks</th>'
+        f"<th>kernel not in the classification table (counted as compute)</th></tr>{rows}</table>"
+    )
 
 
 def _top_targets(targets: list[dict[str, Any]], top: int = 5) -> str:
@@ -263,6 +299,20 @@ def _bin_max(z: np.ndarray, size: int, axis: int) -> np.ndarray:
     return out
 
 
+def _colour_scale(z: np.ndarray) -> tuple[float | None, float | None]:
+    """The heatmap's colour range from the typical steps only: a step column whose median is over
+    1.5x the median column's (warm-up, evaluation, a checkpoint) would set the top of the scale
+    and leave every ordinary step one flat colour, hiding the late rank."""
+    if not np.isfinite(z).any():
+        return None, None
+    with np.errstate(all="ignore"):
+        cols = np.nanmedian(np.where(np.isfinite(z), z, np.nan), axis=0)
+    typical = float(np.nanmedian(cols))
+    keep = np.isfinite(cols) & (cols <= 1.5 * typical)
+    body = z[:, keep] if keep.any() else z
+    return float(np.nanpercentile(body, 1)), float(np.nanpercentile(body, 99))
+
+
 def _heatmap(b: pd.DataFrame) -> str:
     ranks, ri = np.unique(b["rank"].to_numpy(), return_inverse=True)
     steps, si = np.unique(b["step"].to_numpy(), return_inverse=True)
@@ -277,6 +327,7 @@ def _heatmap(b: pd.DataFrame) -> str:
     rb = math.ceil(len(ranks) / MAX_RANK_ROWS)
     sb = math.ceil(len(steps) / MAX_STEP_COLUMNS)
     z = _bin_max(_bin_max(z, rb, 0), sb, 1).astype(np.float32)
+    scale = _colour_scale(z)
     ytitle = "rank" if rb == 1 else f"rank (bins of {rb} ranks, max per bin; first rank shown)"
     xtitle = "step" if sb == 1 else f"step (bins of {sb} steps, max per bin; first step shown)"
     fig = go.Figure(
@@ -285,8 +336,9 @@ def _heatmap(b: pd.DataFrame) -> str:
             x=steps[::sb],
             y=ranks[::rb],
             colorscale="Viridis",
-            # one slow step (a warm-up, an eval) must not wash the colours out
-            zmax=float(np.nanpercentile(z, 99)) if np.isfinite(z).any() else None,
+            # slow steps (warm-up, an eval, a checkpoint) must not wash the colours out
+            zmin=scale[0],
+            zmax=scale[1],
             colorbar={"title": {"text": "s"}},
             hovertemplate="step %{x}<br>rank %{y}<br>busy %{z:.3f} s<extra></extra>",
         )
@@ -380,6 +432,8 @@ def _lost(doc: dict[str, Any]) -> str:
     if not att:
         return _note("no verdicts (no step records or traces): no time lost to show")
     totals = {c: float(v or 0.0) for c, v in att["run"]["lost_s"].items()}
+    if not any(v > 0 for v in totals.values()):
+        return _note("no time lost to any cause: every step was as fast as the run's healthy steps")
     table = att["per_step"]
     per_step = pd.DataFrame(table["rows"], columns=table["columns"])
     steps = per_step["step"].to_numpy()
@@ -414,20 +468,35 @@ def _lost(doc: dict[str, Any]) -> str:
     fig.update_yaxes(title_text="seconds", row=1, col=1)
     fig.update_xaxes(title_text="step", row=1, col=2)
     out.append(_fig(fig, "fig-lost"))
-    nodes = (doc.get("aggregates") or {}).get("by_node")
+    nodes = (doc.get("aggregates") or {}).get("by_node") or []
     if nodes:
         top = sorted(nodes, key=lambda n: -(n.get("lost_s") or 0.0))[:40]
-        fig = go.Figure(
-            go.Bar(
-                x=[n.get("lost_s") or 0.0 for n in top],
-                y=[str(n.get("node")) for n in top],
-                orientation="h",
-                marker_color=CLASS_COLOURS["straggler"],
-                hovertemplate="%{y}: %{x:.2f} s lost<extra></extra>",
+        fig = go.Figure()
+        causes = sorted({c for n in top for c in (n.get("causes") or {})})
+        for c in causes:  # one bar segment per cause: which cause made each node cost
+            fig.add_trace(
+                go.Bar(
+                    x=[float((n.get("causes") or {}).get(c) or 0.0) for n in top],
+                    y=[str(n.get("node")) for n in top],
+                    orientation="h",
+                    name=c,
+                    marker_color=CLASS_COLOURS.get(c, PEER),
+                    hovertemplate=f"%{{y}}: {c} %{{x:.2f}} s lost<extra></extra>",
+                )
             )
-        )
+        if not causes:
+            fig.add_trace(
+                go.Bar(
+                    x=[n.get("lost_s") or 0.0 for n in top],
+                    y=[str(n.get("node")) for n in top],
+                    orientation="h",
+                    marker_color=PEER,
+                )
+            )
         shown = "" if len(nodes) <= len(top) else f" (top {len(top)} of {len(nodes)})"
-        fig.update_layout(title=f"Time lost per node{shown}", xaxis_title="seconds")
+        fig.update_layout(
+            title=f"Time lost per node, by cause{shown}", xaxis_title="seconds", barmode="stack"
+        )
         fig.update_yaxes(autorange="reversed")
         out.append(_fig(fig, "fig-lost-nodes", height=max(300, 80 + 18 * len(top))))
     return "".join(out)

@@ -14,12 +14,15 @@ import math
 from typing import Any
 
 from fmdiag import __version__
-from fmdiag.analyzers import columns
+from fmdiag.analyzers import columns, kernel_classes
+from fmdiag.analyzers.kineto_reader import RANK_ASSUMED
 from fmdiag.analyzers.pipeline import Analysis
 
 FORMAT = "fmdiag-analyze"
 #: Bumped when a field changes meaning or goes away; new fields do not bump it.
 VERSION = 1
+#: Where a trace's rank came from when its file name gave it.
+_FROM_NAME = ("file name", "--rank-from")
 
 
 def _clean(value: Any) -> Any:
@@ -50,11 +53,22 @@ def document(a: Analysis, table_of: Any = None) -> dict[str, Any]:
     kineto_cov = {
         "files": len(a.traces),
         "ranks": sorted({t.rank for t in a.traces}),
-        "rank_from_file_name": sorted(t.rank for t in a.traces if t.rank_from != "distributedInfo"),
+        "rank_from_file_name": sorted(t.rank for t in a.traces if t.rank_from in _FROM_NAME),
+        "rank_assumed": sorted(t.rank for t in a.traces if t.rank_from == RANK_ASSUMED),
+        "world_size": a.world_size,
+        "missing_ranks": a.missing_ranks,
+        "steps_from": {str(t.rank): t.steps_from for t in a.traces},
+        "loader": {str(t.rank): t.loader for t in a.traces},
+        "launched_before_window": {
+            str(t.rank): {"gpu_events": t.before_window, "gpu_time_s": t.before_window_s}
+            for t in a.traces
+            if t.before_window
+        },
         "cpu_only": sorted(t.rank for t in a.traces if t.cpu_only),
         "partial_steps": {str(t.rank): t.partial_steps for t in a.traces if t.partial_steps},
         "gpu_events_outside_steps": {str(t.rank): t.outside_steps for t in a.traces if t.outside_steps},
         "events": {str(t.rank): t.counts for t in a.traces},
+        "unclassified_kernels": a.unclassified_kernels or None,
     }
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -78,7 +92,11 @@ def document(a: Analysis, table_of: Any = None) -> dict[str, Any]:
         "skipped": [dataclasses.asdict(s) for s in a.skipped],
         "warnings": a.warnings,
         "steps": {"per_rank": table_of(a.step_breakdown), "spread": table_of(a.step_spread)},
-        "kineto": {"per_rank": table_of(a.kineto_breakdown), "spread": table_of(a.kineto_spread)},
+        "kineto": {
+            "per_rank": table_of(a.kineto_breakdown),
+            "spread": table_of(a.kineto_spread),
+            "comm_kernel_time_us": kernel_classes.comm_by_rank((t.rank, t.kernel_classes) for t in a.traces),
+        },
         "hta": a.hta,
         "verdicts": [v.to_json() for v in a.verdicts],
         **_diagnosis(a, table_of),

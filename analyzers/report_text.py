@@ -7,12 +7,14 @@ the JSON document does not also carry (means and shares are of columns the JSON 
 from __future__ import annotations
 
 import math
+import shutil
 import textwrap
 
 import numpy as np
 
 from fmdiag import steprecord
 from fmdiag.analyzers import columns, rank_scores
+from fmdiag.analyzers.coverage import as_ranges, ranges_text
 from fmdiag.analyzers.pipeline import Analysis
 
 #: How many of the slowest steps to list.
@@ -23,12 +25,11 @@ def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:5.1f}%" if whole > 0 and not math.isnan(part) else "    -"
 
 
-def _ranges(ranges: list[list[int]]) -> str:
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
-
-
 def render(a: Analysis) -> str:
     lines: list[str] = [f"fmdiag analyze {a.dump}"]
+    first = headline(a)
+    if first:
+        lines.extend(_fill(first, "", "  "))
     cov = a.steps_coverage
     if cov.records:
         head = (
@@ -36,13 +37,13 @@ def render(a: Analysis) -> str:
             f" ({cov.ranks[0]}-{cov.ranks[-1]}), steps {cov.first_step}-{cov.last_step},"
             f" job {', '.join(cov.jobs)}"
         )
-        lines.extend(textwrap.wrap(head, 78, initial_indent="  ", subsequent_indent="    "))
+        lines.extend(_fill(head))
         if cov.missing_ranks:
-            lines.append(f"    missing ranks: {_ranges(_as_ranges(cov.missing_ranks))}")
+            lines.append(f"    missing ranks: {ranges_text(as_ranges(cov.missing_ranks))}")
         for rank, missing in sorted(cov.missing_steps.items())[:10]:
-            lines.append(f"    rank {rank} lacks steps {_ranges(missing)}")
+            lines.append(f"    rank {rank} lacks steps {ranges_text(missing)}")
         if cov.steps_missing_everywhere:
-            lines.append(f"    no rank recorded steps {_ranges(cov.steps_missing_everywhere)}")
+            lines.append(f"    no rank recorded steps {ranges_text(cov.steps_missing_everywhere)}")
         if cov.implausible:
             lines.append(f"    {cov.implausible} records with a phase longer than the step (kept)")
         if cov.superseded:
@@ -53,14 +54,17 @@ def render(a: Analysis) -> str:
         lines.append("  step records: none")
     if a.traces:
         ranks = sorted({t.rank for t in a.traces})
-        lines.append(f"  kineto traces: {len(a.traces)} (ranks {', '.join(map(str, ranks))})")
+        of = f" of {a.world_size}" if a.world_size else ""
+        lines.append(f"  kineto traces: {len(a.traces)} (ranks {ranges_text(as_ranges(ranks))}{of})")
+        if a.missing_ranks:
+            lines.extend(_wrap(f"  missing ranks: {ranges_text(as_ranges(a.missing_ranks))} (no trace)"))
+        sources = sorted({t.steps_from for t in a.traces if not t.cpu_only})
+        if sources and sources != ["host ProfilerStep"]:
+            lines.append(f"  steps from: {', '.join(sources)}")
+        lines.extend(_unclassified_lines(a))
     if a.metrics:
         subs = ", ".join(f"{k} {v.series} series" for k, v in sorted(a.metrics.items()))
-        lines.extend(
-            textwrap.wrap(
-                f"metrics ({a.metrics_source}): {subs}", 78, initial_indent="  ", subsequent_indent="    "
-            )
-        )
+        lines.extend(_fill(f"metrics ({a.metrics_source}): {subs}"))
     for s in a.skipped:
         lines.extend(_wrap(f"skipped: {s.reason}"))
     for w in a.warnings:
@@ -72,16 +76,48 @@ def render(a: Analysis) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wrap(text: str) -> list[str]:
-    """80 columns, but a path or other long word is never split (it must stay copyable)."""
+#: Unclassified kernel names listed in the summary, and the width a name is cut to.
+UNCLASSIFIED_SHOWN = 5
+NAME_WIDTH = 80
+
+
+def _short(name: str, width: int = NAME_WIDTH) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _unclassified_lines(a: Analysis) -> list[str]:
+    """Kernels no entry of the classification table matched (docs/kernel-classes.md), if any."""
+    u = a.unclassified_kernels
+    if not u or not u.get("names"):
+        return []
+    count = f"{u['names']} names" if u["names_exact"] else f"at least {u['names']} names"
+    share = f", {100 * u['share']:.1f}% of kernel time" if u.get("share") is not None else ""
+    lines = [f"    kernels not in the classification table: {count}{share} (counted as compute); top:"]
+    for item in u["top"][:UNCLASSIFIED_SHOWN]:
+        lines.append(f"      {item['kernel_time_us'] / 1e3:7.1f} ms  {_short(item['name'])}")
+    return lines
+
+
+def width() -> int:
+    """The terminal's width (``COLUMNS`` or the tty's), 80 when piped, kept within 60-200."""
+    return max(60, min(200, shutil.get_terminal_size((80, 24)).columns)) - 2
+
+
+def _fill(text: str, first: str = "  ", rest: str = "    ") -> list[str]:
+    """Wrapped at the terminal's width; a name, path or other long word is never split, at a
+    hyphen or anywhere (node-017, ncclDevKernel_… must stay copyable)."""
     return textwrap.wrap(
         text,
-        78,
-        initial_indent="  ",
-        subsequent_indent="    ",
+        width(),
+        initial_indent=first,
+        subsequent_indent=rest,
         break_long_words=False,
         break_on_hyphens=False,
     )
+
+
+def _wrap(text: str) -> list[str]:
+    return _fill(text)
 
 
 def _culprit(c: dict[str, object] | None) -> str:
@@ -108,14 +144,50 @@ def _verdict_section(a: Analysis) -> list[str]:
         lost = f"{p['lost_fraction']:.1%}" if p["lost_s"] > 0 else ""
         lines.append(f"  {span:<11} {p['class']:<10} {on:>6} {lost:>7}  {_culprit(p['culprit'])}")
         if p["class"] != "compute" and p["recommendation"]:
-            lines.extend(
-                textwrap.wrap(p["recommendation"], 78, initial_indent="    ", subsequent_indent="    ")
-            )
-    undecided = sorted({u for v in a.verdicts for u in v.undecided if "continuity" not in u})
-    for u in undecided[:5]:
-        lines.extend(textwrap.wrap(f"undecided: {u}", 78, initial_indent="  ", subsequent_indent="    "))
+            lines.extend(_fill(p["recommendation"], "    ", "    "))
+        lines.extend(_undecided_lines(a, p["first_step"], p["last_step"]))
     lines.extend(_lost_section(a))
     return lines
+
+
+def _undecided_lines(a: Analysis, first: int, last: int) -> list[str]:
+    """A phase's undecided notes, under it, each with the steps it was noted on (at most 3)."""
+    steps: dict[str, list[int]] = {}
+    for v in a.verdicts:
+        if first <= v.step <= last:
+            for u in v.undecided:
+                if "continuity" not in u:
+                    steps.setdefault(u, []).append(v.step)
+    out: list[str] = []
+    for note, where in list(steps.items())[:3]:
+        label = "step" if len(where) == 1 else "steps"
+        out.extend(_fill(f"undecided ({label} {ranges_text(as_ranges(where))}): {note}", "    ", "      "))
+    return out
+
+
+def headline(a: Analysis) -> str:
+    """The analysis in one line: the costliest thing to act on, or that nothing stands out."""
+    d = a.diagnosis
+    if d is None or not a.verdicts:
+        return ""
+    targets = d.aggregates.get("targets", []) if d.aggregates else []
+    if targets and targets[0]["fraction"] > 0:
+        t = targets[0]
+        bound = " at least" if d.attribution and not d.attribution.baseline.measured else ""
+        return (
+            f"verdict: {t['cause']} ({_culprit(t['target'])}) costs{bound} {t['fraction']:.1%} of step"
+            f" time over {t['steps']} steps"
+            + (
+                f"; {len(targets) - 1} more target{'s' if len(targets) > 2 else ''} below"
+                if len(targets) > 1
+                else ""
+            )
+        )
+    counts: dict[str, int] = {}
+    for v in a.verdicts:
+        counts[v.cls] = counts.get(v.cls, 0) + 1
+    top = max(counts.items(), key=lambda kv: kv[1])[0]
+    return f"verdict: {top} on {counts[top]} of {len(a.verdicts)} steps; no cause costs measurable time"
 
 
 def _lost_section(a: Analysis) -> list[str]:
@@ -126,7 +198,7 @@ def _lost_section(a: Analysis) -> list[str]:
     if statements:
         lines += ["", "Time lost (what-if: the step time without the cause)"]
         for s in statements:
-            lines.extend(textwrap.wrap(s, 78, initial_indent="  ", subsequent_indent="    "))
+            lines.extend(_fill(s))
         if not d.attribution.baseline.measured:
             but = (
                 ", but a straggler's: its peers' idle GPU time"
@@ -151,16 +223,6 @@ def _lost_section(a: Analysis) -> list[str]:
                 f" {bad['individual_score'][i]:12.3f}"
             )
     return lines
-
-
-def _as_ranges(values: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for v in values:
-        if out and out[-1][1] == v - 1:
-            out[-1][1] = v
-        else:
-            out.append([v, v])
-    return out
 
 
 def _steps_section(a: Analysis) -> list[str]:

@@ -47,7 +47,8 @@ from fmdiag.analyzers.coverage import StepsCoverage
 if TYPE_CHECKING:
     import pandas as pd
 
-INT_COLUMNS: tuple[str, ...] = ("rank", "local_rank", "step", "start_ns", "end_ns", "dropped")
+#: ``pp_rank``: the rank's pipeline stage (-1: not recorded), so stages are compared as stages.
+INT_COLUMNS: tuple[str, ...] = ("rank", "local_rank", "step", "start_ns", "end_ns", "dropped", "pp_rank")
 FLOAT_COLUMNS: tuple[str, ...] = ("duration_s", *steprecord.PHASES, "tokens", "samples", "gpu_time")
 COLUMNS: tuple[str, ...] = ("job", "node", *INT_COLUMNS, *FLOAT_COLUMNS)
 
@@ -107,7 +108,7 @@ def read_file(path: str | Path) -> FileSteps:
         categories[name], cols[name] = _codes(fields[_AT[name]])
     for name in INT_COLUMNS:
         values = fields[_AT[name]]
-        if name == "local_rank" and None in values:
+        if name in ("local_rank", "pp_rank") and None in values:
             values = tuple(-1 if v is None else v for v in values)
         cols[name] = np.array(values, dtype=np.int64)
     cols["duration_s"] = (cols["end_ns"] - cols["start_ns"]) / 1e9

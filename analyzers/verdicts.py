@@ -16,6 +16,13 @@ The rules follow the physics of synchronous data-parallel training (../shared/DO
   evidence when metrics have them; a culprit device when one device carries the errors);
 * long ``data_wait`` is input starvation: **io** when the node's CPUs sit in iowait (Lustre
   slow), **host** when they are saturated in user time with no iowait (a CPU-bound loader);
+* a GPU idle waiting for the host while the loader is fast (``host_wait``, from Kineto traces:
+  launches that came late for another reason than the DataLoader) is the CPU side of the
+  training loop: **host**, naming the host ops that ran meanwhile
+  (:data:`HOST_WAIT_FRACTION`); it comes before the network when it is the longer wait;
+* with one rank in the data (a single-process trace, or one rank of a larger job) there is no
+  "every rank" and no "late rank": no straggler is looked for, and exposed communication is
+  network only with low confidence and the reason stated (late peers look the same);
 * a checkpoint phase is normal unless it costs far more than a checkpoint does: **io** only
   when it exceeds :data:`CHECKPOINT_STALL_STEPS` healthy steps;
 * otherwise ``compute``.
@@ -59,9 +66,39 @@ WINDOW = 3
 #: bed) up to 15-18% on some steps.
 STRAGGLER_WAIT_FRACTION = 0.20
 STRAGGLER_OWN_SHARE = 0.5
-#: Exposed communication of the *least-waiting* rank above this fraction of the step means
-#: every rank waits on the fabric (a late rank itself waits only a few ms).
+#: Exposed communication of the *least-waiting* rank above this fraction of the step: every rank
+#: waits in communication. That alone is not a network fault (DDP buckets, pipelines and
+#: volume-bound jobs expose communication when healthy): a ``network`` verdict also needs one
+#: piece of positive evidence from :func:`network_evidence`.
 NETWORK_FLOOR_FRACTION = 0.01
+#: Evidence 1: this step's least-waiting rank waits this many times longer than the run's own
+#: fast collectives (the 25th percentile over steps): a collective far slower than the same job's.
+COMM_SPIKE_RATIO = 6.0
+#: Evidence 2: the same, sustained — the window's median at this many times the run's fast
+#: collectives, and this step's as well, while the median rank's compute stays within
+#: :data:`FLAT_COMPUTE` of its run median: communication grew, the work did not (a fabric
+#: slowing down mid-run).
+COMM_GROWTH_RATIO = 2.5
+FLAT_COMPUTE = 0.15
+#: Evidence 3: even the least-waiting rank spends at least half the step in exposed
+#: communication: the transfer outlasts the compute it could hide under.
+COMM_DOMINANT_FRACTION = 0.5
+#: Evidence 4: fabric trouble in the metrics: one EFA device with errors standing out
+#: (:meth:`MetricView.efa_culprit`), or error events on the median device at this share of its
+#: packets (2% retransmits on a congested fabric; a healthy one stays near 0.001%).
+EFA_ERROR_SHARE = 0.001
+#: Bytes per EFA packet assumed to turn transmitted bytes into packets (its MTU).
+EFA_PACKET_BYTES = 8192
+#: Evidence 5: the median EFA device sends at this share of line rate or more, averaged over a
+#: scrape interval (bursts average far lower): the links are saturated by volume.
+EFA_SATURATED = 0.3
+#: A pipeline stage is a straggler when the other stages idle at least this share of their time
+#: waiting for it: in 1F1B's steady state every micro-batch slot lasts as long as the longest
+#: stage, so the stages lose ``1 - mean stage compute / longest stage compute``. Judged on the
+#: window's median (the split is structural; one step's noise is not). Two even stages with the
+#: loss head on the last (1.5-1.6x) lose 17-19%: the normal shape of a small pipeline; one of
+#: eight stages at 1.4x loses 25%, a 3:1 layer split 36%.
+STAGE_IMBALANCE_LOSS = 0.25
 #: Median data wait above this fraction of the step means the step starves for input
 #: (torch-tb-profiler's DataLoader threshold).
 DATA_WAIT_FRACTION = 0.05
@@ -72,9 +109,17 @@ CPU_BUSY_FRACTION = 0.60
 #: With iowait present too, busy CPUs must hold at least this share, and more than iowait,
 #: for the loader rather than the filesystem to be the cause.
 HOST_MIN_BUSY = 0.30
+#: PSI ``some`` share of a resource above which tasks stall on it most of the time: with neither
+#: iowait nor busy CPUs, CPU pressure says the loader cannot get CPU (a cgroup quota, too few
+#: workers) — host; I/O pressure says it waits on storage — io.
+PSI_STALL = 0.3
 #: A checkpoint costing more than this many median steps is a write stall; a normal
 #: checkpoint of the presets costs under ten.
 CHECKPOINT_STALL_STEPS = 20.0
+#: GPU idle waiting for the host (not for the loader) above this share of the step: the CPU
+#: side of the training loop holds the GPU back (a healthy large-model step keeps it to a few
+#: percent; launch-bound loops spend most of the step there).
+HOST_WAIT_FRACTION = 0.15
 #: EFA counters that count trouble on a device (retransmits, impaired and unresponsive peers, drops).
 EFA_ERROR_COUNTERS = (
     "fmdiag_efa_retrans_packets_total",
@@ -107,6 +152,9 @@ class Verdict:
     #: The cause behind the class: ``checkpoint`` for an io verdict given for a stalled
     #: checkpoint, else the class itself (empty: the class).
     cause: str = ""
+    #: The step lies outside the node metrics' time range: no culprit could be looked up, so its
+    #: loss is not booked to "the whole job" as if the job were the culprit.
+    outside_metrics: bool = False
 
     @property
     def primary_cause(self) -> str:
@@ -147,6 +195,24 @@ class StepFeatures:
     compute_median: float
     #: The late rank's data wait (its own input may be what makes it late).
     data_wait_late: float = 0.0
+    #: Ranks with a record of this step (one: no cross-rank reasoning).
+    ranks: int = 2
+    #: Median GPU idle waiting for the host, the loader's part excluded (Kineto traces only).
+    host_wait_median: float = 0.0
+    #: The host ops that ran while the median rank's GPU waited (Kineto traces only).
+    host_ops: str = ""
+    #: Pipeline stages (records with ``pp_rank``): the stage computing longest, how much of every
+    #: stage's time its excess costs (1 - mean stage compute / the longest's), and its node when
+    #: all its ranks share one; -1 / 0 without stages.
+    stages: int = 0
+    stage_late: int = -1
+    stage_loss: float = 0.0
+    stage_late_compute: float = 0.0
+    stage_median_compute: float = 0.0
+    stage_node: str = ""
+    #: What the data says of the loader: ``records`` (step records' data wait), ``none`` (a trace
+    #: without DataLoader spans: data wait unknown), ``in-process`` (``num_workers=0``), ``workers``.
+    loader: str = "records"
 
     @property
     def wait_for_late(self) -> float:
@@ -173,6 +239,9 @@ def step_features(steps: Any) -> list[StepFeatures]:
         return np.nan_to_num(np.asarray(steps[name], dtype=np.float64), nan=0.0)
 
     data_wait, comm, ckpt = col("data_wait"), col("comm_exposed"), col("checkpoint")
+    host_wait = col("host_wait")
+    host_ops = np.asarray(steps["host_ops"], dtype=object) if "host_ops" in steps else None
+    loader = np.asarray(steps["loader"], dtype=object) if "loader" in steps else None
     compute = col("forward") + col("backward")
     duration = np.asarray(steps["duration_s"], dtype=np.float64)
     end_ns = np.asarray(steps["end_ns"], dtype=np.int64)
@@ -184,11 +253,21 @@ def step_features(steps: Any) -> list[StepFeatures]:
         else np.full(n, -1, np.int64)
     )
     step = np.asarray(steps["step"], dtype=np.int64)
+    pp = (
+        np.nan_to_num(np.asarray(steps["pp_rank"], dtype=np.float64), nan=-1.0).astype(np.int64)
+        if "pp_rank" in steps
+        else np.full(n, -1, np.int64)
+    )
     order = np.argsort(step, kind="stable")  # within a step, rows keep their order (by rank)
     cuts = np.flatnonzero(np.diff(step[order])) + 1
     out = []
     for idx in np.split(order, cuts):
         late = int(idx[np.argmin(comm[idx])])
+        stage = _stage_features(idx, pp, compute, node)
+        # in a pipeline a rank is late against its own stage's ranks, not against other stages
+        peers = idx[pp[idx] == pp[late]] if stage.get("stages", 0) >= 2 else idx
+        hw_med = float(np.median(host_wait[idx]))
+        typical_host = int(idx[np.argmin(np.abs(host_wait[idx] - hw_med))])
         out.append(
             StepFeatures(
                 step=int(step[late]),
@@ -202,11 +281,35 @@ def step_features(steps: Any) -> list[StepFeatures]:
                 comm_min=float(comm[late]),
                 comm_median=float(np.median(comm[idx])),
                 compute_late=float(compute[late]),
-                compute_median=float(np.median(compute[idx])),
+                compute_median=float(np.median(compute[peers])),
                 data_wait_late=float(data_wait[late]),
+                ranks=len(np.unique(rank[idx])),
+                host_wait_median=hw_med,
+                host_ops=str(host_ops[typical_host]) if host_ops is not None else "",
+                loader=str(loader[typical_host]) if loader is not None else "records",
+                **stage,
             )
         )
     return out
+
+
+def _stage_features(idx: np.ndarray, pp: np.ndarray, compute: np.ndarray, node: np.ndarray) -> dict[str, Any]:
+    """The step's pipeline stages (see :class:`StepFeatures`' ``stage_*`` fields)."""
+    stages = np.unique(pp[idx])
+    stages = stages[stages >= 0]
+    if stages.size < 2:
+        return {}
+    med = np.array([np.median(compute[idx[pp[idx] == s]]) for s in stages])
+    top = int(np.argmax(med))
+    nodes = set(node[idx[pp[idx] == stages[top]]].tolist())
+    return {
+        "stages": int(stages.size),
+        "stage_late": int(stages[top]),
+        "stage_loss": float(1.0 - med.mean() / med[top]) if med[top] > 0 else 0.0,
+        "stage_late_compute": float(med[top]),
+        "stage_median_compute": float(np.median(np.delete(med, top))),
+        "stage_node": next(iter(nodes)) if len(nodes) == 1 else "",
+    }
 
 
 def _samples(frame: pd.DataFrame, metric: str, **labels: str) -> pd.DataFrame:
@@ -236,6 +339,15 @@ class MetricView:
     """Node metrics looked up at a step's time; every method returns None when there is no data."""
 
     def __init__(self, metrics: dict[str, pd.DataFrame]) -> None:
+        spans = [
+            (float(f["timestamp"].min()), float(f["timestamp"].max()))
+            for f in metrics.values()
+            if f is not None and len(f) and "timestamp" in f
+        ]
+        #: The metrics' time range (None: no metrics): steps outside it have no samples.
+        self.time_range: tuple[float, float] | None = (
+            (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+        )
         self.gpu = metrics.get("gpu")
         self.host = metrics.get("host")
         self.lustre = metrics.get("lustre")
@@ -397,6 +509,23 @@ class MetricView:
             return None
         return {"node": node, "efa_device": dev}, top, median
 
+    def efa_error_share(self, t: float) -> float | None:
+        """Error events over (estimated) packets sent on the median EFA device in the scrape
+        interval holding ``t``: fabric-wide trouble, when no single device stands out."""
+        shares: list[float] = []
+        for key, (ts, vals) in self._efa.items():
+            tx = self._tx.get(key)
+            if tx is None:
+                continue
+            hi = int(np.searchsorted(ts, t, side="right"))
+            lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+            thi = int(np.searchsorted(tx[0], t, side="right"))
+            tlo, thi = max(0, thi - 1), min(len(tx[0]) - 1, thi)
+            if hi > lo and thi > tlo:
+                packets = max(float(tx[1][thi] - tx[1][tlo]) / EFA_PACKET_BYTES, 1.0)
+                shares.append(float(vals[hi] - vals[lo]) / packets)
+        return float(np.median(shares)) if shares else None
+
     def efa_neighbours(self, node: str, device: str) -> dict[str, Any]:
         """The device's NUMA node and the GPUs on it (their collectives go through it first)."""
         numa = self._efa_numa.get((node, device), "")
@@ -404,14 +533,19 @@ class MetricView:
             return {}
         return {"numa_node": numa, "gpus_on_numa_node": sorted(self._gpu_numa.get((node, numa), []))}
 
-    def efa_line_fraction(self, t: float) -> dict[tuple[str, str], float]:
+    def efa_line_fraction(self, t: float, until: float | None = None) -> dict[tuple[str, str], float]:
         """Per (node, device), transmit throughput over line rate in the scrape interval holding
-        ``t``: a sick link carries less than its peers. (Averaged over a scrape interval, a
-        healthy FSDP job's bursts read far below 1: this is not a saturation test.)"""
+        ``t`` (for the last steps before ``until``, the job's end, the interval before: the next
+        sample shows the job gone). Averaged over a scrape interval, a healthy FSDP job's bursts
+        read far below 1; a sick link carries less than its peers."""
         out: dict[tuple[str, str], float] = {}
         for node, (ts, vals, cap) in self._tx.items():
-            hi = int(np.searchsorted(ts, t, side="right"))
-            lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+            if until is None:
+                hi = int(np.searchsorted(ts, t, side="right"))
+                lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+            else:
+                los, his, _ = _intervals(ts, np.array([t]), until)
+                lo, hi = int(los[0]), int(his[0])
             if hi > lo and ts[hi] > ts[lo]:
                 out[node] = float(vals[hi] - vals[lo]) / (ts[hi] - ts[lo]) / cap
         return out
@@ -450,6 +584,7 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
     ends = np.array([f.end_s for f in feats])
     cpu_at = view.cpu_fractions_at(ends, feats[-1].end_s)
     psi = {r: view.pressure_at(r, ends, feats[-1].end_s) for r in ("io", "cpu")}
+    ref = CommReference.of(feats)
     out: list[Verdict] = []
     for i, f in enumerate(feats):
         work_s = max(f.duration_s - f.checkpoint_s, 1e-9)
@@ -460,19 +595,51 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         if f.checkpoint_s > CHECKPOINT_STALL_STEPS * typical:
             causes.append("checkpoint")
         cpu = None
-        if f.data_wait_median > DATA_WAIT_FRACTION * work_s:
+        starved = f.data_wait_median > DATA_WAIT_FRACTION * work_s
+        if starved:
             cpu = cpu_at[i]
-            causes.append(starvation_class(cpu))
+            # a loader in the training process blocks the loop whatever makes it slow: the host's
+            in_process = f.loader == "in-process" and cpu is None
+            causes.append("host" if in_process else starvation_class(cpu, _pressure(psi, i)))
+        alone = f.ranks < 2
         hw = None
-        if same_late >= LATE_RANK_CONSISTENCY and f.late_local_rank >= 0:
+        if not alone and same_late >= LATE_RANK_CONSISTENCY and f.late_local_rank >= 0:
             hw = view.hw_slowdown(f.late_node, f.late_local_rank, f.end_s)
-        late_by_behaviour = same_late >= LATE_RANK_CONSISTENCY and late_rank_holds_the_job(f, work_s)
+        same_stage = sum(w.stage_late == f.stage_late for w in window) / len(window)
+        stage_loss = float(np.median([w.stage_loss for w in window]))
+        stage_late = (
+            f.stages >= 2 and stage_loss >= STAGE_IMBALANCE_LOSS and same_stage >= LATE_RANK_CONSISTENCY
+        )
+        if stage_late:
+            causes.append("straggler")
+        late_by_behaviour = (
+            not alone
+            and not stage_late
+            and same_late >= LATE_RANK_CONSISTENCY
+            and late_rank_holds_the_job(f, work_s)
+        )
+        # A rank late because its own input arrives late: the job starves for input through that
+        # rank (the same cause as starvation, localised), io or host by the same evidence.
+        late_input = late_by_behaviour and (
+            f.data_wait_late - f.data_wait_median >= STRAGGLER_OWN_SHARE * f.late_own_extra
+        )
+        if late_input and not starved:
+            cpu = cpu_at[i]
+            causes.append(starvation_class(cpu, _pressure(psi, i)))
         # Waiting for a late rank is not the fabric's doing: a straggler by behaviour is decided
         # before the network, which then needs the transfer itself to be long.
-        if late_by_behaviour:
+        elif late_by_behaviour:
             causes.append("straggler")
+        host_loop = not starved and f.host_wait_median > HOST_WAIT_FRACTION * work_s
+        if host_loop and f.host_wait_median >= f.comm_min:
+            causes.append("host")
+        evidence: list[dict[str, Any]] = []
         if f.comm_min > NETWORK_FLOOR_FRACTION * work_s:
-            causes.append("network")
+            evidence = network_evidence(f, i, work_s, ref, view, feats[-1].end_s)
+            if evidence:
+                causes.append("network")
+        if host_loop and "host" not in causes:
+            causes.append("host")
         if not late_by_behaviour and hw is not None and hw[0] > 0:
             causes.append("straggler")
         first = causes[0] if causes else None
@@ -484,15 +651,25 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
                 f"checkpoint took {f.checkpoint_s:.1f} s ({f.checkpoint_s / typical:.0f} steps): "
                 "check the checkpoint filesystem's write bandwidth or checkpoint less often"
             )
+        elif first == "host" and host_loop:
+            _host_loop(v, f, work_s)
+        elif first in ("io", "host") and late_input and not starved:
+            _late_input(v, f, work_s, same_late, cpu, ost, _pressure(psi, i))
         elif first in ("io", "host"):
-            _starved(v, f, work_s, cpu, ost)
+            _starved(v, f, work_s, cpu, ost, _pressure(psi, i))
             for res, shares in psi.items():
                 if shares is not None and np.isfinite(shares[i]):
                     v.evidence.append(_ev(f"psi_{res}_some_fraction", shares[i], float(np.nanmedian(shares))))
+        elif first == "straggler" and stage_late:
+            _late_stage(v, f, same_stage)
         elif first == "straggler" and late_by_behaviour:
             _late_rank(v, f, work_s, same_late, hw)
         elif first == "network":
-            _network(v, f, work_s, view)
+            _network(v, f, work_s, view, evidence)
+            if alone:
+                _alone(v, f, work_s)
+        elif alone:
+            v.recommendation = "compute-bound: no input, host or communication wait stands out"
         elif same_late >= LATE_RANK_CONSISTENCY:
             _straggler(v, f, work_s, same_late, view, hw)
         else:
@@ -500,8 +677,76 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
             v.recommendation = "compute-bound: no input, network or hardware cause stands out"
         v.cause = "checkpoint" if first == "checkpoint" else v.cls
         v.secondary = [c for c in causes[1:] if c != v.cls]
+        rng = view.time_range
+        if rng is not None and not (rng[0] <= f.end_s <= rng[1]):  # no samples on both sides
+            v.outside_metrics = True
+            if v.culprit is None:
+                v.undecided.append(
+                    f"step outside the node metrics' time range ({_clock(rng[0])} to {_clock(rng[1])}):"
+                    " no metric evidence or culprit can be looked up"
+                )
         out.append(v)
     return smooth(out)
+
+
+def _clock(t: float) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@dataclass
+class CommReference:
+    """The run's own fast collectives, and its typical compute, for the network evidence."""
+
+    comm_fast: float
+    compute_typical: float
+    #: Per step index: the window's median comm_min and median compute.
+    comm_window: np.ndarray
+    compute_window: np.ndarray
+
+    @classmethod
+    def of(cls, feats: list[StepFeatures]) -> CommReference:
+        comm = np.array([f.comm_min for f in feats])
+        compute = np.array([f.compute_median for f in feats])
+        floor = 1e-3 * float(np.median([f.duration_s for f in feats]))
+        n = len(feats)
+        win_c = np.array([np.median(comm[max(0, i - WINDOW) : i + WINDOW + 1]) for i in range(n)])
+        win_w = np.array([np.median(compute[max(0, i - WINDOW) : i + WINDOW + 1]) for i in range(n)])
+        return cls(max(float(np.percentile(comm, 25)), floor), float(np.median(compute)), win_c, win_w)
+
+
+def network_evidence(
+    f: StepFeatures, i: int, work_s: float, ref: CommReference, view: MetricView, until: float | None = None
+) -> list[dict[str, Any]]:
+    """The positive evidence that the fabric, not the job's own shape, made this step wait in
+    communication (see :data:`COMM_SPIKE_RATIO` and the constants after it); empty: none."""
+    out: list[dict[str, Any]] = []
+    if f.comm_min >= COMM_SPIKE_RATIO * ref.comm_fast:
+        out.append(_ev("comm_exposed_vs_run_fast_s", f.comm_min, COMM_SPIKE_RATIO * ref.comm_fast))
+    elif (
+        ref.comm_window[i] >= COMM_GROWTH_RATIO * ref.comm_fast
+        and f.comm_min >= COMM_GROWTH_RATIO * ref.comm_fast  # this step too, not only its neighbours
+        and abs(ref.compute_window[i] - ref.compute_typical) <= FLAT_COMPUTE * ref.compute_typical
+    ):
+        out.append(
+            _ev("comm_exposed_window_vs_run_fast_s", ref.comm_window[i], COMM_GROWTH_RATIO * ref.comm_fast)
+        )
+    if f.comm_min >= COMM_DOMINANT_FRACTION * work_s:
+        out.append(_ev("comm_exposed_min_fraction", f.comm_min / work_s, COMM_DOMINANT_FRACTION))
+    efa = view.efa_culprit(f.end_s)
+    if efa is not None:
+        out.append(_ev("efa_error_events", efa[1], efa[2]))
+    else:
+        share = view.efa_error_share(f.end_s)
+        if share is not None and share >= EFA_ERROR_SHARE:
+            out.append(_ev("efa_error_share_median_device", share, EFA_ERROR_SHARE))
+    line = view.efa_line_fraction(f.end_s, until)
+    if line:
+        usual = float(np.median(list(line.values())))
+        if usual >= EFA_SATURATED:
+            out.append(_ev("efa_tx_fraction_of_line_rate", usual, EFA_SATURATED))
+    return out
 
 
 def late_rank_holds_the_job(f: StepFeatures, work_s: float) -> bool:
@@ -554,23 +799,127 @@ def _late_rank(
         )
 
 
-def starvation_class(cpu: dict[str, float] | None) -> str:
+def _late_stage(v: Verdict, f: StepFeatures, same_stage: float) -> None:
+    """A pipeline stage that computes longer than the others step after step (layers split
+    unevenly, the loss head on the last stage): every other stage waits for it in its p2p
+    receives. Not the network, not one rank."""
+    v.cls, v.confidence = "straggler", 0.8
+    v.evidence.append(_ev("stage_idle_share", f.stage_loss, STAGE_IMBALANCE_LOSS))
+    v.evidence.append(_ev("late_stage_consistency", same_stage, LATE_RANK_CONSISTENCY))
+    v.evidence.append(_ev("late_stage_compute_s", f.stage_late_compute, f.stage_median_compute))
+    v.culprit = {"pp_rank": f.stage_late, **({"node": f.stage_node} if f.stage_node else {})}
+    more = f.stage_late_compute / f.stage_median_compute - 1 if f.stage_median_compute > 0 else 0.0
+    v.recommendation = (
+        f"pipeline stage {f.stage_late} computes {more:.0%} more than the median stage; the other stages"
+        f" idle {f.stage_loss:.0%} of their time waiting for it in their p2p receives: move layers off it"
+        " (repartition the pipeline)"
+    )
+
+
+def _late_input(
+    v: Verdict,
+    f: StepFeatures,
+    work_s: float,
+    same_late: float,
+    cpu: dict[str, float] | None,
+    ost: dict[str, Any] | None,
+    pressure: tuple[float, float] | None,
+) -> None:
+    """One rank joins late because its batches come late; everyone waits for it: input
+    starvation through that rank, io or host by the node evidence (as for the whole job)."""
+    v.cls = starvation_class(cpu, pressure)
+    extra = f.data_wait_late - f.data_wait_median
+    v.evidence.append(_ev("late_rank_data_wait_s", f.data_wait_late, f.data_wait_median))
+    v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
+    v.evidence.append(_ev("wait_for_late_rank_s", f.wait_for_late, STRAGGLER_WAIT_FRACTION * work_s))
+    v.culprit = {"node": f.late_node, "rank": f.late_rank}
+    v.confidence = 0.5 if cpu is None and pressure is None else 0.75
+    where = f"rank {f.late_rank}" + (f" on {f.late_node}" if f.late_node else "")
+    why = (
+        "its storage reads (I/O)"
+        if v.cls == "io"
+        else "its loader's CPU (busy, or a CPU quota on its workers)"
+        if cpu is not None or pressure is not None
+        else "its loader (no host metrics to say whether storage or CPU)"
+    )
+    v.recommendation = (
+        f"{where} waits {extra * 1e3:.0f} ms longer for its batches than the median rank and every other"
+        f" rank waits for it ({f.wait_for_late / work_s:.0%} of the step): its input is the bottleneck —"
+        f" check {why}"
+    )
+    if v.cls == "io" and ost:
+        v.culprit.update(ost)
+
+
+def _host_loop(v: Verdict, f: StepFeatures, work_s: float) -> None:
+    """The GPU waits for the CPU side of the training loop, the DataLoader not being the reason."""
+    v.cls, v.confidence = "host", 0.7
+    v.evidence.append(_ev("gpu_idle_host_wait_s", f.host_wait_median, HOST_WAIT_FRACTION * work_s))
+    v.evidence.append(_ev("data_wait_s", f.data_wait_median, DATA_WAIT_FRACTION * work_s))
+    ops = f"; meanwhile the host ran {f.host_ops}" if f.host_ops else ""
+    loader = (
+        "no DataLoader in the trace"
+        if f.loader == "none"
+        else f"the data loader fast ({f.data_wait_median / work_s:.0%})"
+    )
+    v.recommendation = (
+        f"the GPU waits for the host {f.host_wait_median / work_s:.0%} of the step with {loader}: the CPU"
+        " side of the training loop (Python, kernel launches, synchronisation) holds it back"
+        f"{ops}; consider CUDA graphs, fewer host syncs (.item(), .cpu()), larger kernels"
+    )
+    if f.loader == "none":
+        v.undecided.append(
+            "no DataLoader spans in the trace: a custom input pipeline may be part of this wait"
+        )
+
+
+def _alone(v: Verdict, f: StepFeatures, work_s: float) -> None:
+    """A network verdict from one rank's data: late peers look the same, so say so."""
+    v.confidence = 0.4
+    v.recommendation = (
+        f"rank {f.late_rank} waits {f.comm_min * 1e3:.0f} ms in collectives ({f.comm_min / work_s:.0%} of"
+        " the step): a slow fabric or late peers, which one rank's data cannot tell apart; trace all"
+        " ranks (or add their step records)"
+    )
+    v.undecided.append("one rank in the data: no cross-rank comparison (network or a late peer)")
+
+
+def starvation_class(cpu: dict[str, float] | None, pressure: tuple[float, float] | None = None) -> str:
     """io or host for a step that starves for input: iowait says the filesystem, busy CPUs the
     loader. Both at once (a CPU-bound loader on a cluster whose reads also queue) is host when
-    the busy share is the larger and at least :data:`HOST_MIN_BUSY`. With no CPU data, or
-    neither sign, io is assumed."""
-    if cpu is None:
-        return "io"
-    iowait = cpu.get("iowait", 0.0)
-    busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
-    if iowait >= IOWAIT_FRACTION:
-        return "host" if busy > iowait and busy >= HOST_MIN_BUSY else "io"
-    return "host" if busy >= CPU_BUSY_FRACTION else "io"
+    the busy share is the larger and at least :data:`HOST_MIN_BUSY`. With neither sign, the
+    pressure stall shares ``(io, cpu)`` decide (:data:`PSI_STALL`: a throttled loader stalls on
+    CPU with the node's CPUs idle); with none of these, io is assumed."""
+    if cpu is not None:
+        iowait = cpu.get("iowait", 0.0)
+        busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
+        if iowait >= IOWAIT_FRACTION:
+            return "host" if busy > iowait and busy >= HOST_MIN_BUSY else "io"
+        if busy >= CPU_BUSY_FRACTION:
+            return "host"
+    if pressure is not None:
+        io, cpu_stall = pressure
+        if cpu_stall >= PSI_STALL and cpu_stall > io:
+            return "host"
+    return "io"
 
 
-def _network(v: Verdict, f: StepFeatures, work_s: float, view: MetricView) -> None:
+def _pressure(psi: dict[str, np.ndarray | None], i: int) -> tuple[float, float] | None:
+    """The (io, cpu) PSI ``some`` shares at step ``i``; None without both."""
+    io, cpu = psi.get("io"), psi.get("cpu")
+    if io is None or cpu is None or not (np.isfinite(io[i]) and np.isfinite(cpu[i])):
+        return None
+    return float(io[i]), float(cpu[i])
+
+
+def _network(
+    v: Verdict, f: StepFeatures, work_s: float, view: MetricView, evidence: list[dict[str, Any]]
+) -> None:
     v.cls, v.confidence = "network", 0.8
     v.evidence.append(_ev("comm_exposed_min_s", f.comm_min, NETWORK_FLOOR_FRACTION * work_s))
+    v.evidence.extend(
+        e for e in evidence if e["metric"] not in ("efa_error_events", "efa_tx_fraction_of_line_rate")
+    )
     where = "check EFA throughput, retransmits and port state"
     efa = view.efa_culprit(f.end_s)
     if efa is not None:
@@ -600,17 +949,40 @@ def _network(v: Verdict, f: StepFeatures, work_s: float, view: MetricView) -> No
 
 
 def _starved(
-    v: Verdict, f: StepFeatures, work_s: float, cpu: dict[str, float] | None, ost: dict[str, Any] | None
+    v: Verdict,
+    f: StepFeatures,
+    work_s: float,
+    cpu: dict[str, float] | None,
+    ost: dict[str, Any] | None,
+    pressure: tuple[float, float] | None = None,
 ) -> None:
     v.evidence.append(_ev("data_wait_s", f.data_wait_median, DATA_WAIT_FRACTION * work_s))
     share = f.data_wait_median / work_s
-    v.cls = starvation_class(cpu)
-    if cpu is None:
+    if f.loader == "in-process" and cpu is None:
+        v.cls, v.confidence = "host", 0.75
+        v.recommendation = (
+            f"the DataLoader runs in the training process (num_workers=0) and takes {share:.0%} of the"
+            " step, which the GPU spends idle: give it worker processes (num_workers > 0) so loading"
+            " overlaps training"
+        )
+        return
+    v.cls = starvation_class(cpu, pressure)
+    iowait = cpu.get("iowait", 0.0) if cpu else 0.0
+    busy = cpu.get("user", 0.0) + cpu.get("system", 0.0) if cpu else 0.0
+    by_pressure = (iowait < IOWAIT_FRACTION and busy < CPU_BUSY_FRACTION) and pressure is not None
+    if cpu is None and pressure is None:
         v.confidence = 0.4
         v.undecided.append("no host CPU metrics: io and host cannot be told apart; io assumed")
+    elif by_pressure and pressure is not None:
+        io_stall, cpu_stall = pressure
+        v.evidence.append(_ev("psi_cpu_some_fraction" if v.cls == "host" else "psi_io_some_fraction",
+                              cpu_stall if v.cls == "host" else io_stall, PSI_STALL))  # fmt: skip
+        if v.cls == "io" and io_stall < PSI_STALL:
+            v.confidence = 0.5
+            v.undecided.append("data wait with neither iowait, busy CPUs nor a pressure stall; io assumed")
+        else:
+            v.confidence = 0.8
     else:
-        iowait = cpu.get("iowait", 0.0)
-        busy = cpu.get("user", 0.0) + cpu.get("system", 0.0)
         if iowait >= IOWAIT_FRACTION:
             v.evidence.append(_ev("cpu_iowait_fraction", iowait, IOWAIT_FRACTION))
         if v.cls == "host":
@@ -629,6 +1001,12 @@ def _starved(
             f"input starvation: data wait {share:.0%} of the step"
             + (f"; {ost['ost']} has the highest read latency" if ost else "")
             + ": check the data filesystem's OSTs"
+        )
+    elif by_pressure:
+        v.recommendation = (
+            f"CPU-starved input pipeline: data wait {share:.0%} of the step while the loader's tasks wait"
+            f" for CPU with the node's CPUs {1 - busy - iowait:.0%} idle: a CPU quota (container or cgroup"
+            " limit) or too few loader workers; raise the limit or add workers"
         )
     else:
         v.recommendation = (

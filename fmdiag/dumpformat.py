@@ -97,7 +97,18 @@ class DumpLayout:
         return self.metrics_dir / f"{subsystem}{METRICS_SUFFIX}"
 
     def step_files(self) -> list[Path]:
-        return steprecord.step_files(self.steps_dir) if self.steps_dir.is_dir() else []
+        if self.steps_dir.is_dir():
+            return steprecord.step_files(self.steps_dir)
+        if self.is_spool():
+            return sorted(p for p in self.root.glob("*.jsonl") if p.is_file())
+        return []
+
+    def is_spool(self) -> bool:
+        """``root`` is a steptrace spool directory itself (its ``<job>.rank<N>.jsonl`` files at the
+        top, no dump folders): users point the analyzer at the spool they already have."""
+        if any(d.is_dir() for d in (self.steps_dir, self.kineto_dir, self.metrics_dir)):
+            return False
+        return any(p.is_file() for p in self.root.glob("*.jsonl"))
 
     def kineto_files(self) -> list[Path]:
         if not self.kineto_dir.is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -199,3 +200,43 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     # not a terminal: no bar at all
     piped = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert piped.returncode == 0 and b"[" not in piped.stderr
+
+
+def test_a_steptrace_spool_directory_is_a_dump(tmp_path: Path) -> None:
+    """Users point the analyzer at the spool they have: <job>.rank<N>.jsonl files, no steps/."""
+    for f in (SAMPLES / "healthy" / "steps").glob("*.jsonl"):
+        shutil.copy(f, tmp_path / f.name)
+    doc = analyze_json(str(tmp_path))
+    assert doc["coverage"]["steps"]["records"] == 640  # type: ignore[index]
+    assert any("spool directory" in w for w in doc["warnings"])  # type: ignore[attr-defined]
+
+
+def test_html_to_an_unwritable_path_fails_before_the_work(tmp_path: Path) -> None:
+    code, out = run(str(SAMPLES / "healthy"), "--html", str(tmp_path / "missing" / "r.html"))
+    assert code == 2 and "--html" in out and "no such directory" in out
+    code, out = run(str(SAMPLES / "healthy"), "--html", str(tmp_path))
+    assert code == 2 and "is a directory" in out
+
+
+def test_a_dead_dask_scheduler_is_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "fmdiag",
+        "analyze",
+        str(SAMPLES / "healthy"),
+        "--scheduler",
+        f"tcp://127.0.0.1:{port}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("Error: cannot use the Dask scheduler at tcp://127.0.0.1:")

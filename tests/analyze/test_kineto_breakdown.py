@@ -21,10 +21,15 @@ US = 1e-6
 def test_handmade_trace_by_hand() -> None:
     """handmade_new.json, worked out on paper (µs):
 
-    step 1 window [10, 110): compute 20+9+10, nccl [35,45] under compute for 5, memcpy [60,64],
-    gaps (30,31) kernel wait, (45,50) host wait (launched at 47), (64,110) host wait (launched 101);
-    step 2 window [110, 205): gemm [110,130], nccl [130.5,140], gap 0.5 kernel wait, (140,205) host;
-    step 3 (10 µs of a 100 µs step: partial) [205, 206]; the kernel at 305 is outside every step.
+    A window starts at the step's host start when the GPU is idle there (else at its first
+    kernel): the idle time before a step's first kernel is split at the host boundary.
+    step 1 window [0, 100): compute 20+9+10, nccl [35,45] under compute for 5, memcpy [60,64],
+    gaps [0,10) host wait (launched at 1), (30,31) kernel wait, (45,50) host wait (launched at
+    47), (64,100) host wait (the next kernel launched at 101);
+    step 2 window [100, 200): gap [100,110) host wait (launched at 101), gemm [110,130], nccl
+    [130.5,140], gap 0.5 kernel wait, (140,200) host wait;
+    step 3 (10 µs of a 100 µs step: partial) [200, 206): host wait [200,205) (launched at 201),
+    gemm 1; the kernel at 305 is outside every step.
     """
     f = pd.DataFrame(kineto_breakdown.breakdown(read_trace(FIXTURES / "handmade_new.json"))).set_index("step")
     expect = {
@@ -42,19 +47,19 @@ def test_handmade_trace_by_hand() -> None:
             gpu_events=5,
         ),
         2: dict(
-            span_s=95,
+            span_s=100,
             compute_s=20,
             comm_s=9.5,
             comm_overlapped_s=0,
             comm_exposed_s=9.5,
             memory_s=0,
-            idle_s=65.5,
-            idle_host_wait_s=65,
+            idle_s=70.5,
+            idle_host_wait_s=70,
             idle_kernel_wait_s=0.5,
             idle_other_s=0,
             gpu_events=2,
         ),
-        3: dict(span_s=1, compute_s=1, comm_s=0, idle_s=0, gpu_events=1),
+        3: dict(span_s=6, compute_s=1, comm_s=0, idle_s=5, idle_host_wait_s=5, gpu_events=1),
     }
     for step, values in expect.items():
         for col, value in values.items():

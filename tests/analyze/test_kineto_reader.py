@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from fmdiag.analyzers import kineto_breakdown
 from fmdiag.analyzers import kineto_frame as kf
 from fmdiag.analyzers.errors import InputError
-from fmdiag.analyzers.kineto_reader import kind_of, read_trace
+from fmdiag.analyzers.kineto_reader import RANK_ASSUMED, kind_of, read_trace
 
 
 def test_new_format_keeps_gpu_launch_and_step_columns() -> None:
@@ -77,11 +78,57 @@ def test_communication_kernel_names_old_and_new(name: str, kind: int) -> None:
     assert kind_of(name, kf.CAT_KERNEL) == kind
 
 
-def test_no_rank_anywhere_is_an_error(tmp_path: Path) -> None:
-    p = tmp_path / "trace.json"
+def test_no_rank_anywhere_is_rank_0_with_a_note(tmp_path: Path) -> None:
+    """A single-process trace (no distributedInfo, PyTorch's default file name) is rank 0, as
+    HTA reads it, and says so; --rank-from maps file names to ranks."""
+    p = tmp_path / "host-a_1234.1700000000000.pt.trace.json"
     p.write_text('{"traceEvents": []}')
-    with pytest.raises(InputError, match="rank unknown"):
-        read_trace(p)
+    t = read_trace(p)
+    assert (t.rank, t.rank_from) == (0, RANK_ASSUMED)
+    assert any("read as rank 0" in w and "--rank-from" in w for w in t.warnings)
+    t = read_trace(p, re.compile(r"_(\d+)\."))
+    assert (t.rank, t.rank_from) == (1234, "--rank-from")
+
+
+def test_world_size_from_distributed_info_or_process_groups(tmp_path: Path) -> None:
+    p = tmp_path / "rank3.json"
+    p.write_text('{"distributedInfo": {"rank": 3, "world_size": 16}, "traceEvents": []}')
+    assert read_trace(p).world_size == 16
+    p.write_text(
+        '{"distributedInfo": {"rank": 3, "pg_config": [{"pg_name": "0", "ranks": [0, 1, 2, 3, 4, 5]},'
+        ' {"pg_name": "1", "ranks": [2, 3]}]}, "traceEvents": []}'
+    )
+    assert read_trace(p).world_size == 6
+    p.write_text('{"traceEvents": []}')
+    assert read_trace(p).world_size is None
+
+
+def test_rocm_runtime_calls_with_a_stream_string_are_launches(tmp_path: Path) -> None:
+    """ROCm's hip* runtime events carry ``"stream": "0x0"``: still host launches, never GPU work
+    (``hipMemcpyWithStream`` once counted as a device memory copy)."""
+    p = tmp_path / "rank0.json"
+    events = [
+        {
+            "ph": "X",
+            "cat": "cuda_runtime",
+            "name": "hipMemcpyWithStream",
+            "ts": 10,
+            "dur": 60,
+            "args": {"correlation": 117, "stream": "0x0"},
+        },
+        {
+            "ph": "X",
+            "cat": "gpu_memcpy",
+            "name": "Memcpy HtoD (Host -> Device)",
+            "ts": 20,
+            "dur": 22,
+            "args": {"correlation": 117, "stream": 0, "device": 0},
+        },
+    ]
+    p.write_text(json.dumps({"traceEvents": events}))
+    t = read_trace(p)
+    assert t.launch["corr"].tolist() == [117]
+    assert t.gpu["kind"].tolist() == [kf.KIND_MEMORY] and t.counts["gpu"] == 1
 
 
 def test_non_numeric_timestamps_name_the_event(tmp_path: Path) -> None:

@@ -130,9 +130,11 @@ def test_steps_only_dump_renders_notes(browser: Browser, tmp_path: Path) -> None
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("fmdiag analyze ")  # the terminal summary is still written
     text = check_file(out)
-    assert has(text, "no node metrics in this dump") == []
+    # without GPU metrics the late rank is not a costed straggler: nothing lost, no empty chart
+    assert has(text, "no node metrics in this dump", "no time lost to any cause") == []
     got = open_report(browser, out, tmp_path / "report-steps-only.png")
-    assert_rendered(got, BASE)
+    assert_rendered(got, tuple(f for f in BASE if f != "fig-lost"))
+    assert "fig-lost" not in got["drawn"]
     assert not [f for f in got["drawn"] if f.startswith("fig-overlay-")]
 
 
@@ -147,6 +149,19 @@ def test_lost_time_is_the_attribution_and_a_note_without_it(tmp_path: Path) -> N
     doc["attribution"] = None
     text = report_html.render(a, doc)
     assert has(text, "no time lost to show") == [] and 'id="fig-lost"' not in text
+
+
+def test_whole_job_is_said_once_and_nodes_are_coloured_by_cause() -> None:
+    from fmdiag.analyzers import pipeline
+
+    a = pipeline.run(SAMPLES / "network-volume", Options(workers=1))
+    text = report_html.render(a, report_json.document(a))
+    assert "job whole job" not in text and "whole job" in text
+    a = pipeline.run(SAMPLES / "straggler-thermal", Options(workers=1))
+    doc = report_json.document(a)
+    text = report_html.render(a, doc)
+    assert 'id="fig-lost-nodes"' in text and "Time lost per node, by cause" in text
+    assert '"name":"straggler"' in text.replace(" ", "")
 
 
 def _big_job(ranks: int = 4096, steps: int = 1000, gpus_per_node: int = 8) -> tuple[Analysis, dict[str, Any]]:

@@ -253,6 +253,7 @@ def naive_merge(paths: list[Path]) -> pd.DataFrame:
                 "start_ns": r.start_ns,
                 "end_ns": r.end_ns,
                 "dropped": r.dropped,
+                "pp_rank": -1 if r.pp_rank is None else r.pp_rank,
                 "duration_s": (r.end_ns - r.start_ns) / 1e9,
             }
             row.update({name: r.phases.get(name, np.nan) for name in steprecord.PHASES})

@@ -102,10 +102,23 @@ def test_straggler_induced_comm_wait_is_not_network() -> None:
     assert "network" not in _classes(vs)
 
 
-def test_every_rank_waiting_is_network() -> None:
+def test_every_rank_waiting_is_network_only_on_evidence() -> None:
+    """Exposed communication on every rank is the job's shape (DDP buckets, a pipeline, volume)
+    unless something says the fabric is at fault."""
+    gpu = {"gpu": _gpu_reasons(None, 24)}
+    # 20% of every step from the first one, and nothing else: no evidence, not a network fault
     steps = _steps(10, lambda s, r: {"comm_exposed": 0.2 + 0.001 * r})
-    vs = verdicts.classify(steps, {"gpu": _gpu_reasons(None, 10)})
+    assert _classes(verdicts.classify(steps, gpu)) == {"compute"}
+    # the same wait appearing at step 10 with compute flat: 40x the run's fast collectives
+    steps = _steps(24, lambda s, r: {"comm_exposed": 0.2 + 0.001 * r} if s >= 10 else {})
+    vs = verdicts.classify(steps, gpu)
+    assert {v.cls for v in vs[:10]} == {"compute"} and {v.cls for v in vs[10:]} == {"network"}
+    assert vs[12].evidence[1]["metric"] == "comm_exposed_vs_run_fast_s"
+    # more than half of every step, from the first step: the transfer outlasts what it could hide under
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.6, "forward": 0.1, "backward": 0.2})
+    vs = verdicts.classify(steps, gpu)
     assert _classes(vs) == {"network"}
+    assert any(e["metric"] == "comm_exposed_min_fraction" for e in vs[0].evidence)
 
 
 def test_imbalance_is_not_a_straggler() -> None:
@@ -187,7 +200,7 @@ def test_data_wait_with_iowait_is_io_and_with_busy_cpus_is_host() -> None:
 
 
 def test_one_noisy_step_does_not_flip_the_verdict() -> None:
-    steps = _steps(10, lambda s, r: {"comm_exposed": 0.2} if s != 5 else {})
+    steps = _steps(10, lambda s, r: {"comm_exposed": 0.6, "forward": 0.1, "backward": 0.2} if s != 5 else {})
     vs = verdicts.classify(steps, {})
     assert _classes(vs) == {"network"}
     assert "continuity" in vs[5].undecided[0]
@@ -238,3 +251,79 @@ def test_samples_against_truth(sample: str) -> None:
     text = report_text.render(analysis)
     assert "Verdicts (phases of one class)" in text
     assert "-0.000" not in text and "unattributed_s" not in text  # simulated phases cover the step
+
+
+def _psi(n: int, io: float, cpu: float) -> pd.DataFrame:
+    """PSI ``some`` stall seconds per resource, growing at ``io`` and ``cpu`` of the time."""
+    rows = []
+    for t in range(n + 2):
+        for node in ("node-000", "node-001"):
+            for resource, share in (("io", io), ("cpu", cpu), ("memory", 0.0)):
+                rows.append(
+                    {
+                        "timestamp": T0 + t,
+                        "metric": "fmdiag_host_pressure_stall_seconds_total",
+                        "value": share * t,
+                        "instance": node,
+                        "resource": resource,
+                        "kind": "some",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_starvation_with_idle_cpus_is_told_apart_by_pressure_stalls() -> None:
+    """A loader throttled by a CPU quota leaves the node's CPUs idle and no iowait: its tasks
+    stall on CPU (PSI cpu), where a slow disk stalls them on I/O (PSI io)."""
+    starved = _steps(10, lambda s, r: {"data_wait": 0.4})
+    idle = _cpu(10, {"iowait": 0.0, "user": 0.25, "idle": 0.75})
+    host = verdicts.classify(starved, {"host": pd.concat([idle, _psi(10, io=0.0, cpu=0.99)])})
+    assert _classes(host) == {"host"}
+    assert "CPU quota" in host[3].recommendation and host[3].confidence >= 0.8
+    io = verdicts.classify(starved, {"host": pd.concat([idle, _psi(10, io=0.99, cpu=0.1)])})
+    assert _classes(io) == {"io"}
+    unknown = verdicts.classify(starved, {"host": pd.concat([idle, _psi(10, io=0.0, cpu=0.0)])})
+    assert _classes(unknown) == {"io"} and "io assumed" in unknown[3].undecided[0]
+
+
+def _pipeline(n: int, last_stage_compute: float) -> pd.DataFrame:
+    """Two stages of four ranks (stage 1 on node-001): stage 1 computes ``last_stage_compute``
+    times stage 0, and stage 0 waits for it in its p2p receives."""
+
+    def phases(step: int, r: int) -> dict[str, float]:
+        extra = 0.3 * (last_stage_compute - 1)
+        if r >= 4:
+            return {
+                "forward": 0.1 * last_stage_compute,
+                "backward": 0.2 * last_stage_compute,
+                "comm_exposed": 0.02,
+            }
+        return {"forward": 0.1, "backward": 0.2, "comm_exposed": 0.02 + extra}
+
+    frame = _steps(n, phases)
+    frame["pp_rank"] = (frame["rank"] >= 4).astype("int64")
+    return frame
+
+
+def test_a_pipeline_stage_that_holds_the_others_up_is_named_by_its_stage() -> None:
+    vs = verdicts.classify(_pipeline(12, 3.0), {})
+    assert _classes(vs) == {"straggler"}
+    assert all(v.culprit == {"pp_rank": 1, "node": "node-001"} for v in vs)
+    assert "move layers off it" in vs[5].recommendation
+    # the loss head on the last of two even stages (1.5x): the normal shape of a pipeline, and no
+    # rank of the longer stage is a straggler against the other stage's ranks
+    assert _classes(verdicts.classify(_pipeline(12, 1.5), {})) == {"compute"}
+
+
+def test_a_rank_late_for_its_input_is_input_starvation_through_that_rank() -> None:
+    """Rank 5's batches come 0.6 s late (its loader's CPU is throttled) and everyone waits for it
+    in the all-reduce: not a compute straggler — the job starves for input through rank 5."""
+    steps = _steps(
+        10,
+        lambda s, r: {"data_wait": 0.6, "comm_exposed": 0.005} if r == 5 else {"comm_exposed": 0.6},
+    )
+    idle = _cpu(10, {"iowait": 0.0, "user": 0.25, "idle": 0.75})
+    vs = verdicts.classify(steps, {"host": pd.concat([idle, _psi(10, io=0.0, cpu=0.95)])})
+    assert _classes(vs) == {"host"}
+    assert all(v.culprit == {"node": "node-001", "rank": 5} for v in vs)
+    assert "waits 597 ms longer for its batches" in vs[4].recommendation

@@ -1,4 +1,5 @@
-"""`fmdiag --help`, `fmdiag exporter --help` and `fmdiag --version` load nothing heavy.
+"""`fmdiag --help`, `fmdiag exporter --help` and `fmdiag --version` load nothing heavy, and a
+Kineto-only `fmdiag analyze` nothing beyond what it reads traces with.
 
 Each runs in a fresh interpreter whose imports are watched (support.imports), because in this
 process pytest and other tests have already imported numpy and friends. No timings here:
@@ -7,8 +8,11 @@ benchmarks/cli_startup.py measures them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import pytest
+from analyze import kineto_builder as kb
 from support.imports import cli_code, probe
 
 from fmdiag.cli import SUBCOMMANDS, cli
@@ -58,3 +62,27 @@ def test_table_summary_is_the_commands_own_short_help(name: str) -> None:
     assert command is not None
     own = command.get_short_help_str(limit=10_000)
     assert SUBCOMMANDS[name].summary == own, f"set SUBCOMMANDS[{name!r}].summary to {own!r}"
+
+
+def test_a_kineto_only_analysis_loads_only_what_it_reads_with(tmp_path: Path) -> None:
+    """Start-up is most of a small analysis' time: numpy, msgspec and click, and none of the
+    other extras' stacks, no process pool (one rank is read in this process) and no
+    importlib.resources (the kernel table is read beside its module)."""
+    dump = tmp_path / "dump"
+    kb.write(dump / "kineto" / "rank0.json.gz", kb.build(kb.Options(steps=2)))
+    run = probe(cli_code("analyze", str(dump), "--json", "--hta-compatible"))
+    assert run.returncode == 0, run.stderr
+    loaded = {m.partition(".")[0] for m in run.new_modules}
+    assert {"numpy", "msgspec", "click"} <= loaded
+    unwanted = {
+        "pandas",
+        "pyarrow",
+        "plotly",
+        "prometheus_client",
+        "yaml",
+        "grpc",
+        "multiprocessing",
+        "concurrent",
+    }
+    assert not loaded & unwanted, f"loaded {sorted(loaded & unwanted)}: {run.heavy_report()}"
+    assert "importlib.resources" not in run.new_modules
