@@ -132,6 +132,65 @@ def rank_of(
     return 0, RANK_ASSUMED
 
 
+def _host_columns(
+    source: str, events: list[Any], index: list[int], names: list[str], name_ids: dict[str, int]
+) -> tuple[
+    dict[str, Any], tuple[list[int], list[float], list[float]], tuple[list[float], list[float], list[bool]]
+]:
+    """The host ops as columns (names interned into ``names``), and the ``ProfilerStep#N`` and
+    DataLoader spans among them. Ops without a string name or numeric times are left out; a
+    ``ProfilerStep`` with non-numeric times is an error naming its event."""
+    number = (float, int)
+    keep = [
+        i
+        for i, e in enumerate(events)
+        if e.name.__class__ is str and e.ts.__class__ in number and e.dur.__class__ in number
+    ]
+    if len(keep) < len(events):
+        for i, e in enumerate(events):
+            if (
+                e.name.__class__ is str
+                and e.name.startswith("ProfilerStep")
+                and e.ts is not None
+                and e.dur is not None
+                and (e.ts.__class__ not in number or e.dur.__class__ not in number)
+            ):
+                raise InputError(
+                    source, f"'ts'/'dur' must be numbers, got {e.ts!r}/{e.dur!r}", f"event {index[i]}"
+                )
+        events = [events[i] for i in keep]
+    ids = []
+    for e in events:
+        nid = name_ids.get(e.name)
+        if nid is None:
+            nid = name_ids[e.name] = len(names)
+            names.append(e.name)
+        ids.append(nid)
+    tids = [e.tid if e.tid.__class__ is int else _int_or(e.tid, -1) for e in events]
+    columns = {
+        "ts": np.array([e.ts for e in events], dtype=np.float64),
+        "dur": np.array([e.dur for e in events], dtype=np.float64),
+        "tid": np.array(tids, dtype=np.int64),
+        "name": np.array(ids, dtype=np.int32),
+        "annotation": np.array([e.cat == "user_annotation" for e in events], dtype=bool),
+    }
+    steps: tuple[list[int], list[float], list[float]] = ([], [], [])
+    loader: tuple[list[float], list[float], list[bool]] = ([], [], [])
+    for e in events:
+        name = e.name
+        if name.startswith("ProfilerStep"):
+            m = PROFILER_STEP.match(name)
+            if m is not None:
+                steps[0].append(int(m.group(1)))
+                steps[1].append(e.ts)
+                steps[2].append(e.dur)
+        elif name.startswith(LOADER_PREFIX):
+            loader[0].append(e.ts)
+            loader[1].append(e.dur)
+            loader[2].append("SingleProcess" in name)
+    return columns, steps, loader
+
+
 def world_size_of(meta: dict[str, Any]) -> int | None:
     """The job's world size as the trace states it: ``distributedInfo.world_size``, else the
     largest rank list of its process groups (``pg_config``); None when it says nothing."""
@@ -171,20 +230,11 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
     l_ts: list[float] = []
     l_dur: list[float] = []
     l_name: list[int] = []
-    s_step: list[int] = []
-    s_ts: list[float] = []
-    s_dur: list[float] = []
     gs_step: list[int] = []
     gs_ts: list[float] = []
     gs_dur: list[float] = []
-    d_ts: list[float] = []
-    d_dur: list[float] = []
-    d_single: list[bool] = []
-    h_ts: list[float] = []
-    h_dur: list[float] = []
-    h_tid: list[int] = []
-    h_name: list[int] = []
-    h_cat: list[bool] = []
+    h_events: list[Any] = []
+    h_index: list[int] = []
     host_ops_cats = _HOST_OP_CATS
     launch_cats = _LAUNCH_CATS
     other_phase = 0
@@ -205,42 +255,13 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
             if hta_args is not None and hta_args.stream is not None and cat not in gpu_cats:
                 hta_rows.append((ev.ts, ev.dur, hta_args.stream, hta_args.correlation, ev.name, cat))
             if cat in host_only:
-                # the bulk of a trace: host ops are kept as compact spans (name, thread, time),
-                # ProfilerStep#N and the DataLoader's spans also in their own tables
+                # the bulk of a trace: host ops are only collected here (one append each) and
+                # turned into columns after the loop, ProfilerStep#N and the DataLoader's spans
+                # picked out of them there (per-op work in this loop doubled the read time)
                 host_events += 1
-                if cat == "python_function" or cat not in host_ops_cats:
-                    continue
-                name = ev.name
-                ts = ev.ts
-                dur = ev.dur
-                if name.__class__ is not str:
-                    continue
-                if ts.__class__ not in (float, int) or dur.__class__ not in (float, int):
-                    if name.startswith("ProfilerStep") and ts is not None and dur is not None:
-                        raise InputError(
-                            source, f"'ts'/'dur' must be numbers, got {ts!r}/{dur!r}", f"event {index}"
-                        )
-                    continue  # a host op without timing: nothing to place
-                nid = name_ids.get(name)
-                if nid is None:
-                    nid = name_ids[name] = len(names)
-                    names.append(name)
-                tid = ev.tid
-                h_ts.append(ts)
-                h_dur.append(dur)
-                h_tid.append(tid if tid.__class__ is int else _int_or(tid, -1))
-                h_name.append(nid)
-                h_cat.append(cat == "user_annotation")
-                if name.startswith("ProfilerStep"):
-                    m = PROFILER_STEP.match(name)
-                    if m is not None:
-                        s_step.append(int(m.group(1)))
-                        s_ts.append(ts)
-                        s_dur.append(dur)
-                elif name.startswith(LOADER_PREFIX):
-                    d_ts.append(ts)
-                    d_dur.append(dur)
-                    d_single.append("SingleProcess" in name)
+                if cat in host_ops_cats:
+                    h_events.append(ev)
+                    h_index.append(index)
                 continue
             ts = ev.ts
             dur = ev.dur
@@ -299,6 +320,10 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
             g_name.append(nid)
             g_cat.append(cat_code)
             g_kind.append(kind)
+    host_ops, (s_step, s_ts, s_dur), (d_ts, d_dur, d_single) = _host_columns(
+        source, h_events, h_index, names, name_ids
+    )
+    del h_events, h_index
     warnings: list[str] = []
     rank, rank_from = rank_of(source, stream.meta, warnings, rank_pattern)
     base = stream.meta.get("baseTimeNanoseconds")
@@ -344,13 +369,7 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
             "dur": np.asarray(d_dur, dtype=np.float64)[d_order],
             "single_process": np.asarray(d_single, dtype=bool)[d_order],
         },
-        host_ops={
-            "ts": np.asarray(h_ts, dtype=np.float64),
-            "dur": np.asarray(h_dur, dtype=np.float64),
-            "tid": np.asarray(h_tid, dtype=np.int64),
-            "name": np.asarray(h_name, dtype=np.int32),
-            "annotation": np.asarray(h_cat, dtype=bool),
-        },
+        host_ops=host_ops,
         counts={
             "events": stream.events_seen,
             "gpu": len(g_ts),
@@ -360,7 +379,7 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
             "steps": len(s_ts),
             "gpu_steps": len(gs_ts),
             "loader_spans": len(d_ts),
-            "host_ops": len(h_ts),
+            "host_ops": len(host_ops["ts"]),
         },
         warnings=warnings,
     )
