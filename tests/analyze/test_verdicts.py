@@ -327,3 +327,14 @@ def test_a_rank_late_for_its_input_is_input_starvation_through_that_rank() -> No
     assert _classes(vs) == {"host"}
     assert all(v.culprit == {"node": "node-001", "rank": 5} for v in vs)
     assert "waits 597 ms longer for its batches" in vs[4].recommendation
+
+
+def test_a_checkpoint_is_a_stall_against_the_runs_own_checkpoints() -> None:
+    """Checkpoints every 10 steps costing 0.3 s; one at step 29 costs 2.5 s (8x them, 2.5
+    steps): a stall though under the 10-step line. The first checkpoint (0.9 s: creating its
+    files, 3x the others but under a step) is not."""
+    cost = {9: 0.9, 19: 0.3, 29: 2.5, 39: 0.3, 49: 0.3}
+    steps = _steps(50, lambda s, r: {"checkpoint": cost[s]} if s in cost else {})
+    vs = verdicts.classify(steps, {})
+    assert [v.step for v in vs if v.cls == "io"] == [29]
+    assert vs[29].cause == "checkpoint"
