@@ -37,9 +37,6 @@ from fmdiag.analyzers import columns
 from fmdiag.analyzers import intervals as iv
 from fmdiag.analyzers import kineto_frame as kf
 from fmdiag.analyzers import kineto_windows as kw
-from fmdiag.analyzers.kineto_windows import launch_times, partial_steps, step_of
-
-__all__ = ["breakdown", "breakdown_and_gaps", "host_wait_ops", "launch_times", "partial_steps", "step_of"]
 
 #: HTA's default ``consecutive_kernel_delay`` (µs): shorter gaps are launch latency.
 KERNEL_WAIT_US = 30.0
@@ -162,7 +159,8 @@ def host_wait_ops(
     if ops.size == 0:
         return {}
     order = np.argsort(g0, kind="stable")
-    merged = iv.merge(g0[order], g1[order])
+    sg0, sg1, sstep = g0[order], g1[order], gstep[order]
+    merged = iv.merge(sg0, sg1)
     h = trace.host_ops
     ts, end = h["ts"][ops], h["ts"][ops] + h["dur"][ops]
     inside = iv.covered_within(merged, ts, end)
@@ -170,8 +168,6 @@ def host_wait_ops(
     if not hit.any():
         return {}
     # the step of an op: the step of the gap it overlaps first
-    gap_order = np.argsort(g0, kind="stable")
-    sg0, sg1, sstep = g0[gap_order], g1[gap_order], gstep[gap_order]
     first_gap = np.searchsorted(sg1, ts[hit], side="right")
     first_gap = np.minimum(first_gap, sg0.size - 1)
     steps = sstep[first_gap]

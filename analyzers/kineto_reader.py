@@ -117,8 +117,8 @@ def rank_of(
     name = Path(source).name
     if rank_pattern is not None:
         m = rank_pattern.search(name)
-        if m is not None and _int_or(m.group(1) if m.groups() else m.group(0), -1) >= 0:
-            rank = _int_or(m.group(1) if m.groups() else m.group(0), -1)
+        rank = _int_or(m.group(1) if m.groups() else m.group(0), -1) if m is not None else -1
+        if rank >= 0:
             warnings.append(f"{source}: no distributedInfo.rank; rank {rank} from --rank-from")
             return rank, "--rank-from"
     m = RANK_IN_NAME.search(name)
@@ -160,24 +160,15 @@ def _host_columns(
                 )
         events = [events[i] for i in keep]
     ids = []
-    for e in events:
-        nid = name_ids.get(e.name)
-        if nid is None:
-            nid = name_ids[e.name] = len(names)
-            names.append(e.name)
-        ids.append(nid)
-    tids = [e.tid if e.tid.__class__ is int else _int_or(e.tid, -1) for e in events]
-    columns = {
-        "ts": np.array([e.ts for e in events], dtype=np.float64),
-        "dur": np.array([e.dur for e in events], dtype=np.float64),
-        "tid": np.array(tids, dtype=np.int64),
-        "name": np.array(ids, dtype=np.int32),
-        "annotation": np.array([e.cat == "user_annotation" for e in events], dtype=bool),
-    }
     steps: tuple[list[int], list[float], list[float]] = ([], [], [])
     loader: tuple[list[float], list[float], list[bool]] = ([], [], [])
     for e in events:
         name = e.name
+        nid = name_ids.get(name)
+        if nid is None:
+            nid = name_ids[name] = len(names)
+            names.append(name)
+        ids.append(nid)
         if name.startswith("ProfilerStep"):
             m = PROFILER_STEP.match(name)
             if m is not None:
@@ -188,6 +179,14 @@ def _host_columns(
             loader[0].append(e.ts)
             loader[1].append(e.dur)
             loader[2].append("SingleProcess" in name)
+    tids = [e.tid if e.tid.__class__ is int else _int_or(e.tid, -1) for e in events]
+    columns = {
+        "ts": np.array([e.ts for e in events], dtype=np.float64),
+        "dur": np.array([e.dur for e in events], dtype=np.float64),
+        "tid": np.array(tids, dtype=np.int64),
+        "name": np.array(ids, dtype=np.int32),
+        "annotation": np.array([e.cat == "user_annotation" for e in events], dtype=bool),
+    }
     return columns, steps, loader
 
 

@@ -86,11 +86,6 @@ def in_spans(spans: dict[str, np.ndarray], at: np.ndarray) -> np.ndarray:
     return out
 
 
-def step_of(trace: kf.KinetoTrace, at: np.ndarray) -> np.ndarray:
-    """The host ``ProfilerStep`` number whose span holds each time in ``at``; -1 outside every step."""
-    return in_spans(trace.steps, at)
-
-
 def partial_of(spans: dict[str, np.ndarray]) -> set[int]:
     """The last step when it is much shorter than the others (the profiler stopped inside it)."""
     dur, num = spans["dur"], spans["step"]
@@ -99,11 +94,6 @@ def partial_of(spans: dict[str, np.ndarray]) -> set[int]:
     last = int(np.argmax(num))
     others = np.delete(dur, last)
     return {int(num[last])} if dur[last] < 0.5 * float(np.median(others)) else set()
-
-
-def partial_steps(trace: kf.KinetoTrace) -> set[int]:
-    """The host steps' partial last step (see :func:`partial_of`)."""
-    return partial_of(trace.steps)
 
 
 def detect_iterations(seq: np.ndarray) -> np.ndarray | None:

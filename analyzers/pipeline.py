@@ -31,6 +31,7 @@ from fmdiag.analyzers import (
     hta_compat,
     kernel_classes,
     kineto_breakdown,
+    kineto_frame,
     kineto_reader,
     kineto_windows,
     spread,
@@ -141,7 +142,7 @@ def analyze_trace(
         return Skipped.of(exc)
     win = kineto_windows.windows(trace)
     frame, gaps = kineto_breakdown.breakdown_and_gaps(trace, kernel_wait_us, win)
-    active = trace.gpu["kind"] != 3
+    active = trace.gpu["kind"] != kineto_frame.KIND_NONE
     outside = int(np.sum((win.step < 0) & active & ~win.before_window))
     result = TraceResult(
         source=path,

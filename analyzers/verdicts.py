@@ -341,6 +341,13 @@ def _intervals(ts: np.ndarray, times: np.ndarray, until: float) -> tuple[np.ndar
     return lo, hi, (hi > lo) & (ts[hi] - ts[lo] <= SAMPLE_TOLERANCE_S)
 
 
+def _bracket(ts: np.ndarray, t: float) -> tuple[int, int]:
+    """The samples around ``t``: the last at or before it and the first after it (equal at the
+    ends of the series: no interval there)."""
+    hi = int(np.searchsorted(ts, t, side="right"))
+    return max(0, hi - 1), min(len(ts) - 1, hi)
+
+
 class MetricView:
     """Node metrics looked up at a step's time; every method returns None when there is no data."""
 
@@ -503,8 +510,7 @@ class MetricView:
         it stands out (over 3x the median device): culprit, its errors and the median's."""
         deltas: dict[tuple[str, str], float] = {}
         for key, (ts, vals) in self._efa.items():
-            hi = int(np.searchsorted(ts, t, side="right"))
-            lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+            lo, hi = _bracket(ts, t)
             if hi > lo:
                 deltas[key] = float(vals[hi] - vals[lo])
         if len(deltas) < 2:
@@ -523,10 +529,8 @@ class MetricView:
             tx = self._tx.get(key)
             if tx is None:
                 continue
-            hi = int(np.searchsorted(ts, t, side="right"))
-            lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
-            thi = int(np.searchsorted(tx[0], t, side="right"))
-            tlo, thi = max(0, thi - 1), min(len(tx[0]) - 1, thi)
+            lo, hi = _bracket(ts, t)
+            tlo, thi = _bracket(tx[0], t)
             if hi > lo and thi > tlo:
                 packets = max(float(tx[1][thi] - tx[1][tlo]) / EFA_PACKET_BYTES, 1.0)
                 shares.append(float(vals[hi] - vals[lo]) / packets)
@@ -547,8 +551,7 @@ class MetricView:
         out: dict[tuple[str, str], float] = {}
         for node, (ts, vals, cap) in self._tx.items():
             if until is None:
-                hi = int(np.searchsorted(ts, t, side="right"))
-                lo, hi = max(0, hi - 1), min(len(ts) - 1, hi)
+                lo, hi = _bracket(ts, t)
             else:
                 los, his, _ = _intervals(ts, np.array([t]), until)
                 lo, hi = int(los[0]), int(his[0])

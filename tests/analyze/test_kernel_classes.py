@@ -115,8 +115,6 @@ def test_the_table_is_in_the_built_wheel(tmp_path: Path) -> None:
         text=True,
         timeout=240,
     )
-    if r.returncode != 0 and "No module named" in r.stderr:
-        pytest.skip(f"cannot build a wheel here: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr
     (wheel,) = (src / "out").glob("*.whl")
     assert "fmdiag/analyzers/kernel_classes.toml" in zipfile.ZipFile(wheel).namelist()
