@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 import click
 
 from fmdiag import durations
-from fmdiag.analyzers import pipeline, prometheus_source, report_json, report_text
+from fmdiag.analyzers import pipeline
 from fmdiag.analyzers.errors import InputError
-from fmdiag.analyzers.timeparse import parse_time
+from fmdiag.analyzers.readers import prometheus_source
+from fmdiag.analyzers.readers.timeparse import parse_time
+from fmdiag.analyzers.reports import report_json, report_text
 from fmdiag.dumpformat import DumpLayout
 
 if TYPE_CHECKING:
@@ -103,7 +105,7 @@ def _live_metrics(
 ) -> tuple[dict[str, pd.DataFrame], str]:
     """Node metrics for the dump's job from a live Prometheus, in the dump's frame shape."""
     from fmdiag.analyzers import collect as collect_mod  # noqa: PLC0415
-    from fmdiag.analyzers import metrics_reader, steps_reader  # noqa: PLC0415
+    from fmdiag.analyzers.readers import metrics_reader, steps_reader  # noqa: PLC0415 - loaded only when needed
 
     if job is None or start is None or end is None:
         parts = [steps_reader.read_file(p) for p in DumpLayout(a_dump).step_files()]
@@ -234,7 +236,7 @@ def analyze(
         raise click.ClickException(f"cannot use the Dask scheduler at {scheduler}: {exc}") from None
     sys.stdout.write(report_json.dumps(result) if as_json else report_text.render(result))
     if html_out is not None:
-        from fmdiag.analyzers import report_html  # noqa: PLC0415 - plotly loads only for --html
+        from fmdiag.analyzers.reports import report_html  # noqa: PLC0415 - loaded only when needed
 
         try:
             html_out.write_text(report_html.render(result, report_json.document(result)), encoding="utf-8")

@@ -3,7 +3,7 @@
 Which series: the job's nodes are the instances that exported its step series
 (``fmdiag_step_*{training_job="J"}``) in the time range; every catalogued family of every
 subsystem is then read for those instances (steps: for that training job only), in bounded
-``query_range`` requests (:mod:`fmdiag.analyzers.prometheus_source`). GPU series also match on
+``query_range`` requests (:mod:`fmdiag.analyzers.readers.prometheus_source`). GPU series also match on
 dcgm-exporter's ``Hostname`` label, so a stock dcgm-exporter (whose target is ``host:9400``, or a
 pod address) is found as well as fmdiag's own exporter.
 
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmdiag import catalog, dumpformat
-from fmdiag.analyzers import prometheus_source as ps
+from fmdiag.analyzers.readers import prometheus_source as ps
 
 _PORT = re.compile(r":\d+$")
 #: Labels Prometheus attaches that the dump does not keep (``instance`` is rewritten instead).

@@ -2,7 +2,7 @@
 
 Per-rank work (reading a step file; reading and breaking down a Kineto trace) is mapped over
 files by :mod:`fmdiag.analyzers.executors`; what comes back is one rank's columns or breakdown.
-The cross-rank part is a small explicit reduction per step (:mod:`fmdiag.analyzers.spread`).
+The cross-rank part is a small explicit reduction per step (:mod:`fmdiag.analyzers.frames.spread`).
 Nothing here renders: :class:`Analysis` is what the JSON and terminal reports take.
 
 Only numpy is needed for Kineto traces; pandas (step records) and pyarrow (metrics) are imported
@@ -25,24 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fmdiag import dumpformat
-from fmdiag.analyzers import (
-    columns,
-    executors,
-    hta_compat,
-    kernel_classes,
-    kineto_breakdown,
-    kineto_frame,
-    kineto_reader,
-    kineto_windows,
-    spread,
-)
-from fmdiag.analyzers.coverage import StepsCoverage
+from fmdiag.analyzers import executors
 from fmdiag.analyzers.errors import InputError, Skipped
+from fmdiag.analyzers.frames import columns, hta_compat, kineto_breakdown, kineto_windows, spread
+from fmdiag.analyzers.readers import kernel_classes, kineto_frame, kineto_reader
+from fmdiag.analyzers.readers.coverage import StepsCoverage
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from fmdiag.analyzers import metrics_reader, steps_reader
+    from fmdiag.analyzers.readers import metrics_reader, steps_reader
 
 
 @dataclass
@@ -74,7 +66,7 @@ class TraceResult:
     outside_steps: int
     counts: dict[str, int]
     warnings: list[str]
-    #: Where the steps came from (:mod:`~fmdiag.analyzers.kineto_windows`: host or GPU
+    #: Where the steps came from (:mod:`~fmdiag.analyzers.frames.kineto_windows`: host or GPU
     #: ProfilerStep, detected iterations, whole trace).
     steps_from: str = kineto_windows.HOST
     #: GPU activities launched before the profiling window (no launch call in the trace): set
@@ -83,14 +75,14 @@ class TraceResult:
     before_window_s: float = 0.0
     #: The job's world size as the trace states it (None: not stated).
     world_size: int | None = None
-    #: The trace's DataLoader (:func:`~fmdiag.analyzers.kineto_breakdown.loader_kind`).
+    #: The trace's DataLoader (:func:`~fmdiag.analyzers.frames.kineto_breakdown.loader_kind`).
     loader: str = "none"
     #: ``baseTimeNanoseconds``: the trace's times are µs after it (None: absolute µs).
     base_ns: int | None = None
     #: Per step: the host ops that ran while the GPU waited for the host, ``[name, seconds]``.
     host_wait_ops: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     #: Kernels the classification table does not know, and communication time by library/op
-    #: (:func:`~fmdiag.analyzers.kernel_classes.trace_summary`).
+    #: (:func:`~fmdiag.analyzers.readers.kernel_classes.trace_summary`).
     kernel_classes: dict[str, Any] = field(default_factory=dict)
     #: HTA's numbers with its last-step filter on, and off (needed only when this rank has < 2 steps).
     hta_filtered: dict[str, Any] | None = None
@@ -128,7 +120,7 @@ class Analysis:
     world_size: int | None = None
     missing_ranks: list[int] = field(default_factory=list)
     #: Kernels no entry of the classification table matched, summed across ranks
-    #: (:func:`~fmdiag.analyzers.kernel_classes.merge`); empty without Kineto traces.
+    #: (:func:`~fmdiag.analyzers.readers.kernel_classes.merge`); empty without Kineto traces.
     unclassified_kernels: dict[str, Any] = field(default_factory=dict)
 
 
@@ -184,7 +176,7 @@ def analyze_trace(
 
 
 def read_steps_file(path: str) -> steps_reader.FileSteps | Skipped:
-    from fmdiag.analyzers import steps_reader  # noqa: PLC0415 - pandas only when there are step files
+    from fmdiag.analyzers.readers import steps_reader  # noqa: PLC0415 - loaded only when needed
 
     try:
         return steps_reader.read_file(path)
@@ -214,7 +206,8 @@ def _fail_or_skip(items: list[Any], keep_going: bool, skipped: list[Skipped]) ->
 
 def _steps(step_files: list[str], options: Options, skipped: list[Skipped]) -> dict[str, Any]:
     """Step records: per-file read (mapped), merge, per-rank breakdown, spread, clock offsets."""
-    from fmdiag.analyzers import step_breakdown, steps_reader  # noqa: PLC0415 - pandas only when needed
+    from fmdiag.analyzers.frames import step_breakdown  # noqa: PLC0415 - loaded only when needed
+    from fmdiag.analyzers.readers import steps_reader  # noqa: PLC0415 - loaded only when needed
 
     parts = _fail_or_skip(
         executors.map_items(
@@ -342,7 +335,8 @@ def _diagnose(
 ) -> Any:
     """Verdicts from the richer source: step records with phases; else the Kineto breakdown
     (step records without phases lend it each rank's node and GPU); else bare step records."""
-    from fmdiag.analyzers import diagnosis, kineto_steps  # noqa: PLC0415 - pandas only when needed
+    from fmdiag.analyzers.diagnosis import diagnose as diagnosis  # noqa: PLC0415 - loaded only when needed
+    from fmdiag.analyzers.frames import kineto_steps  # noqa: PLC0415 - loaded only when needed
 
     has_records = records is not None and len(records) > 0
     if records is not None and has_records and _phases_recorded(records):
@@ -422,10 +416,10 @@ def run(
     summaries = {}
     metric_files = layout.metrics_files()
     if metrics is not None or metric_files:
-        from fmdiag.analyzers import metrics_reader  # noqa: PLC0415 - pyarrow only when there are metrics
+        from fmdiag.analyzers.readers import metrics_reader  # noqa: PLC0415 - loaded only when needed
 
         if metrics is None:
-            from fmdiag.analyzers import metric_use  # noqa: PLC0415
+            from fmdiag.analyzers.diagnosis import metric_use  # noqa: PLC0415 - loaded only when needed
 
             metrics = {}
             for sub, path in metric_files.items():

@@ -37,7 +37,9 @@ FULL_TARGET_S = 60.0
 def stage(dump: Path, workers: int | None, detail: bool) -> dict[str, Any]:
     """The step-record stage in this process (run in a child by :func:`measure`)."""
     from fmdiag import dumpformat
-    from fmdiag.analyzers import executors, pipeline, spread, step_breakdown, steps_reader
+    from fmdiag.analyzers import executors, pipeline
+    from fmdiag.analyzers.frames import spread, step_breakdown
+    from fmdiag.analyzers.readers import steps_reader
 
     files = [str(p) for p in dumpformat.DumpLayout(dump).step_files()]
     options = pipeline.Options(workers=workers)

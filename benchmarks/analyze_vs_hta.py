@@ -84,7 +84,7 @@ What differs and why, beyond these numbers: HTA reads a file's rank with a regex
 rank: both tools read each as rank 0); the rules HTA applies and fmdiag copies — rounding,
 ``args.stream`` as the only stream, events with a stream counted as kernels, the last-step cut at
 the GPU-side ``ProfilerStep`` marker, negative intervals kept — are listed in
-``fmdiag.analyzers.hta_compat``'s docstring with what is not reproduced.
+``fmdiag.analyzers.frames.hta_compat``'s docstring with what is not reproduced.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fmdiag.analyzers import aggregates, attribution
-from fmdiag.analyzers.verdicts import StepFeatures, Verdict
+from fmdiag.analyzers.diagnosis import aggregates, attribution
+from fmdiag.analyzers.diagnosis.verdicts import StepFeatures, Verdict
 
 
 def _feats(durations: list[float]) -> list[StepFeatures]:
@@ -56,7 +56,8 @@ def test_steps_outside_the_metrics_time_range_are_said_so_not_a_job_wide_target(
     device, and their loss must not become a "whole job" target beside the device's."""
     from analyze.helpers import SAMPLES
 
-    from fmdiag.analyzers import metrics_reader, pipeline
+    from fmdiag.analyzers import pipeline
+    from fmdiag.analyzers.readers import metrics_reader
     from fmdiag.dumpformat import DumpLayout
 
     dump = SAMPLES / "network-node"

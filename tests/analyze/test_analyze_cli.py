@@ -14,11 +14,11 @@ from analyze.helpers import FIXTURES, SAMPLES
 from click.testing import CliRunner
 
 from fmdiag import dumpformat
-from fmdiag.analyzers import report_json
 
 # The subcommand itself, not the root group: invoking the shared group object caches its help
 # option (with -h) and would change what tests/foundation/test_cli_startup.py compares.
 from fmdiag.analyzers.cli import analyze
+from fmdiag.analyzers.reports import report_json
 
 SAMPLE_DIRS = sorted(p for p in SAMPLES.iterdir() if p.is_dir())
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from fmdiag import dumpformat
-from fmdiag.analyzers import onset, pipeline, rank_scores, report_json
+from fmdiag.analyzers import pipeline
+from fmdiag.analyzers.diagnosis import onset, rank_scores
+from fmdiag.analyzers.reports import report_json
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -205,18 +207,19 @@ def test_every_metric_the_diagnosis_and_report_read_is_kept_by_the_reader() -> N
     # in the rules or the overlays but missing there would silently read as "no data"
     import re
 
-    from fmdiag.analyzers import metric_use
+    from fmdiag.analyzers.diagnosis import metric_use
 
     root = Path(__file__).resolve().parents[2] / "analyzers"
     named = set()
-    for module in ("verdicts.py", "report_html.py"):
+    for module in ("diagnosis/verdicts.py", "reports/report_html.py"):
         named |= set(re.findall(r'"((?:DCGM_|fmdiag_)[A-Za-z0-9_]+)"', (root / module).read_text()))
     assert named, "no metric names found: the pattern no longer matches"
     assert named <= metric_use.USED, named - metric_use.USED
 
 
 def test_filtered_metrics_give_the_same_verdicts_and_summaries() -> None:
-    from fmdiag.analyzers import metrics_reader, verdicts
+    from fmdiag.analyzers.diagnosis import verdicts
+    from fmdiag.analyzers.readers import metrics_reader
     from fmdiag.dumpformat import DumpLayout
 
     dump = SAMPLES / "mixed"

@@ -9,7 +9,8 @@ import pytest
 from analyze import kineto_builder as kb
 from analyze.helpers import SAMPLES
 
-from fmdiag.analyzers import executors, pipeline, report_json
+from fmdiag.analyzers import executors, pipeline
+from fmdiag.analyzers.reports import report_json
 
 
 def _square(x: int) -> int:

@@ -15,9 +15,10 @@ import pytest
 from analyze import kineto_builder as kb
 from analyze.helpers import FIXTURES
 
-from fmdiag.analyzers import hta_compat, pipeline
-from fmdiag.analyzers.kineto_frame import KinetoTrace
-from fmdiag.analyzers.kineto_reader import read_trace
+from fmdiag.analyzers import pipeline
+from fmdiag.analyzers.frames import hta_compat
+from fmdiag.analyzers.readers.kineto_frame import KinetoTrace
+from fmdiag.analyzers.readers.kineto_reader import read_trace
 
 
 def test_handmade_trace_matches_hta() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fmdiag.analyzers import intervals as iv
+from fmdiag.analyzers.frames import intervals as iv
 
 spans = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15)), max_size=25)
 

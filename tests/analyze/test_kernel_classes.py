@@ -18,10 +18,11 @@ from analyze import kineto_builder as kb
 from analyze.helpers import REPO
 from click.testing import CliRunner
 
-from fmdiag.analyzers import hta_compat, kernel_classes, kineto_breakdown
-from fmdiag.analyzers import kineto_frame as kf
 from fmdiag.analyzers.cli import analyze
-from fmdiag.analyzers.kineto_reader import kind_of, read_trace
+from fmdiag.analyzers.frames import hta_compat, kineto_breakdown
+from fmdiag.analyzers.readers import kernel_classes
+from fmdiag.analyzers.readers import kineto_frame as kf
+from fmdiag.analyzers.readers.kineto_reader import kind_of, read_trace
 
 ENTRIES = kernel_classes.entries()
 
@@ -95,10 +96,10 @@ def test_load_rejects_bad_entries() -> None:
 
 
 def test_the_table_is_package_data_of_the_installed_package() -> None:
-    text = resources.files("fmdiag.analyzers").joinpath("kernel_classes.toml").read_text(encoding="utf-8")
+    text = resources.files("fmdiag.analyzers.readers").joinpath("kernel_classes.toml").read_text(encoding="utf-8")
     assert kernel_classes.load(text) == list(ENTRIES)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "kernel_classes.toml" in pyproject["tool"]["setuptools"]["package-data"]["fmdiag.analyzers"]
+    assert "kernel_classes.toml" in pyproject["tool"]["setuptools"]["package-data"]["fmdiag.analyzers.readers"]
 
 
 def test_the_table_is_in_the_built_wheel(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_the_table_is_in_the_built_wheel(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     (wheel,) = (src / "out").glob("*.whl")
-    assert "fmdiag/analyzers/kernel_classes.toml" in zipfile.ZipFile(wheel).namelist()
+    assert "fmdiag/analyzers/readers/kernel_classes.toml" in zipfile.ZipFile(wheel).namelist()
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from analyze.helpers import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fmdiag.analyzers import kineto_breakdown
-from fmdiag.analyzers.kineto_reader import read_trace
+from fmdiag.analyzers.frames import kineto_breakdown
+from fmdiag.analyzers.readers.kineto_reader import read_trace
 
 US = 1e-6
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmdiag.analyzers.errors import InputError
-from fmdiag.analyzers.kineto_json import TraceStream
+from fmdiag.analyzers.readers.kineto_json import TraceStream
 
 FIELDS = ("ph", "cat", "name", "pid", "tid", "ts", "dur")
 ARGS = ("correlation", "stream", "device")

@@ -14,10 +14,10 @@ from analyze.helpers import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fmdiag.analyzers import kineto_breakdown
-from fmdiag.analyzers import kineto_frame as kf
 from fmdiag.analyzers.errors import InputError
-from fmdiag.analyzers.kineto_reader import RANK_ASSUMED, kind_of, read_trace
+from fmdiag.analyzers.frames import kineto_breakdown
+from fmdiag.analyzers.readers import kineto_frame as kf
+from fmdiag.analyzers.readers.kineto_reader import RANK_ASSUMED, kind_of, read_trace
 
 
 def test_new_format_keeps_gpu_launch_and_step_columns() -> None:

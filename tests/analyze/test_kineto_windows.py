@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers import kineto_breakdown, kineto_steps, pipeline
-from fmdiag.analyzers import kineto_windows as kw
-from fmdiag.analyzers.kineto_reader import read_trace
+from fmdiag.analyzers import pipeline
+from fmdiag.analyzers.frames import kineto_breakdown, kineto_steps
+from fmdiag.analyzers.frames import kineto_windows as kw
+from fmdiag.analyzers.readers.kineto_reader import read_trace
 
 GEMM = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64"
 

@@ -22,11 +22,12 @@ from click.testing import CliRunner
 from support.prom import Prometheus
 
 from fmdiag import dumpformat, steprecord
-from fmdiag.analyzers import collect, prometheus_source
+from fmdiag.analyzers import collect
 
 # The subcommands themselves, not the root group (whose cached help option other tests compare).
 from fmdiag.analyzers.cli import analyze
 from fmdiag.analyzers.cli import collect as collect_cmd
+from fmdiag.analyzers.readers import prometheus_source
 
 # promtool (Debian prometheus, installed by .ci/run) backfills the history: without it, these fail.
 pytestmark = [pytest.mark.integration]

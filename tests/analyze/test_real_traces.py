@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fmdiag.analyzers import kineto_windows as kw
 from fmdiag.analyzers import pipeline
 from fmdiag.analyzers.cli import analyze
-from fmdiag.analyzers.kineto_reader import read_trace
+from fmdiag.analyzers.frames import kineto_windows as kw
+from fmdiag.analyzers.readers.kineto_reader import read_trace
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "kineto_real"
 CASES = sorted(p.name for p in REAL.iterdir() if p.is_dir())

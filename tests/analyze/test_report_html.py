@@ -23,10 +23,10 @@ from analyze.helpers import SAMPLES
 from click.testing import CliRunner
 from playwright.sync_api import Browser, sync_playwright
 
-from fmdiag.analyzers import report_html, report_json
 from fmdiag.analyzers.cli import analyze
-from fmdiag.analyzers.coverage import StepsCoverage
 from fmdiag.analyzers.pipeline import Analysis, Options
+from fmdiag.analyzers.readers.coverage import StepsCoverage
+from fmdiag.analyzers.reports import report_html, report_json
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from analyze.helpers import SAMPLES
 
-from fmdiag.analyzers import pipeline, report_text
+from fmdiag.analyzers import pipeline
+from fmdiag.analyzers.reports import report_text
 
 
 def _render(dump: Path, columns: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:

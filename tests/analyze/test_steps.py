@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmdiag import steprecord
-from fmdiag.analyzers import spread, step_breakdown, steps_reader
+from fmdiag.analyzers.frames import spread, step_breakdown
+from fmdiag.analyzers.readers import steps_reader
 
 T0 = 1_764_000_000_000_000_000
 

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmdiag.analyzers import pipeline, report_text, verdicts
+from fmdiag.analyzers import pipeline
+from fmdiag.analyzers.diagnosis import verdicts
+from fmdiag.analyzers.reports import report_text
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 T0 = 1_750_000_000.0

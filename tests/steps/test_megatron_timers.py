@@ -24,8 +24,8 @@ from click.testing import CliRunner
 
 from fmdiag import megatron_timers as mt
 from fmdiag import steprecord
-from fmdiag.analyzers import steps_reader
 from fmdiag.analyzers.cli import analyze
+from fmdiag.analyzers.readers import steps_reader
 from fmdiag.cli import cli
 
 WORLD = 8  # tp=2, pp=2, dp=2

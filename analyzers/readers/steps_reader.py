@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fmdiag import steprecord
-from fmdiag.analyzers.coverage import StepsCoverage
+from fmdiag.analyzers.readers.coverage import StepsCoverage
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers import columns
+from fmdiag.analyzers.frames import columns
 
 #: Relative score under which a rank is flagged whatever its peers score.
 THRESHOLD = 0.9

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers import columns
+from fmdiag.analyzers.frames import columns
 
 DTYPES: dict[str, str] = {
     "step": "int64",

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fmdiag.analyzers import columns
+from fmdiag.analyzers.frames import columns
 
 
 def _ops_text(ops: list[tuple[str, float]]) -> str:

@@ -5,7 +5,7 @@ activity of the step and ends where the next step's window starts (the last step
 its last activity). Which activity belongs to which step — by the host ``ProfilerStep#N`` span
 holding its launch call, by GPU-side markers, by detected iterations or the whole trace, and
 what is set apart (kernels launched before the profiling window) — is
-:mod:`~fmdiag.analyzers.kineto_windows`' job.
+:mod:`~fmdiag.analyzers.frames.kineto_windows`' job.
 Inside a window every instant is exactly one of:
 
 - ``compute_s``: a compute kernel runs;
@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmdiag.analyzers import columns
-from fmdiag.analyzers import intervals as iv
-from fmdiag.analyzers import kineto_frame as kf
-from fmdiag.analyzers import kineto_windows as kw
+from fmdiag.analyzers.frames import columns
+from fmdiag.analyzers.frames import intervals as iv
+from fmdiag.analyzers.frames import kineto_windows as kw
+from fmdiag.analyzers.readers import kineto_frame as kf
 
 #: HTA's default ``consecutive_kernel_delay`` (µs): shorter gaps are launch latency.
 KERNEL_WAIT_US = 30.0

@@ -14,9 +14,10 @@ import math
 from typing import Any
 
 from fmdiag import __version__
-from fmdiag.analyzers import columns, kernel_classes
-from fmdiag.analyzers.kineto_reader import RANK_ASSUMED
+from fmdiag.analyzers.frames import columns
 from fmdiag.analyzers.pipeline import Analysis
+from fmdiag.analyzers.readers import kernel_classes
+from fmdiag.analyzers.readers.kineto_reader import RANK_ASSUMED
 
 FORMAT = "fmdiag-analyze"
 #: Bumped when a field changes meaning or goes away; new fields do not bump it.

@@ -73,7 +73,7 @@ class KinetoTrace:
     source: str
     rank: int
     #: ``"distributedInfo"``, ``"--rank-from"``, ``"file name"`` or
-    #: :data:`~fmdiag.analyzers.kineto_reader.RANK_ASSUMED`: where :attr:`rank` came from.
+    #: :data:`~fmdiag.analyzers.readers.kineto_reader.RANK_ASSUMED`: where :attr:`rank` came from.
     rank_from: str
     base_ns: int | None
     names: list[str]
@@ -89,7 +89,7 @@ class KinetoTrace:
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: ``--hta-compatible`` only: events other than kernel/memcpy/memset that carry ``args.stream``,
-    #: as HTA reads them (:func:`~fmdiag.analyzers.kineto_reader.hta_streams`): ``ts``, ``dur``,
+    #: as HTA reads them (:func:`~fmdiag.analyzers.readers.kineto_reader.hta_streams`): ``ts``, ``dur``,
     #: ``stream``, ``corr``, ``name`` and ``cat`` (lists of str).
     hta_streams: dict[str, Any] = field(default_factory=dict)
 

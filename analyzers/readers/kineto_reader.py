@@ -1,4 +1,4 @@
-"""Read one Kineto trace file into a :class:`~fmdiag.analyzers.kineto_frame.KinetoTrace`.
+"""Read one Kineto trace file into a :class:`~fmdiag.analyzers.readers.kineto_frame.KinetoTrace`.
 
 Tolerates what real traces vary in (DOMAIN.md, "What real Kineto traces contain"):
 
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers import kernel_classes
-from fmdiag.analyzers import kineto_frame as kf
 from fmdiag.analyzers.errors import InputError
-from fmdiag.analyzers.kineto_json import TraceStream
+from fmdiag.analyzers.readers import kernel_classes
+from fmdiag.analyzers.readers import kineto_frame as kf
+from fmdiag.analyzers.readers.kineto_json import TraceStream
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
 # HTA 0.6.1 takes an event's stream from ``args.stream`` alone and counts every event that has one
 # as GPU activity (Triton's ``cpu_op``, MTIA's ``mtia_ccp_events``, HIP runtime calls, ``cuda_sync``);
 # the tables above place events by category and fall back to ``tid``. This one table keeps HTA's
-# view for :mod:`fmdiag.analyzers.hta_compat`; nothing else reads it.
+# view for :mod:`fmdiag.analyzers.frames.hta_compat`; nothing else reads it.
 
 
 def hta_streams(rows: list[tuple[Any, ...]]) -> dict[str, Any]:

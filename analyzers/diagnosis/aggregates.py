@@ -14,9 +14,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from fmdiag.analyzers import onset
-from fmdiag.analyzers.attribution import CAUSES, Attribution
-from fmdiag.analyzers.verdicts import StepFeatures, Verdict
+from fmdiag.analyzers.diagnosis import onset
+from fmdiag.analyzers.diagnosis.attribution import CAUSES, Attribution
+from fmdiag.analyzers.diagnosis.verdicts import StepFeatures, Verdict
 
 #: Targets listed in the report.
 TOP = 10

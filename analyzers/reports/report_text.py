@@ -13,9 +13,10 @@ import textwrap
 import numpy as np
 
 from fmdiag import steprecord
-from fmdiag.analyzers import columns, rank_scores
-from fmdiag.analyzers.coverage import as_ranges, ranges_text
+from fmdiag.analyzers.diagnosis import rank_scores
+from fmdiag.analyzers.frames import columns
 from fmdiag.analyzers.pipeline import Analysis
+from fmdiag.analyzers.readers.coverage import as_ranges, ranges_text
 
 #: How many of the slowest steps to list.
 SLOWEST = 5

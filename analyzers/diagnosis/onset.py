@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers.verdicts import StepFeatures
+from fmdiag.analyzers.diagnosis.verdicts import StepFeatures
 
 #: Penalty factor on sigma^2 log(n); 2 is BIC, higher keeps only clear shifts in noisy steps.
 PENALTY = 8.0

@@ -24,9 +24,9 @@ import plotly.offline  # type: ignore[import-untyped]
 from plotly.subplots import make_subplots  # type: ignore[import-untyped]
 
 from fmdiag import __version__, steprecord
-from fmdiag.analyzers.coverage import as_ranges, ranges_text
+from fmdiag.analyzers.diagnosis.verdicts import EFA_ERROR_COUNTERS, HW_SLOWDOWN_BITS, SAMPLE_TOLERANCE_S
 from fmdiag.analyzers.pipeline import Analysis
-from fmdiag.analyzers.verdicts import EFA_ERROR_COUNTERS, HW_SLOWDOWN_BITS, SAMPLE_TOLERANCE_S
+from fmdiag.analyzers.readers.coverage import as_ranges, ranges_text
 from fmdiag.dumpformat import VERDICT_CLASSES
 
 #: Heatmap bins: more rows or columns than a screen has pixels only make the file big.

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers.verdicts import NETWORK_FLOOR_FRACTION, MetricView, StepFeatures, Verdict
+from fmdiag.analyzers.diagnosis.verdicts import NETWORK_FLOOR_FRACTION, MetricView, StepFeatures, Verdict
 
 CAUSES: tuple[str, ...] = ("straggler", "network", "io", "host", "checkpoint")
 #: Healthy steps needed before their medians are trusted as the baseline.

@@ -12,7 +12,7 @@ every real trace HTA reads). What HTA does, and so what this does:
    ``Context Sync``; every other event is a *CPU event* — a runtime call that carries a stream
    and a correlation (HIP's ``hipLaunchKernel`` in AMD traces) is a GPU kernel, a GPU-side
    annotation without a stream (``gpu_user_annotation``) a CPU event. The reader's
-   :attr:`~fmdiag.analyzers.kineto_frame.KinetoTrace.hta_streams` keeps the events other than
+   :attr:`~fmdiag.analyzers.readers.kineto_frame.KinetoTrace.hta_streams` keeps the events other than
    kernel/memcpy/memset that carry ``args.stream`` for this.
 3. What the breakdowns count as kernels is every event whose stream is not -1, kernel or not:
    a CPU event with a stream counts too (Triton's ``cpu_op`` with ``args.stream``, MTIA's
@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers import kineto_frame as kf
+from fmdiag.analyzers.readers import kineto_frame as kf
 
 CONSECUTIVE_KERNEL_DELAY_US = 30
 _COMM = re.compile(r"(^nccl.*)|(^hip)|(^hccl)|(.*ncclKernel.*)")
@@ -138,7 +138,7 @@ def drops_last_step(traces: Sequence[kf.KinetoTrace]) -> bool:
 
 def _device_rows(trace: kf.KinetoTrace) -> dict[str, np.ndarray]:
     """Every event HTA gives a stream: kernels, memcpy and memset, and the other events that carry
-    ``args.stream`` (:attr:`~fmdiag.analyzers.kineto_frame.KinetoTrace.hta_streams`)."""
+    ``args.stream`` (:attr:`~fmdiag.analyzers.readers.kineto_frame.KinetoTrace.hta_streams`)."""
     g = trace.gpu
     own = g["cat"] != kf.CAT_OTHER
     s = trace.hta_streams
@@ -236,7 +236,7 @@ def hta_merge(ts: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """HTA's ``merge_kernel_intervals``: sorted by start, a group begins where an interval starts
     after every earlier one has ended (touching ones join), and spans [min start, max end].
 
-    Unlike :func:`fmdiag.analyzers.intervals.merge` it keeps the intervals that rounding made
+    Unlike :func:`fmdiag.analyzers.frames.intervals.merge` it keeps the intervals that rounding made
     empty or negative (a sub-µs kernel, ``ceil(ts) > floor(ts + dur)``): alone in a group, such
     an interval has a negative length that HTA subtracts from the kernels' run time. (HTA's sort
     is not stable; this one is, which matters only when such an interval ties with another's start.)

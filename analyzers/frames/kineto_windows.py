@@ -21,7 +21,7 @@ of preference, the steps of a trace come from:
 4. otherwise **the whole trace** is one window, step 0.
 
 HTA cuts at the GPU-side marker where it has one (its ``--hta-compatible`` numbers follow HTA,
-see :mod:`~fmdiag.analyzers.hta_compat`); fmdiag's breakdown uses the host span and
+see :mod:`~fmdiag.analyzers.frames.hta_compat`); fmdiag's breakdown uses the host span and
 correlations, which is PyTorch's own definition, and says which source it used.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmdiag.analyzers import kineto_frame as kf
+from fmdiag.analyzers.readers import kineto_frame as kf
 
 HOST, GPU, DETECTED, WHOLE = "host ProfilerStep", "GPU ProfilerStep", "detected iterations", "whole trace"
 #: A repeated block must hold at least this many kernels, and its repetitions at least this

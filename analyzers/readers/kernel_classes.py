@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fmdiag.analyzers import kineto_frame as kf
+from fmdiag.analyzers.readers import kineto_frame as kf
 
 TABLE = "kernel_classes.toml"
 KINDS: tuple[str, ...] = ("comm", "memory", "compute")

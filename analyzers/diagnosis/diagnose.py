@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fmdiag.analyzers import aggregates, attribution, columns, onset, rank_scores, verdicts
+from fmdiag.analyzers.diagnosis import aggregates, attribution, onset, rank_scores, verdicts
+from fmdiag.analyzers.frames import columns
 
 if TYPE_CHECKING:
     import pandas as pd

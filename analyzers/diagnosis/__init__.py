@@ -1,0 +1,1 @@
+"""Diagnosis: verdicts, what-if attribution, onsets, aggregates and rank scores over the frames."""

@@ -1,0 +1,1 @@
+"""Frames: per-rank, per-step breakdowns and cross-rank spreads computed from what the readers return."""

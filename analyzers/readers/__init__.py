@@ -1,0 +1,1 @@
+"""Readers: Kineto traces, step records, node metrics (files or Prometheus) into frames."""

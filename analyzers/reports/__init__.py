@@ -1,0 +1,1 @@
+"""Reports: the terminal, JSON and HTML renderings of an analysis."""
