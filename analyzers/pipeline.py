@@ -79,6 +79,8 @@ class TraceResult:
     loader: str = "none"
     #: ``baseTimeNanoseconds``: the trace's times are µs after it (None: absolute µs).
     base_ns: int | None = None
+    #: The rank's parallel-layout coordinates from the trace's named process groups.
+    layout: dict[str, int] = field(default_factory=dict)
     #: Per step: the host ops that ran while the GPU waited for the host, ``[name, seconds]``.
     host_wait_ops: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     #: Kernels the classification table does not know, and communication time by library/op
@@ -155,6 +157,7 @@ def analyze_trace(
         loader=kineto_breakdown.loader_kind(trace),
         kernel_classes=kernel_classes.trace_summary(trace.names, trace.gpu),
         base_ns=trace.base_ns,
+        layout=trace.layout,
     )
     if win.source != kineto_windows.HOST and not trace.cpu_only:
         result.warnings.append(
@@ -339,9 +342,9 @@ def _diagnose(
     from fmdiag.analyzers.frames import kineto_steps  # noqa: PLC0415 - loaded only when needed
 
     has_records = records is not None and len(records) > 0
-    if records is not None and has_records and _phases_recorded(records):
-        return diagnosis.diagnose(records, metrics)
     kb = kineto["kineto_breakdown"]
+    if records is not None and has_records and _phases_recorded(records):
+        return diagnosis.diagnose(records, metrics, _traced(records, kineto) if columns.length(kb) else None)
     if columns.length(kb):
         nodes: dict[int, tuple[str, int]] = {}
         if has_records:
@@ -353,7 +356,8 @@ def _diagnose(
         ops = {t.rank: t.host_wait_ops for t in kineto["traces"]}
         loaders = {t.rank: t.loader for t in kineto["traces"]}
         bases = {t.rank: t.base_ns for t in kineto["traces"] if t.base_ns is not None}
-        frame = kineto_steps.step_frame(kb, ops, nodes, loaders, bases)
+        layouts = {t.rank: t.layout for t in kineto["traces"] if t.layout}
+        frame = kineto_steps.step_frame(kb, ops, nodes, loaders, bases, layouts)
         if columns.length(frame):
             ranks = len(np.unique(frame["rank"]))
             warnings.append(
@@ -370,6 +374,23 @@ def _diagnose(
     if records is not None and has_records:
         return diagnosis.diagnose(records, metrics)
     return None
+
+
+def _traced(records: pd.DataFrame, kineto: dict[str, Any]) -> columns.Columns:
+    """The traces' per-step view beside phased step records, numbered as the records are."""
+    from fmdiag.analyzers.frames import kineto_steps  # noqa: PLC0415 - loaded only when needed
+
+    bases = {t.rank: t.base_ns for t in kineto["traces"] if t.base_ns is not None}
+    mine = records[records["rank"].isin(list(bases))]
+    spans = {
+        int(g["rank"].iloc[0]): (
+            g["step"].to_numpy(np.int64),
+            g["start_ns"].to_numpy(np.int64),
+            g["end_ns"].to_numpy(np.int64),
+        )
+        for _, g in mine.groupby("rank", sort=False)
+    }
+    return kineto_steps.traced_steps(kineto["kineto_breakdown"], spans, bases)
 
 
 def _partial_job(found: Any, kineto: dict[str, Any], has_records: bool) -> None:

@@ -19,7 +19,13 @@ compare with: each cause is then costed by its own signal alone, which is a lowe
 the document says so (``baseline.losses_are_lower_bounds``) — except a straggler when GPU
 activity was scraped: its peers spend ``1 - activity(median GPU) / activity(straggler's GPU)``
 of the step idle waiting for it (its own GPU never waits), which is the time its fix gives back
-(``straggler_from_gpu_activity``).
+(``straggler_from_gpu_activity``) — and a network fault when Kineto traces cover some of its
+steps: there the GPUs' exposed communication (communication kernels no compute kernel hides,
+on the traced rank that waits least: the one on the critical path) is the time free
+communication would give back, read on each
+traced step and, as the share of the step it takes on the traced steps of the fault, on its
+other steps (``network_from_traces``). Step records cannot give that: they time phases on the
+host, and under FSDP the wait for a parameter all-gather is booked to ``forward``.
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ class Attribution:
     culprits: list[dict[str, dict[str, Any] | None]] = field(default_factory=list)
     #: With no healthy steps, the straggler was costed by its peers' idle GPU time (metrics).
     straggler_from_activity: bool = False
+    #: With no healthy steps, the network was costed by the traces' exposed communication.
+    network_from_traces: bool = False
 
     @property
     def run_seconds(self) -> float:
@@ -100,6 +108,7 @@ class Attribution:
             steps = int(np.count_nonzero(self.per_step[f"lost_{cause}_s"]))
             measured = self.baseline.measured or cause == "checkpoint"
             measured = measured or (cause == "straggler" and self.straggler_from_activity)
+            measured = measured or (cause == "network" and self.network_from_traces)
             bound = "" if measured else "at least "
             out.append(
                 f"fixing {_WHAT[cause]} gives back {bound}{lost / total:.1%} of step time "
@@ -119,6 +128,7 @@ class Attribution:
             },
             "statements": self.statements(),
             "straggler_from_gpu_activity": self.straggler_from_activity,
+            "network_from_traces": self.network_from_traces,
             "per_step": table(self.per_step),
         }
 
@@ -205,13 +215,40 @@ def _peers_idle(view: MetricView, culprit: dict[str, Any] | None, f: StepFeature
     return float(min(max(1.0 - peers / own, 0.0), 0.95))
 
 
+def _exposed_comm(
+    feats: list[StepFeatures], verdicts: list[Verdict], traced: Any
+) -> tuple[dict[int, float], float | None]:
+    """Per step index, the traced ranks' exposed communication (s); and the share of the step it
+    takes on the traced steps with a network cause (None: no such step was traced)."""
+    if traced is None or not len(traced["step"]):
+        return {}, None
+    row = {int(s): k for k, s in enumerate(traced["step"])}
+    exposed: dict[int, float] = {}
+    shares = []
+    for i, (f, v) in enumerate(zip(feats, verdicts, strict=True)):
+        k = row.get(f.step)
+        if k is None:
+            continue
+        exposed[i] = float(traced["comm_exposed_min_s"][k])
+        span = float(traced["span_s"][k])
+        if "network" in _causes(v) and span > 0:
+            shares.append(exposed[i] / span)
+    return exposed, (float(np.median(shares)) if shares else None)
+
+
 def attribute(
-    feats: list[StepFeatures], verdicts: list[Verdict], view: MetricView | None = None
+    feats: list[StepFeatures],
+    verdicts: list[Verdict],
+    view: MetricView | None = None,
+    traced: Any = None,
 ) -> Attribution:
-    """The losses of every step (see the module docstring for each cause's what-if)."""
+    """The losses of every step (see the module docstring for each cause's what-if); ``traced``:
+    per-step columns of the Kineto traces (``kineto_steps.traced_steps``), when the dump has some."""
     base = baseline(feats, verdicts)
     n = len(feats)
     estimated = np.zeros(n, bool)
+    exposed, exposed_share = _exposed_comm(feats, verdicts, traced) if not base.measured else ({}, None)
+    from_traces = False
     cols: dict[str, np.ndarray] = {c: np.zeros(n) for c in COLUMNS}
     cols["step"] = np.array([f.step for f in feats], np.int64)
     cols["duration_s"] = np.array([f.duration_s for f in feats])
@@ -232,6 +269,10 @@ def attribute(
             # straggler's peers idle waiting for it, which their GPU activity measures
             for c in running:
                 lost = signal[c]
+                if c == "network" and (i in exposed or exposed_share is not None):
+                    work = f.duration_s - f.checkpoint_s
+                    lost = exposed[i] if i in exposed else exposed_share * work  # type: ignore[operator]
+                    from_traces = True
                 if c == "straggler" and view is not None:
                     idle = _peers_idle(view, booked[c], f)
                     if idle is not None:
@@ -249,5 +290,9 @@ def attribute(
         cols[f"lost_{c}_s"] = np.round(cols[f"lost_{c}_s"], 9)
     cols["lost_total_s"] = np.round(np.sum([cols[f"lost_{c}_s"] for c in CAUSES], axis=0), 9)
     return Attribution(
-        baseline=base, per_step=cols, culprits=culprits, straggler_from_activity=bool(estimated.any())
+        baseline=base,
+        per_step=cols,
+        culprits=culprits,
+        straggler_from_activity=bool(estimated.any()),
+        network_from_traces=from_traces,
     )

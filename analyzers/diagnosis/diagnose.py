@@ -28,13 +28,19 @@ class Diagnosis:
     rank_scores: columns.Columns | None = None
 
 
-def diagnose(steps: pd.DataFrame | columns.Columns, metrics: dict[str, pd.DataFrame] | None) -> Diagnosis:
+def diagnose(
+    steps: pd.DataFrame | columns.Columns,
+    metrics: dict[str, pd.DataFrame] | None,
+    traced: columns.Columns | None = None,
+) -> Diagnosis:
+    """``traced``: per-step columns of the dump's Kineto traces (``kineto_steps.traced_steps``)
+    when the verdicts come from step records and some ranks were traced too."""
     feats = verdicts.step_features(steps)
     view = verdicts.MetricView(metrics or {})
     found = verdicts.classify_features(feats, view)
     if not found:
         return Diagnosis(verdicts=[], attribution=None)
-    attr = attribution.attribute(feats, found, view)
+    attr = attribution.attribute(feats, found, view, traced)
     change = onset.all_change_points(feats)
     return Diagnosis(
         verdicts=found,

@@ -42,90 +42,37 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fmdiag.analyzers.diagnosis import rules
 from fmdiag.dumpformat import VERDICT_CLASSES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Clock-event reason bits that mean the hardware slowed the GPU (NVML): HW slowdown 0x8,
-#: HW thermal slowdown 0x40, HW power brake 0x80. SW power cap (0x4) is normal under load.
-HW_SLOWDOWN_BITS = 0x8 | 0x40 | 0x80
-#: A rank is "the late rank" of a window when it has the least exposed communication in at
-#: least this fraction of the window's steps (random imbalance spreads it over all ranks).
-LATE_RANK_CONSISTENCY = 0.6
-#: Steps on each side that make the window for the consistency check.
-WINDOW = 3
-#: A consistently late rank is a straggler by behaviour, whatever its hardware says, when the
-#: median rank waits for it (its exposed communication minus the late rank's) at least this share
-#: of the step, and the late rank's own work (compute and data wait) accounts for at least
-#: :data:`STRAGGLER_OWN_SHARE` of that wait. The late rank's own communication is the transfer
-#: itself, not zero (DDP buckets, pipelines and slow fabrics expose it), so the two are compared
-#: with each other, never the late rank's with nothing. A fifth of the step is NVRx's straggler
-#: score of 0.75-0.8 seen from the waiting ranks (a rank 25-35% slower than its peers); a healthy
-#: job's speed spread makes the median rank wait a few percent, and ranks sharing CPUs (the test
-#: bed) up to 15-18% on some steps.
-STRAGGLER_WAIT_FRACTION = 0.20
-STRAGGLER_OWN_SHARE = 0.5
-#: Exposed communication of the *least-waiting* rank above this fraction of the step: every rank
-#: waits in communication. That alone is not a network fault (DDP buckets, pipelines and
-#: volume-bound jobs expose communication when healthy): a ``network`` verdict also needs one
-#: piece of positive evidence from :func:`network_evidence`.
-NETWORK_FLOOR_FRACTION = 0.01
-#: Evidence 1: this step's least-waiting rank waits this many times longer than the run's own
-#: fast collectives (the 25th percentile over steps): a collective far slower than the same job's.
-COMM_SPIKE_RATIO = 6.0
-#: Evidence 2: the same, sustained — the window's median at this many times the run's fast
-#: collectives, and this step's as well, while the median rank's compute stays within
-#: :data:`FLAT_COMPUTE` of its run median: communication grew, the work did not (a fabric
-#: slowing down mid-run).
-COMM_GROWTH_RATIO = 2.5
-FLAT_COMPUTE = 0.15
-#: Evidence 3: even the least-waiting rank spends at least half the step in exposed
-#: communication: the transfer outlasts the compute it could hide under.
-COMM_DOMINANT_FRACTION = 0.5
-#: Evidence 4: fabric trouble in the metrics: one EFA device with errors standing out
-#: (:meth:`MetricView.efa_culprit`), or error events on the median device at this share of its
-#: packets (2% retransmits on a congested fabric; a healthy one stays near 0.001%).
-EFA_ERROR_SHARE = 0.001
-#: Bytes per EFA packet assumed to turn transmitted bytes into packets (its MTU).
-EFA_PACKET_BYTES = 8192
-#: Evidence 5: the median EFA device sends at this share of line rate or more, averaged over a
-#: scrape interval (bursts average far lower): the links are saturated by volume.
-EFA_SATURATED = 0.3
-#: A pipeline stage is a straggler when the other stages idle at least this share of their time
-#: waiting for it: in 1F1B's steady state every micro-batch slot lasts as long as the longest
-#: stage, so the stages lose ``1 - mean stage compute / longest stage compute``. Judged on the
-#: window's median (the split is structural; one step's noise is not). Two even stages with the
-#: loss head on the last (1.5-1.6x) lose 17-19%: the normal shape of a small pipeline; one of
-#: eight stages at 1.4x loses 25%, a 3:1 layer split 36%.
-STAGE_IMBALANCE_LOSS = 0.25
-#: Median data wait above this fraction of the step means the step starves for input
-#: (torch-tb-profiler's DataLoader threshold).
-DATA_WAIT_FRACTION = 0.05
-#: CPU iowait fraction of the node above which starvation is I/O; user+system above
-#: :data:`CPU_BUSY_FRACTION` with iowait below it is a CPU-bound host.
-IOWAIT_FRACTION = 0.10
-CPU_BUSY_FRACTION = 0.60
-#: With iowait present too, busy CPUs must hold at least this share, and more than iowait,
-#: for the loader rather than the filesystem to be the cause.
-HOST_MIN_BUSY = 0.30
-#: PSI ``some`` share of a resource above which tasks stall on it most of the time: with neither
-#: iowait nor busy CPUs, CPU pressure says the loader cannot get CPU (a cgroup quota, too few
-#: workers) — host; I/O pressure says it waits on storage — io.
-PSI_STALL = 0.3
-#: A checkpoint costing more than this many median steps is a write stall: checkpoints every
-#: 100-1,000 steps that each cost more than ten take 1-10% of the run. Normal ones cost 0.1-1
-#: steps on the test bed and up to 7 in the simulator's presets; a throttled write 11-64.
-CHECKPOINT_STALL_STEPS = 10.0
-#: Or, in a run with normal checkpoints to compare with, one costing this many times their median
-#: and at least :data:`CHECKPOINT_STALL_MIN_STEPS` steps (a first checkpoint that creates its
-#: files costs several times the later ones, and under a step: not a stall).
-CHECKPOINT_STALL_RATIO = 3.0
-CHECKPOINT_STALL_MIN_STEPS = 2.0
-#: GPU idle waiting for the host (not for the loader) above this share of the step: the CPU
-#: side of the training loop holds the GPU back (a healthy large-model step keeps it to a few
-#: percent; launch-bound loops spend most of the step there).
-HOST_WAIT_FRACTION = 0.15
+# The thresholds: rules.toml, each with the verdict it decides, the evidence it reads and why it
+# sits where it does (docs/verdict-rules.md). Read once, under the names the rules use.
+HW_SLOWDOWN_BITS: int = rules.value("HW_SLOWDOWN_BITS")
+LATE_RANK_CONSISTENCY: float = rules.value("LATE_RANK_CONSISTENCY")
+WINDOW: int = rules.value("WINDOW")
+STRAGGLER_WAIT_FRACTION: float = rules.value("STRAGGLER_WAIT_FRACTION")
+STRAGGLER_OWN_SHARE: float = rules.value("STRAGGLER_OWN_SHARE")
+NETWORK_FLOOR_FRACTION: float = rules.value("NETWORK_FLOOR_FRACTION")
+COMM_SPIKE_RATIO: float = rules.value("COMM_SPIKE_RATIO")
+COMM_GROWTH_RATIO: float = rules.value("COMM_GROWTH_RATIO")
+FLAT_COMPUTE: float = rules.value("FLAT_COMPUTE")
+COMM_DOMINANT_FRACTION: float = rules.value("COMM_DOMINANT_FRACTION")
+EFA_ERROR_SHARE: float = rules.value("EFA_ERROR_SHARE")
+EFA_PACKET_BYTES: int = rules.value("EFA_PACKET_BYTES")
+EFA_SATURATED: float = rules.value("EFA_SATURATED")
+STAGE_IMBALANCE_LOSS: float = rules.value("STAGE_IMBALANCE_LOSS")
+DATA_WAIT_FRACTION: float = rules.value("DATA_WAIT_FRACTION")
+IOWAIT_FRACTION: float = rules.value("IOWAIT_FRACTION")
+CPU_BUSY_FRACTION: float = rules.value("CPU_BUSY_FRACTION")
+HOST_MIN_BUSY: float = rules.value("HOST_MIN_BUSY")
+PSI_STALL: float = rules.value("PSI_STALL")
+CHECKPOINT_STALL_STEPS: float = rules.value("CHECKPOINT_STALL_STEPS")
+CHECKPOINT_STALL_RATIO: float = rules.value("CHECKPOINT_STALL_RATIO")
+CHECKPOINT_STALL_MIN_STEPS: float = rules.value("CHECKPOINT_STALL_MIN_STEPS")
+HOST_WAIT_FRACTION: float = rules.value("HOST_WAIT_FRACTION")
 #: EFA counters that count trouble on a device (retransmits, impaired and unresponsive peers, drops).
 EFA_ERROR_COUNTERS = (
     "fmdiag_efa_retrans_packets_total",
@@ -133,11 +80,8 @@ EFA_ERROR_COUNTERS = (
     "fmdiag_efa_unresponsive_remote_events_total",
     "fmdiag_efa_rx_drops_total",
 )
-#: A culprit device sending under this fraction of the median device's throughput carries
-#: less than its share (a degraded link), which the recommendation says.
-LOW_THROUGHPUT = 0.8
-#: Seconds around a step a metric sample may lie and still describe it (two scrapes of 15 s).
-SAMPLE_TOLERANCE_S = 30.0
+LOW_THROUGHPUT: float = rules.value("LOW_THROUGHPUT")
+SAMPLE_TOLERANCE_S: float = rules.value("SAMPLE_TOLERANCE_S")
 
 assert set(VERDICT_CLASSES) == {"compute", "network", "io", "host", "straggler"}
 

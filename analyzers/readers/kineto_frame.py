@@ -85,6 +85,9 @@ class KinetoTrace:
     host_ops: dict[str, Any] = field(default_factory=dict)
     #: The job's world size as the trace states it (``distributedInfo``); None when it does not.
     world_size: int | None = None
+    #: The rank's coordinates in the parallel layout (``pp_rank``, ``tp_rank``, ...) from the
+    #: trace's named process groups (:func:`~fmdiag.analyzers.readers.kineto_reader.layout_of`).
+    layout: dict[str, int] = field(default_factory=dict)
     #: Events read, and how many of each phase/category were kept or ignored.
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

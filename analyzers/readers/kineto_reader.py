@@ -209,6 +209,55 @@ def world_size_of(meta: dict[str, Any]) -> int | None:
     return best if best > 0 else None
 
 
+#: Process-group descriptions (``pg_config[].pg_desc``, set from ``group_desc`` by the framework)
+#: naming one axis of the parallel layout: Megatron-LM's ``parallel_state`` and PyTorch's
+#: DeviceMesh (``mesh_<dim>``, as torchtitan names its dimensions). A rank's coordinate on the
+#: axis is its index in that group's rank list (the groups list ranks in axis order).
+LAYOUT_GROUPS: dict[str, str] = {
+    "TENSOR_MODEL_PARALLEL_GROUP": "tp_rank",
+    "PIPELINE_MODEL_PARALLEL_GROUP": "pp_rank",
+    "DATA_PARALLEL_GROUP": "dp_rank",
+    "CONTEXT_PARALLEL_GROUP": "cp_rank",
+    "EXPERT_MODEL_PARALLEL_GROUP": "ep_rank",
+    "mesh_tp": "tp_rank",
+    "mesh_pp": "pp_rank",
+    "mesh_dp": "dp_rank",
+    "mesh_cp": "cp_rank",
+    "mesh_ep": "ep_rank",
+}
+
+
+def layout_of(meta: dict[str, Any], rank: int) -> dict[str, int]:
+    """The rank's coordinates in the job's parallel layout (``tp_rank``, ``pp_rank``, ...) from the
+    named process groups in ``distributedInfo.pg_config`` that hold it; empty when the trace names
+    none (PyTorch before 2.3 writes ``"undefined"``). A DeviceMesh with replicate and shard
+    dimensions (HSDP: ``mesh_dp_replicate``, ``mesh_dp_shard``) and no ``mesh_dp`` gives
+    ``dp_rank`` = replicate index × shard size + shard index."""
+    info = meta.get("distributedInfo")
+    groups = info.get("pg_config") if isinstance(info, dict) else None
+    if not isinstance(groups, list):
+        return {}
+    found: dict[str, int] = {}
+    hsdp: dict[str, tuple[int, int]] = {}
+    for g in groups:
+        if not isinstance(g, dict) or not isinstance(g.get("ranks"), list):
+            continue
+        ranks = [_int_or(r, -1) for r in g["ranks"]]
+        if rank not in ranks:
+            continue
+        desc = str(g.get("pg_desc", ""))
+        axis = LAYOUT_GROUPS.get(desc)
+        if axis is not None:
+            found.setdefault(axis, ranks.index(rank))
+        elif desc in ("mesh_dp_replicate", "mesh_dp_shard"):
+            hsdp[desc] = (ranks.index(rank), len(ranks))
+    if "dp_rank" not in found and hsdp:
+        rep, _ = hsdp.get("mesh_dp_replicate", (0, 1))
+        shard, size = hsdp.get("mesh_dp_shard", (0, 1))
+        found["dp_rank"] = rep * size + shard
+    return found
+
+
 def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) -> kf.KinetoTrace:
     """Parse ``path`` in one streaming pass; raise InputError naming file and offset on bad input.
     ``rank_pattern`` maps a file name to its rank when the trace does not state one."""
@@ -335,6 +384,7 @@ def read_trace(path: str | Path, rank_pattern: re.Pattern[str] | None = None) ->
         rank=rank,
         rank_from=rank_from,
         world_size=world_size_of(stream.meta),
+        layout=layout_of(stream.meta, rank),
         base_ns=base_ns if base_ns >= 0 else None,
         names=names,
         gpu={

@@ -96,10 +96,16 @@ def test_load_rejects_bad_entries() -> None:
 
 
 def test_the_table_is_package_data_of_the_installed_package() -> None:
-    text = resources.files("fmdiag.analyzers.readers").joinpath("kernel_classes.toml").read_text(encoding="utf-8")
+    text = (
+        resources.files("fmdiag.analyzers.readers")
+        .joinpath("kernel_classes.toml")
+        .read_text(encoding="utf-8")
+    )
     assert kernel_classes.load(text) == list(ENTRIES)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "kernel_classes.toml" in pyproject["tool"]["setuptools"]["package-data"]["fmdiag.analyzers.readers"]
+    assert (
+        "kernel_classes.toml" in pyproject["tool"]["setuptools"]["package-data"]["fmdiag.analyzers.readers"]
+    )
 
 
 def test_the_table_is_in_the_built_wheel(tmp_path: Path) -> None:
