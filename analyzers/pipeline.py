@@ -377,7 +377,7 @@ def _diagnose(
 
 
 def _traced(records: pd.DataFrame, kineto: dict[str, Any]) -> columns.Columns:
-    """The traces' per-step view beside phased step records, numbered as the records are."""
+    """The traces' (rank, step) rows beside phased step records, numbered as the records are."""
     from fmdiag.analyzers.frames import kineto_steps  # noqa: PLC0415 - loaded only when needed
 
     bases = {t.rank: t.base_ns for t in kineto["traces"] if t.base_ns is not None}
@@ -390,7 +390,7 @@ def _traced(records: pd.DataFrame, kineto: dict[str, Any]) -> columns.Columns:
         )
         for _, g in mine.groupby("rank", sort=False)
     }
-    return kineto_steps.traced_steps(kineto["kineto_breakdown"], spans, bases)
+    return kineto_steps.traced_rows(kineto["kineto_breakdown"], spans, bases)
 
 
 def _partial_job(found: Any, kineto: dict[str, Any], has_records: bool) -> None:

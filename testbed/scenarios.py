@@ -52,7 +52,7 @@ KIND_CLASS: Mapping[str, str] = MappingProxyType(
         Kind.LOADER_CPU: "host",
         Kind.CHECKPOINT_WRITE: "io",
         Kind.DATA_IMBALANCE: "compute",
-        Kind.STAGE_IMBALANCE: "straggler",
+        Kind.STAGE_IMBALANCE: "compute",
     }
 )
 #: Kinds that are the job's own shape, present from the first step to the last.

@@ -77,6 +77,9 @@ def phases(
             "last_step": vs[-1].step,
             "steps": len(vs),
             "class": cls,
+            # what the evidence names behind the class (a straggler's hardware/host/data/unknown,
+            # a stage imbalance), as most of the phase's steps name it; None: nothing named
+            "cause": Counter(v.reason for v in vs).most_common(1)[0][0] or None,
             "culprit": pick.culprit,
             "confidence": round(sum(v.confidence for v in vs) / len(vs), 3),
             "lost_s": round(lost, 6),

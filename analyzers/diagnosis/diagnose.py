@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fmdiag.analyzers.diagnosis import aggregates, attribution, onset, rank_scores, verdicts
-from fmdiag.analyzers.frames import columns
+from fmdiag.analyzers.frames import columns, kineto_steps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,14 +33,18 @@ def diagnose(
     metrics: dict[str, pd.DataFrame] | None,
     traced: columns.Columns | None = None,
 ) -> Diagnosis:
-    """``traced``: per-step columns of the dump's Kineto traces (``kineto_steps.traced_steps``)
-    when the verdicts come from step records and some ranks were traced too."""
+    """``traced``: the (rank, step) rows of the dump's Kineto traces (``kineto_steps.traced_rows``)
+    when the verdicts come from step records and some ranks were traced too: they show how long
+    the traced ranks' GPUs waited on communication, which host-timed phases hide under FSDP."""
     feats = verdicts.step_features(steps)
+    if traced is not None and columns.length(traced):
+        verdicts.add_trace_waits(feats, traced)
     view = verdicts.MetricView(metrics or {})
     found = verdicts.classify_features(feats, view)
     if not found:
         return Diagnosis(verdicts=[], attribution=None)
-    attr = attribution.attribute(feats, found, view, traced)
+    per_step = kineto_steps.per_step(traced) if traced is not None and columns.length(traced) else None
+    attr = attribution.attribute(feats, found, view, per_step)
     change = onset.all_change_points(feats)
     return Diagnosis(
         verdicts=found,

@@ -73,6 +73,9 @@ CHECKPOINT_STALL_STEPS: float = rules.value("CHECKPOINT_STALL_STEPS")
 CHECKPOINT_STALL_RATIO: float = rules.value("CHECKPOINT_STALL_RATIO")
 CHECKPOINT_STALL_MIN_STEPS: float = rules.value("CHECKPOINT_STALL_MIN_STEPS")
 HOST_WAIT_FRACTION: float = rules.value("HOST_WAIT_FRACTION")
+NODE_PRESSURE_STALL: float = rules.value("NODE_PRESSURE_STALL")
+LATE_NODE_CONSISTENCY: float = rules.value("LATE_NODE_CONSISTENCY")
+NODE_PRESSURE_RATIO: float = rules.value("NODE_PRESSURE_RATIO")
 #: EFA counters that count trouble on a device (retransmits, impaired and unresponsive peers, drops).
 EFA_ERROR_COUNTERS = (
     "fmdiag_efa_retrans_packets_total",
@@ -102,6 +105,10 @@ class Verdict:
     #: The cause behind the class: ``checkpoint`` for an io verdict given for a stalled
     #: checkpoint, else the class itself (empty: the class).
     cause: str = ""
+    #: What the evidence names behind the class (JSON ``cause``): for a straggler ``hardware``,
+    #: ``host`` (CPU contention or memory pressure on its node), ``data`` (its input) or
+    #: ``unknown``; for compute ``stage_imbalance`` or ``data_imbalance``; empty: nothing named.
+    reason: str = ""
     #: The step lies outside the node metrics' time range: no culprit could be looked up, so its
     #: loss is not booked to "the whole job" as if the job were the culprit.
     outside_metrics: bool = False
@@ -120,6 +127,7 @@ class Verdict:
             "recommendation": self.recommendation,
             "undecided": self.undecided,
             "secondary": self.secondary,
+            "cause": self.reason or None,
         }
 
 
@@ -160,6 +168,9 @@ class StepFeatures:
     stage_late_compute: float = 0.0
     stage_median_compute: float = 0.0
     stage_node: str = ""
+    #: How long the other traced ranks' GPUs waited on communication beyond the late rank's, when
+    #: the late rank and another were traced on this step (Kineto); NaN: not traced.
+    trace_wait: float = float("nan")
     #: What the data says of the loader: ``records`` (step records' data wait), ``none`` (a trace
     #: without DataLoader spans: data wait unknown), ``in-process`` (``num_workers=0``), ``workers``.
     loader: str = "records"
@@ -173,6 +184,35 @@ class StepFeatures:
     def late_own_extra(self) -> float:
         """How much longer the late rank's own work (compute and data wait) took than the median's."""
         return (self.compute_late + self.data_wait_late) - (self.compute_median + self.data_wait_median)
+
+
+def add_trace_waits(feats: list[StepFeatures], rows: Any) -> None:
+    """Fill :attr:`StepFeatures.trace_wait` from traced (rank, step) rows: where the step's late
+    rank and at least one other rank were traced, the others' median exposed communication minus
+    the late rank's (as shares of their trace windows, in the records' step time); on steps not
+    traced where the same rank is late, the median share its traced steps showed. The trace
+    sees what host-timed phases hide: under FSDP a rank waiting for a late peer's all-gather
+    waits inside its ``forward``, and only its GPU shows the NCCL kernel spinning."""
+    rank, step = np.asarray(rows["rank"], np.int64), np.asarray(rows["step"], np.int64)
+    share = np.asarray(rows["comm_exposed_s"], np.float64) / np.maximum(np.asarray(rows["span_s"]), 1e-9)
+    by_step: dict[int, dict[int, float]] = {}
+    for r, s, x in zip(rank.tolist(), step.tolist(), share.tolist(), strict=True):
+        by_step.setdefault(s, {})[r] = x
+    measured: dict[int, list[float]] = {}
+    for f in feats:
+        seen = by_step.get(f.step)
+        if not seen or f.late_rank not in seen or len(seen) < 2:
+            continue
+        others = [x for r, x in seen.items() if r != f.late_rank]
+        wait = max(0.0, float(np.median(others)) - seen[f.late_rank])
+        measured.setdefault(f.late_rank, []).append(wait)
+        f.trace_wait = wait * (f.duration_s - f.checkpoint_s)
+    # the steps the profiler did not see: where the same rank is the late one, the share its
+    # traced steps showed (the consistency rule still asks that it be late step after step)
+    usual = {r: float(np.median(w)) for r, w in measured.items()}
+    for f in feats:
+        if np.isnan(f.trace_wait) and f.late_rank in usual:
+            f.trace_wait = usual[f.late_rank] * (f.duration_s - f.checkpoint_s)
 
 
 def step_features(steps: Any) -> list[StepFeatures]:
@@ -350,7 +390,7 @@ class MetricView:
                     uuid,
                 )
         self._cpu: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-        if self.host is not None and len(self.host):
+        if self.host is not None and len(self.host) and "mode" in self.host:
             c = _samples(self.host, "fmdiag_host_cpu_seconds_total")
             for (inst, mode), group in c.groupby(["instance", "mode"], observed=True):
                 g = group.sort_values("timestamp")
@@ -413,6 +453,42 @@ class MetricView:
             g = group.sort_values("timestamp")
             out.setdefault(str(res), []).append((g["timestamp"].to_numpy(), g["value"].to_numpy()))
         return out
+
+    @functools.cached_property
+    def _pressure_by_node(self) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """PSI ``some`` stall seconds per resource and node; built on first use."""
+        out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        if self.host is None or not len(self.host) or "resource" not in self.host:
+            return out
+        x = self.host[self.host["metric"] == "fmdiag_host_pressure_stall_seconds_total"]
+        x = x[x["kind"] == "some"] if "kind" in x else x
+        for (inst, res), group in x.groupby(["instance", "resource"], observed=True):
+            g = group.sort_values("timestamp")
+            out.setdefault(str(res), {})[str(inst)] = (g["timestamp"].to_numpy(), g["value"].to_numpy())
+        return out
+
+    def node_pressure(self, node: str, t: float, until: float) -> tuple[str, float, float] | None:
+        """The resource (cpu, memory) on which ``node``'s tasks stall most, beside the other nodes:
+        (resource, the node's PSI ``some`` share, the median other node's), for the resource where
+        the node stands out most; None without PSI for the node and at least one other."""
+        best: tuple[str, float, float] | None = None
+        times = np.array([t])
+        for res in ("cpu", "memory"):
+            series = self._pressure_by_node.get(res, {})
+            if node not in series or len(series) < 2:
+                continue
+            shares = {}
+            for inst, (ts, vals) in series.items():
+                lo, hi, ok = _intervals(ts, times, until)
+                if ok[0]:
+                    shares[inst] = float((vals[hi[0]] - vals[lo[0]]) / (ts[hi[0]] - ts[lo[0]]))
+            if node not in shares or len(shares) < 2:
+                continue
+            own = shares.pop(node)
+            others = float(np.median(list(shares.values())))
+            if best is None or own - others > best[1] - best[2]:
+                best = (res, own, others)
+        return best
 
     def pressure_at(self, resource: str, times: np.ndarray, until: float) -> np.ndarray | None:
         """The mean node's PSI ``some`` stall share of ``resource`` (cpu, io, memory) in the scrape
@@ -547,6 +623,7 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         work_s = max(f.duration_s - f.checkpoint_s, 1e-9)
         window = feats[max(0, i - WINDOW) : i + WINDOW + 1]
         same_late = sum(w.late_rank == f.late_rank for w in window) / len(window)
+        same_node = sum(w.late_node == f.late_node for w in window) / len(window) if f.late_node else 0.0
         v = Verdict(step=f.step, cls="compute", confidence=0.6)
         causes: list[str] = []
         if f.checkpoint_s > CHECKPOINT_STALL_STEPS * typical or (
@@ -579,10 +656,21 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
             and same_late >= LATE_RANK_CONSISTENCY
             and late_rank_holds_the_job(f, work_s)
         )
+        # A rank (or node: its ranks take turns) late step after step on a node whose tasks stall
+        # on CPU or memory far more than the other nodes': a straggler by behaviour whose cause
+        # the node names, however small the wait looks (under FSDP every rank's forward absorbs
+        # the wait for the late rank's all-gathers, so the wait barely shows in the phases).
+        late_host = None
+        consistent = same_late >= LATE_RANK_CONSISTENCY or same_node >= LATE_NODE_CONSISTENCY
+        if not alone and not stage_late and not late_by_behaviour and f.late_node and consistent:
+            got = view.node_pressure(f.late_node, f.end_s, feats[-1].end_s)
+            if got is not None and got[1] >= NODE_PRESSURE_STALL and got[1] >= NODE_PRESSURE_RATIO * got[2]:
+                late_host = got
+                causes.append("straggler")
         # A rank late because its own input arrives late: the job starves for input through that
         # rank (the same cause as starvation, localised), io or host by the same evidence.
         late_input = late_by_behaviour and (
-            f.data_wait_late - f.data_wait_median >= STRAGGLER_OWN_SHARE * f.late_own_extra
+            f.data_wait_late - f.data_wait_median >= STRAGGLER_OWN_SHARE * _late_extra(f, work_s)
         )
         if late_input and not starved:
             cpu = cpu_at[i]
@@ -622,7 +710,9 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
                 if shares is not None and np.isfinite(shares[i]):
                     v.evidence.append(_ev(f"psi_{res}_some_fraction", shares[i], float(np.nanmedian(shares))))
         elif first == "straggler" and stage_late:
-            _late_stage(v, f, same_stage)
+            _late_stage(v, f, same_stage, view)
+        elif first == "straggler" and late_host is not None:
+            _late_host(v, f, same_late, same_node, late_host)
         elif first == "straggler" and late_by_behaviour:
             _late_rank(v, f, work_s, same_late, hw)
         elif first == "network":
@@ -712,9 +802,21 @@ def network_evidence(
 
 def late_rank_holds_the_job(f: StepFeatures, work_s: float) -> bool:
     """The median rank waits for the late rank a good share of the step, and the late rank's own
-    work explains that wait (see :data:`STRAGGLER_WAIT_FRACTION`)."""
+    work explains that wait (see :data:`STRAGGLER_WAIT_FRACTION`) — or, where the late rank and
+    others were traced, their GPUs wait that share on communication while the late rank's does
+    not (its lateness is its own, whatever its phases show)."""
+    if f.trace_wait >= STRAGGLER_WAIT_FRACTION * work_s:
+        return True
     wait = f.wait_for_late
     return wait >= STRAGGLER_WAIT_FRACTION * work_s and f.late_own_extra >= STRAGGLER_OWN_SHARE * wait
+
+
+def _late_extra(f: StepFeatures, work_s: float) -> float:
+    """How late the late rank is by its own doing: its work beyond the median rank's, or, where
+    traces show the others waiting for it longer than that, their wait (never below a
+    millisecond: a share of nothing is no evidence)."""
+    traced = f.trace_wait if f.trace_wait >= STRAGGLER_WAIT_FRACTION * work_s else 0.0
+    return max(f.late_own_extra, traced, 1e-3)
 
 
 def _late_rank(
@@ -722,7 +824,15 @@ def _late_rank(
 ) -> None:
     """A straggler found by behaviour; its cause from the evidence there is, else named unknown."""
     v.cls = "straggler"
-    v.evidence.append(_ev("wait_for_late_rank_s", f.wait_for_late, STRAGGLER_WAIT_FRACTION * work_s))
+    traced = f.trace_wait >= STRAGGLER_WAIT_FRACTION * work_s
+    wait = f.trace_wait if traced else f.wait_for_late
+    v.evidence.append(
+        _ev(
+            "traced_wait_for_late_rank_s" if traced else "wait_for_late_rank_s",
+            wait,
+            STRAGGLER_WAIT_FRACTION * work_s,
+        )
+    )
     v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
     v.evidence.append(
         _ev("late_rank_work_s", f.compute_late + f.data_wait_late, f.compute_median + f.data_wait_median)
@@ -733,25 +843,27 @@ def _late_rank(
     v.culprit = culprit
     where = f"rank {f.late_rank}" + (f" on {f.late_node}" if f.late_node else "")
     behind = (
-        f"{where} works {f.late_own_extra * 1e3:.0f} ms longer than the median rank and joins every "
-        f"collective last; the others wait {f.wait_for_late * 1e3:.0f} ms for it "
-        f"({f.wait_for_late / work_s:.0%} of the step)"
+        f"{where} joins every collective last; the traced ranks' GPUs wait {wait * 1e3:.0f} ms for it in"
+        f" communication ({wait / work_s:.0%} of the step) while its own barely waits"
+        if traced
+        else f"{where} works {f.late_own_extra * 1e3:.0f} ms longer than the median rank and joins every "
+        f"collective last; the others wait {wait * 1e3:.0f} ms for it ({wait / work_s:.0%} of the step)"
     )
     data_part = f.data_wait_late - f.data_wait_median
     if hw is not None and hw[0] > 0:
         share, uuid = hw
         if uuid:
             culprit["gpu_uuid"] = uuid
-        v.confidence = min(0.95, 0.7 + 0.25 * share)
+        v.confidence, v.reason = min(0.95, 0.7 + 0.25 * share), "hardware"
         v.evidence.append(_ev("hw_slowdown_fraction", share, 0.0))
         v.recommendation = (
             f"drain {f.late_node}: GPU {f.late_local_rank} in HW slowdown {share:.0%} of the time; {behind}"
         )
-    elif data_part >= STRAGGLER_OWN_SHARE * f.late_own_extra:
-        v.confidence = 0.75
+    elif data_part >= STRAGGLER_OWN_SHARE * _late_extra(f, work_s):
+        v.confidence, v.reason = 0.75, "data"
         v.recommendation = f"{behind}, mostly waiting for its input: check its node's data path and loader"
     else:
-        v.confidence = 0.7
+        v.confidence, v.reason = 0.7, "unknown"
         hw_note = "no hardware clock-event bit on its GPU" if hw is not None else "no GPU metrics to check"
         v.recommendation = (
             f"{behind}; cause unknown ({hw_note}): check its node for CPU contention or throttling "
@@ -760,11 +872,18 @@ def _late_rank(
         )
 
 
-def _late_stage(v: Verdict, f: StepFeatures, same_stage: float) -> None:
+def _late_stage(v: Verdict, f: StepFeatures, same_stage: float, view: MetricView) -> None:
     """A pipeline stage that computes longer than the others step after step (layers split
     unevenly, the loss head on the last stage): every other stage waits for it in its p2p
-    receives. Not the network, not one rank."""
-    v.cls, v.confidence = "straggler", 0.8
+    receives. Not the network, not one rank, and not a fault: a ``compute`` verdict with cause
+    ``stage_imbalance`` (the fix is repartitioning) — unless the stage's GPU shows hardware
+    slowdown bits, which make it a straggler stage with a hardware cause."""
+    hw = view.hw_slowdown(f.stage_node, f.late_local_rank, f.end_s) if f.stage_node else None
+    if hw is not None and hw[0] > 0 and f.stage_node == f.late_node:
+        v.cls, v.confidence, v.reason = "straggler", 0.8, "hardware"
+        v.evidence.append(_ev("hw_slowdown_fraction", hw[0], 0.0))
+    else:
+        v.cls, v.confidence, v.reason = "compute", 0.8, "stage_imbalance"
     v.evidence.append(_ev("stage_idle_share", f.stage_loss, STAGE_IMBALANCE_LOSS))
     v.evidence.append(_ev("late_stage_consistency", same_stage, LATE_RANK_CONSISTENCY))
     v.evidence.append(_ev("late_stage_compute_s", f.stage_late_compute, f.stage_median_compute))
@@ -774,6 +893,35 @@ def _late_stage(v: Verdict, f: StepFeatures, same_stage: float) -> None:
         f"pipeline stage {f.stage_late} computes {more:.0%} more than the median stage; the other stages"
         f" idle {f.stage_loss:.0%} of their time waiting for it in their p2p receives: move layers off it"
         " (repartition the pipeline)"
+    )
+
+
+def _late_host(
+    v: Verdict, f: StepFeatures, same_late: float, same_node: float, pressure: tuple[str, float, float]
+) -> None:
+    """A late rank (or a node whose ranks take turns being late) on a node whose tasks stall on
+    CPU or memory far more than the other nodes': a straggler whose cause is its host (a noisy
+    neighbour, a cgroup quota, memory reclaim). A node-wide cause slows all its ranks, so when
+    they take turns the culprit is the node, not one of them."""
+    res, own, others = pressure
+    v.cls, v.confidence, v.reason = "straggler", 0.75, "host"
+    v.evidence.append(_ev(f"late_node_psi_{res}_some_fraction", own, others))
+    one_rank = same_late >= LATE_RANK_CONSISTENCY
+    if one_rank:
+        v.evidence.append(_ev("late_rank_consistency", same_late, LATE_RANK_CONSISTENCY))
+        culprit: dict[str, Any] = {"node": f.late_node, "rank": f.late_rank}
+        if f.late_local_rank >= 0:
+            culprit["gpu"] = f.late_local_rank
+        who = f"its rank {f.late_rank} joins"
+    else:
+        v.evidence.append(_ev("late_node_consistency", same_node, LATE_NODE_CONSISTENCY))
+        culprit = {"node": f.late_node}
+        who = "its ranks take turns joining"
+    v.culprit = culprit
+    what = "CPU (a noisy neighbour, a cgroup quota, IRQs)" if res == "cpu" else "memory (reclaim)"
+    v.recommendation = (
+        f"{f.late_node}'s tasks stall on {what} {own:.0%} of the time (other nodes {others:.0%}) and"
+        f" {who} the collectives last step after step: free the node or drain it"
     )
 
 
@@ -1003,7 +1151,7 @@ def _straggler(
     if share <= 0.0:
         v.recommendation = f"rank {f.late_rank} is slowest with no hardware cause: data-dependent imbalance"
         return
-    v.cls, v.confidence = "straggler", min(0.95, 0.6 + 0.35 * share)
+    v.cls, v.confidence, v.reason = "straggler", min(0.95, 0.6 + 0.35 * share), "hardware"
     if uuid:
         culprit["gpu_uuid"] = uuid
     v.culprit = culprit
@@ -1038,6 +1186,7 @@ def smooth(verdicts: list[Verdict]) -> list[Verdict]:
             )
             cur.cls, cur.confidence = prev.cls, min(prev.confidence, nxt.confidence) * 0.8
             cur.culprit, cur.recommendation, cur.cause = prev.culprit, prev.recommendation, prev.cause
+            cur.reason = prev.reason
     return verdicts
 
 

@@ -100,18 +100,16 @@ TRACED_COLUMNS: tuple[str, ...] = (
 WHOLE_STEP = 0.9
 
 
-def traced_steps(
+#: Columns of :func:`traced_rows`.
+ROW_COLUMNS: tuple[str, ...] = ("rank", "step", "span_s", "compute_s", "comm_s", "comm_exposed_s")
+
+
+def traced_rows(
     kb: columns.Columns,
     records: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     base_ns: Mapping[int, int] | None = None,
 ) -> columns.Columns:
-    """Per step, the median over the traced ranks of the GPU's own view (the step window, compute
-    kernels, communication kernels, the communication no compute hides) and the least exposed
-    communication of a traced rank (the rank on the critical path waits least: what
-    communication costs the step) — for dumps whose step records have phases too. Step records
-    time phases on the host: under FSDP a rank's wait for a parameter all-gather lands in its
-    ``forward``, so its ``comm_exposed`` shows a fraction of the time its GPU waits on the
-    network; the trace shows all of it.
+    """The traced (rank, step) rows of whole steps, numbered as the step records are.
 
     A trace's ``ProfilerStep#N`` need not be the records' step N (the profiler counts from its own
     start): where a traced rank has records (``records``: rank -> (step, start_ns, end_ns)) and the
@@ -120,12 +118,12 @@ def traced_steps(
     that record; otherwise the numbers are taken as they are."""
     done = columns.select(kb, ~kb["partial"])
     if not columns.length(done):
-        return {c: np.zeros(0) for c in TRACED_COLUMNS}
+        return {c: np.zeros(0, np.int64 if c in ("rank", "step") else np.float64) for c in ROW_COLUMNS}
     rank = np.asarray(done["rank"], dtype=np.int64)
     step = np.asarray(done["step"], dtype=np.int64).copy()
     span = np.asarray(done["span_s"], dtype=np.float64)
     keep = np.ones(len(step), dtype=bool)
-    mid_us = np.asarray(done["start_us"], dtype=np.float64) + 0.5e6 * np.asarray(done["span_s"], np.float64)
+    mid_us = np.asarray(done["start_us"], dtype=np.float64) + 0.5e6 * span
     for r in np.unique(rank):
         base = (base_ns or {}).get(int(r))
         rec = (records or {}).get(int(r))
@@ -141,11 +139,34 @@ def traced_steps(
         step[at] = rec_step[order][k[inside]]
         held = (rec_end[order][k[inside]] - rec_start[order][k[inside]]) / 1e9
         keep[at] = span[at] >= WHOLE_STEP * held
+    out = {c: np.asarray(done[c], dtype=np.float64)[keep] for c in ROW_COLUMNS[2:]}
+    return {"rank": rank[keep], "step": step[keep], **out}
+
+
+def traced_steps(
+    kb: columns.Columns,
+    records: Mapping[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    base_ns: Mapping[int, int] | None = None,
+) -> columns.Columns:
+    """Per step, the median over the traced ranks of the GPU's own view (the step window, compute
+    kernels, communication kernels, the communication no compute hides) and the least exposed
+    communication of a traced rank (the rank on the critical path waits least: what
+    communication costs the step) — for dumps whose step records have phases too. Step records
+    time phases on the host: under FSDP a rank's wait for a parameter all-gather lands in its
+    ``forward``, so its ``comm_exposed`` shows a fraction of the time its GPU waits on the
+    network; the trace shows all of it. Steps are matched to the records as
+    :func:`traced_rows` says."""
+    return per_step(traced_rows(kb, records, base_ns))
+
+
+def per_step(rows: columns.Columns) -> columns.Columns:
+    """:func:`traced_steps` from rows of :func:`traced_rows`."""
+    rank, step = np.asarray(rows["rank"], np.int64), np.asarray(rows["step"], np.int64)
     out: dict[str, list[float]] = {c: [] for c in TRACED_COLUMNS}
-    values = {c: np.asarray(done[c], dtype=np.float64) for c in TRACED_COLUMNS[2:6]}
-    exposed = np.asarray(done["comm_exposed_s"], dtype=np.float64)
-    for s in np.unique(step[keep]):
-        here = (step == s) & keep
+    values = {c: np.asarray(rows[c], dtype=np.float64) for c in TRACED_COLUMNS[2:6]}
+    exposed = np.asarray(rows["comm_exposed_s"], dtype=np.float64)
+    for s in np.unique(step):
+        here = step == s
         out["step"].append(float(s))
         out["ranks"].append(float(len(np.unique(rank[here]))))
         for c, v in values.items():

@@ -127,6 +127,8 @@ def _culprit(c: dict[str, object] | None) -> str:
     if set(c) == {"job"}:
         return "the whole job"
     parts = [f"{k} {c[k]}" for k in ("node", "rank", "gpu", "efa_device", "ost", "job") if k in c]
+    if "pp_rank" in c:
+        parts.insert(0, f"pipeline stage {c['pp_rank']}")
     return ", ".join(parts)
 
 
@@ -138,13 +140,18 @@ def _verdict_section(a: Analysis) -> list[str]:
             return ["", "Verdicts: none (no step records or Kineto traces: there is no step to judge)"]
         return []
     lines = ["", "Verdicts (phases of one class)"]
-    lines.append(f"  {'steps':<11} {'class':<10} {'onset':>6} {'lost':>7}  culprit")
-    for p in d.phases:
+    named = [f"{p['class']} ({p['cause']})" if p.get("cause") else p["class"] for p in d.phases]
+    col = max([10, *(len(w) for w in named)])
+    head = f"  {'steps':<11} {'class':<{col}} {'onset':>6} {'lost':>7}  "
+    lines.append(head + "culprit")
+    for p, what in zip(d.phases, named, strict=True):
         span = f"{p['first_step']}-{p['last_step']}" if p["steps"] > 1 else str(p["first_step"])
         on = str(p["onset"]["step"]) if "onset" in p else ""
         lost = f"{p['lost_fraction']:.1%}" if p["lost_s"] > 0 else ""
-        lines.append(f"  {span:<11} {p['class']:<10} {on:>6} {lost:>7}  {_culprit(p['culprit'])}")
-        if p["class"] != "compute" and p["recommendation"]:
+        row = f"  {span:<11} {what:<{col}} {on:>6} {lost:>7}  "
+        # a long culprit continues under its column, never past the terminal's width
+        lines.extend(_fill(_culprit(p["culprit"]), row, " " * len(row)))
+        if (p["class"] != "compute" or p.get("cause")) and p["recommendation"]:
             lines.extend(_fill(p["recommendation"], "    ", "    "))
         lines.extend(_undecided_lines(a, p["first_step"], p["last_step"]))
     lines.extend(_lost_section(a))

@@ -308,13 +308,19 @@ def _pipeline(n: int, last_stage_compute: float) -> pd.DataFrame:
 
 
 def test_a_pipeline_stage_that_holds_the_others_up_is_named_by_its_stage() -> None:
+    # a 3:1 layer split: not a fault but a partition to fix, named by its stage — compute with
+    # cause stage_imbalance (a straggler stage only with hardware bits on its GPU)
     vs = verdicts.classify(_pipeline(12, 3.0), {})
-    assert _classes(vs) == {"straggler"}
+    assert _classes(vs) == {"compute"}
+    assert {v.reason for v in vs} == {"stage_imbalance"}
     assert all(v.culprit == {"pp_rank": 1, "node": "node-001"} for v in vs)
     assert "move layers off it" in vs[5].recommendation
+    assert vs[5].to_json()["cause"] == "stage_imbalance"
     # the loss head on the last of two even stages (1.5x): the normal shape of a pipeline, and no
     # rank of the longer stage is a straggler against the other stage's ranks
-    assert _classes(verdicts.classify(_pipeline(12, 1.5), {})) == {"compute"}
+    even = verdicts.classify(_pipeline(12, 1.5), {})
+    assert _classes(even) == {"compute"}
+    assert {v.reason for v in even} == {""} and all(v.culprit is None for v in even)
 
 
 def test_a_rank_late_for_its_input_is_input_starvation_through_that_rank() -> None:
@@ -340,3 +346,88 @@ def test_a_checkpoint_is_a_stall_against_the_runs_own_checkpoints() -> None:
     vs = verdicts.classify(steps, {})
     assert [v.step for v in vs if v.cls == "io"] == [29]
     assert vs[29].cause == "checkpoint"
+
+
+def _node_psi(n: int, shares: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """PSI ``some`` stall seconds per node and resource (cpu, memory, io), ``shares`` of the time
+    for the (node, resource) pairs given, 1% elsewhere."""
+    rows = []
+    for t in range(n + 2):
+        for node in ("node-000", "node-001"):
+            for resource in ("cpu", "memory", "io"):
+                rows.append(
+                    {
+                        "timestamp": T0 + t,
+                        "metric": "fmdiag_host_pressure_stall_seconds_total",
+                        "value": shares.get((node, resource), 0.01) * t,
+                        "instance": node,
+                        "resource": resource,
+                        "kind": "some",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _fsdp_late(rank: int) -> Any:
+    """Under FSDP every rank's forward absorbs the wait for a late rank's all-gathers: the late
+    rank is the one that waits least in comm_exposed, by a margin far under the straggler line."""
+
+    def phases(step: int, r: int) -> dict[str, float]:
+        return {"forward": 0.45, "comm_exposed": 0.01 if r == rank else 0.04}
+
+    return phases
+
+
+@pytest.mark.parametrize("resource", ["cpu", "memory"])
+def test_a_late_rank_on_a_node_that_stalls_on_cpu_or_memory_is_a_host_straggler(resource: str) -> None:
+    steps = _steps(12, _fsdp_late(6))
+    vs = verdicts.classify(steps, {"host": _node_psi(12, {("node-001", resource): 0.5})})
+    assert _classes(vs) == {"straggler"}
+    assert {v.reason for v in vs} == {"host"}
+    assert vs[5].culprit == {"node": "node-001", "rank": 6, "gpu": 2}
+    assert f"late_node_psi_{resource}_some_fraction" in {e["metric"] for e in vs[5].evidence}
+    assert vs[5].to_json()["cause"] == "host"
+
+
+def test_pressure_every_node_shares_or_a_wandering_late_rank_names_no_straggler() -> None:
+    # every node stalls on CPU (a CPU-bound loader everywhere): the job's pressure, not one node's
+    steps = _steps(12, _fsdp_late(6))
+    both = {("node-000", "cpu"): 0.5, ("node-001", "cpu"): 0.5}
+    assert _classes(verdicts.classify(steps, {"host": _node_psi(12, both)})) == {"compute"}
+    # one node stalls, but the late rank changes every step (the healthy frame): nobody to blame
+    healthy = _steps(12, lambda s, r: {})
+    assert _classes(verdicts.classify(healthy, {"host": _node_psi(12, {("node-001", "cpu"): 0.5})})) == {
+        "compute"
+    }
+    # no PSI at all: the late rank's small margin is no straggler
+    assert _classes(verdicts.classify(steps, {})) == {"compute"}
+
+
+def test_traced_ranks_show_the_wait_host_timed_phases_hide() -> None:
+    """Rank 4 pauses (Python GC) with no signal anywhere; its peers' forward absorbs the wait.
+    Traces of rank 4 and rank 0 on steps 4-7 show rank 0's GPU spinning in NCCL 25% of the step
+    and rank 4's not: rank 4 holds the job up, on the traced steps and, still late, on the rest."""
+    steps = _steps(12, _fsdp_late(4))
+    feats = verdicts.step_features(steps)
+    rows = {
+        "rank": np.array([0, 4] * 4),
+        "step": np.repeat(np.arange(4, 8), 2),
+        "span_s": np.full(8, 1.0),
+        "compute_s": np.full(8, 0.7),
+        "comm_s": np.full(8, 0.4),
+        "comm_exposed_s": np.array([0.25, 0.01] * 4),
+    }
+    verdicts.add_trace_waits(feats, rows)
+    assert feats[5].trace_wait == pytest.approx(0.24 * 1.0)
+    assert feats[10].trace_wait == pytest.approx(0.24)  # not traced, same late rank
+    vs = verdicts.classify_features(feats, verdicts.MetricView({}))
+    assert _classes(vs) == {"straggler"}
+    assert {v.reason for v in vs} == {"unknown"}
+    assert vs[5].culprit == {"node": "node-001", "rank": 4, "gpu": 0}
+    assert "traced_wait_for_late_rank_s" in {e["metric"] for e in vs[5].evidence}
+    assert "Python GC" in vs[5].recommendation
+    # the same traces without the late rank among them say nothing about it
+    feats = verdicts.step_features(steps)
+    verdicts.add_trace_waits(feats, {**rows, "rank": np.array([0, 1] * 4)})
+    assert all(np.isnan(f.trace_wait) for f in feats)
+    assert _classes(verdicts.classify_features(feats, verdicts.MetricView({}))) == {"compute"}
