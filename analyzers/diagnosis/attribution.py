@@ -12,6 +12,10 @@ exposed communication (network), the median data wait (io, host). A stalled chec
 its time beyond a normal checkpoint's; a normal checkpoint costs nothing (it is work the job
 asked for).
 
+A pipeline stage imbalance (a ``compute`` verdict with cause ``stage_imbalance``) costs the share
+of the step the other stages idle waiting for the longest one, ``1 - mean stage compute / longest``:
+what an even partition would give back, an upper bound (``up to`` in the statements).
+
 A cause is counted on a step only when its own test passed there (the verdict's class or one of
 its ``secondary`` causes), so noise on healthy steps is not booked as loss. A run with fewer than
 :data:`MIN_HEALTHY_STEPS` healthy steps (a fault from the first step) has no healthy step time to
@@ -37,7 +41,7 @@ import numpy as np
 
 from fmdiag.analyzers.diagnosis.verdicts import NETWORK_FLOOR_FRACTION, MetricView, StepFeatures, Verdict
 
-CAUSES: tuple[str, ...] = ("straggler", "network", "io", "host", "checkpoint")
+CAUSES: tuple[str, ...] = ("straggler", "network", "io", "host", "checkpoint", "stage")
 #: Healthy steps needed before their medians are trusted as the baseline.
 MIN_HEALTHY_STEPS = 5
 #: Columns of the per-step table, in order.
@@ -98,6 +102,16 @@ class Attribution:
     def lost_s(self) -> dict[str, float]:
         return {c: float(np.sum(self.per_step[f"lost_{c}_s"])) for c in CAUSES}
 
+    def bound(self, cause: str) -> str:
+        """How a cause's cost reads: ``"at least "`` (its own signal, no healthy step to compare
+        with), ``"up to "`` (an ideal fix: an even pipeline partition) or ``""`` (measured)."""
+        if cause == "stage":
+            return "up to "
+        measured = self.baseline.measured or cause == "checkpoint"
+        measured = measured or (cause == "straggler" and self.straggler_from_activity)
+        measured = measured or (cause == "network" and self.network_from_traces)
+        return "" if measured else "at least "
+
     def statements(self) -> list[str]:
         """ "fixing X gives back Y% of step time", for each cause that cost anything, biggest first."""
         total = self.run_seconds
@@ -106,10 +120,7 @@ class Attribution:
             if lost <= 0 or total <= 0:
                 continue
             steps = int(np.count_nonzero(self.per_step[f"lost_{cause}_s"]))
-            measured = self.baseline.measured or cause == "checkpoint"
-            measured = measured or (cause == "straggler" and self.straggler_from_activity)
-            measured = measured or (cause == "network" and self.network_from_traces)
-            bound = "" if measured else "at least "
+            bound = self.bound(cause)
             out.append(
                 f"fixing {_WHAT[cause]} gives back {bound}{lost / total:.1%} of step time "
                 f"({lost:.1f} s over {steps} steps)"
@@ -139,6 +150,7 @@ _WHAT = {
     "io": "data loading from storage",
     "host": "the host side (a CPU-bound input pipeline or training loop)",
     "checkpoint": "the checkpoint stalls",
+    "stage": "the pipeline partition (layers moved off the longest stage)",
 }
 
 
@@ -179,7 +191,8 @@ def baseline(feats: list[StepFeatures], verdicts: list[Verdict]) -> Baseline:
 
 
 def _causes(v: Verdict) -> set[str]:
-    return {v.primary_cause, *v.secondary} & set(CAUSES)
+    named = {"stage"} if v.reason == "stage_imbalance" else set()
+    return ({v.primary_cause, *v.secondary} | named) & set(CAUSES)
 
 
 def _signal(cause: str, f: StepFeatures, base: Baseline) -> float:
@@ -197,6 +210,8 @@ def _signal(cause: str, f: StepFeatures, base: Baseline) -> float:
 
 def _booked(cause: str, f: StepFeatures, v: Verdict) -> dict[str, Any] | None:
     """The culprit a cause's loss on this step is booked to (None: the whole job)."""
+    if cause == "stage":
+        return v.culprit
     if cause == "straggler":
         own = v.culprit if v.cls == "straggler" and v.culprit else None
         return own or {"node": f.late_node, "rank": f.late_rank, "gpu": f.late_local_rank}
@@ -260,7 +275,12 @@ def attribute(
         culprits.append(booked)
         if "checkpoint" in causes:
             cols["lost_checkpoint_s"][i] = max(f.checkpoint_s - base.checkpoint_s, 0.0)
-        running = sorted(causes - {"checkpoint"})
+        if "stage" in causes:
+            # every stage at the mean stage's compute: the other stages stop idling for the
+            # longest (1F1B's steady state), an upper bound (layers move whole; embeddings and
+            # the loss head stay where they are)
+            cols["lost_stage_s"][i] = f.stage_loss * max(f.duration_s - f.checkpoint_s, 0.0)
+        running = sorted(causes - {"checkpoint", "stage"})
         if not running:
             continue
         signal = {c: _signal(c, f, base) for c in running}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fmdiag.analyzers.diagnosis import aggregates, attribution, onset, rank_scores, verdicts
+from fmdiag.analyzers.diagnosis import aggregates, attribution, onset, rank_scores, stages, verdicts
 from fmdiag.analyzers.frames import columns, kineto_steps
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ class Diagnosis:
     change_points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: ``rank_scores.COLUMNS`` as numpy columns (the Kineto-only path never loads pandas).
     rank_scores: columns.Columns | None = None
+    #: Per pipeline stage (records with ``pp_rank``): :func:`stages.table`; empty without a pipeline.
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def diagnose(
@@ -53,4 +55,5 @@ def diagnose(
         aggregates=aggregates.aggregates(found, attr, feats),
         change_points=change,
         rank_scores=rank_scores.scores(steps, {v.step for v in found if v.cls in ("compute", "straggler")}),
+        stages=stages.table(steps),
     )

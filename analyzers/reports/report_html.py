@@ -44,6 +44,7 @@ CLASS_COLOURS = {
     "host": "#b279a2",
     "straggler": "#e45756",
     "checkpoint": "#9d755d",
+    "stage": "#ff9da6",
 }
 PHASES = (*steprecord.PHASES, "unattributed_s")
 PHASE_COLOURS = {

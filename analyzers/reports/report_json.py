@@ -107,16 +107,20 @@ def document(a: Analysis, table_of: Any = None) -> dict[str, Any]:
 
 
 def _diagnosis(a: Analysis, table_of: Any) -> dict[str, Any]:
-    """Attribution, phases, aggregates, rank scores and change points (null without step records)."""
+    """Attribution, phases, aggregates, rank scores, change points and pipeline stages (null without
+    step records; stages null without a pipeline)."""
     d = a.diagnosis
     if d is None or d.attribution is None:
-        return {k: None for k in ("attribution", "phases", "aggregates", "rank_scores", "change_points")}
+        return {
+            k: None for k in ("attribution", "phases", "aggregates", "rank_scores", "change_points", "stages")
+        }
     return {
         "attribution": d.attribution.to_json(table_of),
         "phases": d.phases,
         "aggregates": d.aggregates,
         "rank_scores": table_of(d.rank_scores),
         "change_points": d.change_points,
+        "stages": d.stages or None,
     }
 
 

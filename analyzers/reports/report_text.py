@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 import textwrap
+from typing import Any
 
 import numpy as np
 
@@ -181,9 +182,10 @@ def headline(a: Analysis) -> str:
     targets = d.aggregates.get("targets", []) if d.aggregates else []
     if targets and targets[0]["fraction"] > 0:
         t = targets[0]
-        bound = " at least" if d.attribution and not d.attribution.baseline.measured else ""
+        bound = d.attribution.bound(t["cause"]) if d.attribution else ""
+        what = "pipeline stage imbalance" if t["cause"] == "stage" else t["cause"]
         return (
-            f"verdict: {t['cause']} ({_culprit(t['target'])}) costs{bound} {t['fraction']:.1%} of step"
+            f"verdict: {what} ({_culprit(t['target'])}) costs {bound}{t['fraction']:.1%} of step"
             f" time over {t['steps']} steps"
             + (
                 f"; {len(targets) - 1} more target{'s' if len(targets) > 2 else ''} below"
@@ -219,6 +221,7 @@ def _lost_section(a: Analysis) -> list[str]:
         lines += ["", "Act on (ranked by the time they cost)"]
         for t in targets[:5]:
             lines.append(f"  {t['fraction']:6.1%}  {t['cause']:<10} {_culprit(t['target'])}")
+    lines.extend(_stages_section(d.stages))
     scores = d.rank_scores
     if scores is not None and columns.length(scores) and bool(np.any(scores["flagged"])):
         bad = rank_scores.flagged(scores)
@@ -230,6 +233,22 @@ def _lost_section(a: Analysis) -> list[str]:
                 f"  {int(bad['rank'][i]):>6} {bad['node'][i]:<14} {bad['relative_score'][i]:9.3f}"
                 f" {bad['individual_score'][i]:12.3f}"
             )
+    return lines
+
+
+def _stages_section(stages: list[dict[str, Any]]) -> list[str]:
+    """The pipeline's stages side by side: the one the others wait for stands out."""
+    if not stages:
+        return []
+    lines = ["", "Pipeline stages (median per step; waiting: exposed communication, p2p receives included)"]
+    lines.append(f"  {'stage':>5} {'ranks':>5} {'compute':>9} {'waiting':>9} {'vs median':>10}  nodes")
+    for r in stages:
+        nodes = ", ".join(r["nodes"][:3]) + (f" +{len(r['nodes']) - 3}" if len(r["nodes"]) > 3 else "")
+        row = (
+            f"  {r['pp_rank']:>5} {r['ranks']:>5} {r['compute_s']:8.3f}s {r['wait_share']:9.1%}"
+            f" {r['vs_median_stage']:+10.0%}  "
+        )
+        lines.extend(_fill(nodes or "-", row, " " * len(row)))
     return lines
 
 
