@@ -296,7 +296,10 @@ def attribute(
                 if c == "straggler" and view is not None:
                     idle = _peers_idle(view, booked[c], f)
                     if idle is not None:
-                        lost = max(lost, idle * (f.duration_s - f.checkpoint_s))
+                        # of the time the GPUs had work: a wait for input idles the straggler's
+                        # GPU as well, and is the input's cost, not the straggler's
+                        busy = f.duration_s - f.checkpoint_s - f.data_wait_median
+                        lost = max(lost, idle * max(busy, 0.0))
                         estimated[i] = True
                 cols[f"lost_{c}_s"][i] = min(lost, f.duration_s)
             continue
