@@ -1149,7 +1149,14 @@ def _straggler(
     share, uuid = hw
     v.evidence.append(_ev("hw_slowdown_fraction", share, 0.0))
     if share <= 0.0:
-        v.recommendation = f"rank {f.late_rank} is slowest with no hardware cause: data-dependent imbalance"
+        where = f" on {f.late_node}" if f.late_node else ""
+        v.recommendation = (
+            f"rank {f.late_rank}{where} joins the collectives last in {same_late:.0%} of the steps around"
+            f" this one, with no hardware clock-event bit, and the wait the step records show is under"
+            f" {STRAGGLER_WAIT_FRACTION:.0%} of the step: a small, steady speed difference, or a wait the"
+            " records cannot show (under FSDP it hides in every rank's forward) — profile this rank and"
+            " one other for a few steps and fmdiag measures it from the traces"
+        )
         return
     v.cls, v.confidence, v.reason = "straggler", min(0.95, 0.6 + 0.35 * share), "hardware"
     if uuid:
