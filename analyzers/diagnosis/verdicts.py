@@ -63,6 +63,7 @@ COMM_DOMINANT_FRACTION: float = rules.value("COMM_DOMINANT_FRACTION")
 EFA_ERROR_SHARE: float = rules.value("EFA_ERROR_SHARE")
 EFA_PACKET_BYTES: int = rules.value("EFA_PACKET_BYTES")
 EFA_SATURATED: float = rules.value("EFA_SATURATED")
+EFA_CULPRIT_MIN_EVENTS: float = rules.value("EFA_CULPRIT_MIN_EVENTS")
 STAGE_IMBALANCE_LOSS: float = rules.value("STAGE_IMBALANCE_LOSS")
 DATA_WAIT_FRACTION: float = rules.value("DATA_WAIT_FRACTION")
 IOWAIT_FRACTION: float = rules.value("IOWAIT_FRACTION")
@@ -527,7 +528,8 @@ class MetricView:
 
     def efa_culprit(self, t: float) -> tuple[dict[str, Any], float, float] | None:
         """The EFA device whose error counters grew most in the scrape interval holding ``t``, when
-        it stands out (over 3x the median device): culprit, its errors and the median's."""
+        it stands out (over 3x the median device) and its errors are no stray few: culprit, its
+        errors and the median's."""
         deltas: dict[tuple[str, str], float] = {}
         for key, (ts, vals) in self._efa.items():
             lo, hi = _bracket(ts, t)
@@ -538,6 +540,17 @@ class MetricView:
         (node, dev), top = max(deltas.items(), key=lambda kv: kv[1])
         median = float(np.median(list(deltas.values())))
         if top <= 0 or top < 3 * median:
+            return None
+        # a few stray events on a quiet device are not trouble: the errors must be a real share of
+        # what it sent (EFA_ERROR_SHARE of its packets), or, without its byte counter, many
+        tx = self._tx.get((node, dev))
+        if tx is not None:
+            tlo, thi = _bracket(tx[0], t)
+            if thi > tlo:
+                packets = max(float(tx[1][thi] - tx[1][tlo]) / EFA_PACKET_BYTES, 1.0)
+                if top < EFA_ERROR_SHARE * packets:
+                    return None
+        elif top < EFA_CULPRIT_MIN_EVENTS:
             return None
         return {"node": node, "efa_device": dev}, top, median
 
