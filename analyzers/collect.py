@@ -4,8 +4,9 @@ Which series: the job's nodes are the instances that exported its step series
 (``fmdiag_step_*{training_job="J"}``) in the time range; every catalogued family of every
 subsystem is then read for those instances (steps: for that training job only), in bounded
 ``query_range`` requests (:mod:`fmdiag.analyzers.readers.prometheus_source`). GPU series also match on
-dcgm-exporter's ``Hostname`` label, so a stock dcgm-exporter (whose target is ``host:9400``, or a
-pod address) is found as well as fmdiag's own exporter.
+dcgm-exporter's node label, ``hostname`` (after 4.5.3, and fmdiag's default) or ``Hostname``
+(before), so a stock dcgm-exporter (whose target is ``host:9400``, or a pod address) is found as
+well as fmdiag's own exporter; the dump stores it under the catalogued spelling (``Hostname``).
 
 How they are written: the core's format (``fmdiag.dumpformat``): one long-form Parquet file per
 subsystem, string columns dictionary-encoded, rows grouped by series in time order, checked
@@ -50,11 +51,15 @@ class CollectResult:
     requests: int = 0
 
 
+#: dcgm-exporter's node label, in every spelling it has had (``hostname``, ``Hostname``).
+HOST_LABELS = catalog.LABEL_SPELLINGS["Hostname"]
+
+
 def node_name(labels: dict[str, str]) -> str:
-    """The node a series describes: dcgm's ``Hostname``, else the target without its port."""
-    host = labels.get("Hostname", "")
-    if host:
-        return host
+    """The node a series describes: dcgm's ``hostname``/``Hostname``, else the target without its port."""
+    for label in HOST_LABELS:
+        if labels.get(label, ""):
+            return labels[label]
     return _PORT.sub("", labels.get("instance", ""))
 
 
@@ -96,7 +101,7 @@ def series_for(
     present = client.names(start, end)
     hosts = sorted({_PORT.sub("", i) for i in instances})
     inst_re = f'instance=~"({ps.label_escape(ps.regex_alternation(hosts))})(:[0-9]+)?"'
-    host_re = f'Hostname=~"{ps.label_escape(ps.regex_alternation(hosts))}"'
+    host_res = [f'{label}=~"{ps.label_escape(ps.regex_alternation(hosts))}"' for label in HOST_LABELS]
     for metric in catalog.by_subsystem(subsystem):
         for name in sample_names(metric):
             if name not in present:
@@ -104,7 +109,7 @@ def series_for(
             if subsystem == "steps":
                 selectors = [f'{STEP_JOB_LABEL}="{ps.label_escape(job)}"']
             elif metric.dcgm:
-                selectors = [inst_re, host_re]
+                selectors = [inst_re, *host_res]
             else:
                 selectors = [inst_re]
             seen: set[tuple[tuple[str, str], ...]] = set()
@@ -121,7 +126,10 @@ def long_form(series: Iterable[ps.Series], subsystem: str) -> dict[str, list[Any
     rows: list[tuple[ps.Series, dict[str, str]]] = []
     label_names: dict[str, None] = dict.fromkeys(dumpformat.label_columns(subsystem))
     for s in series:
-        labels = {k: v for k, v in s.labels.items() if k not in DROPPED_LABELS}
+        # A label an exporter may spell two ways (hostname, Hostname) is stored under the catalog's.
+        labels = {
+            catalog.CATALOGUED_LABEL.get(k, k): v for k, v in s.labels.items() if k not in DROPPED_LABELS
+        }
         labels["instance"] = node_name(s.labels)
         label_names.update(dict.fromkeys(labels))
         rows.append((s, labels))

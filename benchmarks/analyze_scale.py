@@ -118,6 +118,21 @@ def simulate(out: Path, nodes: int, steps: int, scenario: str) -> None:
     print(f"  written in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def dump_problem(dump: Path) -> str | None:
+    """Why ``dump`` cannot be measured, or None.
+
+    Checked before anything runs: a mistyped path would otherwise give an empty file list, a
+    stage that times nothing in no time, and a "met" that means nothing.
+    """
+    if not dump.is_dir():
+        return "no such directory" if not dump.exists() else "not a directory"
+    from fmdiag import dumpformat
+
+    if not dumpformat.DumpLayout(dump).step_files():
+        return "no step records in it (neither steps/*.jsonl nor a steptrace spool): not a trace dump"
+    return None
+
+
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -146,6 +161,11 @@ def main() -> None:
     if args.stage_child:
         print(json.dumps(stage(args.dump, args.workers, args.detail)))
         return
+
+    if args.dump is not None:
+        problem = dump_problem(args.dump)
+        if problem is not None:
+            sys.exit(f"analyze_scale: --dump {args.dump}: {problem}; nothing was measured")
 
     tmp: Path | None = None
     dump = args.dump

@@ -11,15 +11,19 @@ the simulator's own numbers for the same steps, over the same span (first to las
   all-gathers), what HTA's compute% measures;
 - ``rec compute%``: forward + backward + optimizer of the step records, which count those
   waits as forward/backward (so under a slow network or a straggler they exceed HTA's);
-- ``sim exposed%``: communication not hidden under compute, from ``ClusterModel.collectives``,
-  to set beside HTA's non-compute% (which also holds the memory copies);
+- ``sim exposed%``: communication not hidden under compute, from ``kineto.comm_windows`` (the
+  collectives, and a pipeline's sends and receives, a tensor- or expert-parallel job's
+  all-reduces and all-to-alls), to set beside HTA's non-compute% (which also holds the memory
+  copies);
 - ``sim overlap%``: the share of communication time under compute, as HTA computes it.
 
 HTA drops each trace's last ``ProfilerStep`` and the trace's launch gaps and memory copies are
 not compute, so the two sides agree to within a few tenths of a point, not exactly.
 
 Run: ``python benchmarks/hta_reads_simulator.py`` (``--hta-python PATH`` to use an
-interpreter that already has traceinsight; otherwise one is made in ``--venv``).
+interpreter that already has traceinsight; otherwise one is made in ``--venv``; ``--scenarios``
+picks others, e.g. ``--scenarios moe-expert-imbalance --nodes 1 --gpus 8``: an expert group is a
+whole node).
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ import tempfile
 from pathlib import Path
 
 from fmdiag.dumpformat import DumpLayout
-from fmdiag.simulate.cluster.kineto import compute_windows
+from fmdiag.simulate.cluster.kineto import comm_windows, compute_windows
 from fmdiag.simulate.dump import DumpResult
 from fmdiag.steprecord import read_file
 
 HTA_VERSION = "0.6.1"
-SCENARIOS = ("healthy", "network-node", "straggler-thermal")
+#: Data parallel (healthy, network, hardware straggler), a 1F1B pipeline, a host-side straggler.
+SCENARIOS = ("healthy", "network-node", "straggler-thermal", "pp-straggler", "straggler-python-gc")
 
 #: Runs inside HTA's environment; prints one JSON document.
 _PROBE = r"""
@@ -116,7 +121,7 @@ def simulator_side(result: DumpResult, root: Path, traced: range) -> dict[int, d
         for step in traced:
             i = step - first
             compute += compute_windows(model, chunk, i, rank)
-            comm += [(c.start_ns, c.end_ns) for c in model.collectives(chunk, i, rank)]
+            comm += comm_windows(model, chunk, i, rank)
         cu, mu = _union(compute), _union(comm)
         lo = int(chunk.start[traced[0] - first, rank])
         hi = max(b for _, b in cu + mu)
@@ -147,11 +152,12 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="the training job (fmdiag simulate --preset)")
     parser.add_argument("--detail", default="full", choices=("full", "compact"))
     parser.add_argument("--nccl", default="new", choices=("new", "old"))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenarios")
     args = parser.parse_args()
     python = hta_python(args.venv, args.hta_python)
     world = args.nodes * args.gpus
     with tempfile.TemporaryDirectory() as tmp:
-        for scenario in SCENARIOS:
+        for scenario in args.scenarios.split(","):
             out = Path(tmp) / scenario
             last = args.steps - 1
             kineto = KinetoOptions(

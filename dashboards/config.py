@@ -67,8 +67,14 @@ class Config:
     cluster_label: str = "cluster"
     #: Label naming the node on fmdiag's series (relabel ``instance`` to the host name).
     node_label: str = "instance"
-    #: Label naming the node on GPU series (dcgm-exporter's ``Hostname``).
-    gpu_node_label: str = "Hostname"
+    #: Label naming the node on GPU series: dcgm-exporter's ``hostname`` (after 4.5.3; fmdiag's
+    #: default too). Every GPU query reads it under this name whichever spelling a target uses.
+    gpu_node_label: str = "hostname"
+    #: The other spelling of the GPU node label, also read (copied into ``gpu_node_label``):
+    #: ``Hostname`` of dcgm-exporter up to 4.5.3, of fmdiag with
+    #: ``--collector.gpu.hostname-label=Hostname``, and of history stored before. "" reads only
+    #: ``gpu_node_label`` (queries get shorter once every target has moved).
+    gpu_node_label_legacy: str = "Hostname"
     #: The training job id label (see ``_training_job_label``).
     job_label: str = field(default_factory=_training_job_label)
     #: Default datasource of the generated dashboards' ``datasource`` variable (a name).

@@ -8,14 +8,18 @@ the exact name. Here the text format names a family after its samples, so both
 ``fmdiag_efa_tx_bytes_total`` and ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` keep their catalog
 names. OpenMetrics requires ``_total`` on counter samples, so a counter whose samples lack it
 is typed ``unknown`` there (same name, same values; PromQL treats both alike). Second, a
-per-scrape writer that caches header lines is several times faster on a node's ~2,000 samples.
+per-scrape writer that caches header lines, and keeps each series' text (name and labels) from one
+scrape to the next (:class:`SeriesTexts`), formats only values on a node's ~3,000 samples.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from enum import StrEnum
+from operator import is_
 
 from prometheus_client.core import Metric
 
@@ -135,40 +139,91 @@ def _header(fmt: Format, fam: Metric, first_sample: str) -> str:
     return line
 
 
-def _samples(fam: Metric, out: list[str], label_text: dict[int, str]) -> None:
-    """Sample lines; ``label_text`` memoises the rendered label set per dict object, because
-    collectors share one labels dict across a device's samples (valid while the samples live)."""
-    append = out.append
-    for s in fam.samples:
-        labels = s.labels
-        value = s.value
-        if type(value) is int:
-            text = str(value)
-        elif value.is_integer() and -1e15 < value < 1e15:
-            text = str(int(value))
-        else:
-            text = format_value(value)
-        if labels:
-            body = label_text.get(id(labels))
-            if body is None:
-                body = label_text[id(labels)] = ",".join(
-                    [f'{k}="{_escape_label(v)}"' for k, v in labels.items()]
-                )
-            append(f"{s.name}{{{body}}} {text}\n")
-        else:
-            append(f"{s.name} {text}\n")
+def series_text(name: str, labels: Mapping[str, str]) -> str:
+    """A sample line up to its value: ``name{k="v",...} `` (``name `` without labels)."""
+    if not labels:
+        return name + " "
+    body = ",".join([f'{k}="{_escape_label(v)}"' for k, v in labels.items()])
+    return f"{name}{{{body}}} "
 
 
-def render(families: Iterable[Metric], fmt: Format) -> bytes:
-    """The whole exposition; families without samples are left out, as client_golang does."""
+#: Per family (name, type): its sample names, label dicts and series texts in the last render.
+_FamilyTexts = tuple[list[str], list[Mapping[str, str]], list[str]]
+_Texts = dict[tuple[str, str], _FamilyTexts]
+
+
+class SeriesTexts:
+    """The series texts of the last render, kept for the next: only values are formatted again.
+
+    A node's label sets hardly change from one scrape to the next, and formatting them
+    (quoting, escaping, joining) was most of a render. Per family, the last render's sample
+    names and label dicts are kept with their texts; when a family comes back with the same
+    names and the very same label dicts in the same order (as collectors that keep their dicts
+    hand them out, e.g. through :class:`fmdiag.exporters.labelsets.LabelSets`), its texts are
+    reused as they are, else made afresh. Holding the dicts keeps their ids from being reused.
+    A labels dict is never changed once it is in a sample (``Families.add`` copies,
+    ``Families.adder`` says so). Only what the last render had is kept, so memory follows the
+    series count and a removed device's texts go with the next render.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kept: _Texts = {}
+
+    def __len__(self) -> int:
+        return sum(len(texts) for _, _, texts in self.kept.values())
+
+
+def _value_line(value: float) -> str:
+    """A sample's value and the line's end."""
+    if type(value) is int:
+        return str(value) + "\n"
+    if value.is_integer() and -1e15 < value < 1e15:
+        return str(int(value)) + "\n"
+    return format_value(value) + "\n"
+
+
+def _family_lines(fam: Metric, out: list[str], old: _Texts, new: _Texts) -> None:
+    """Sample lines of one family, its series texts reused from ``old`` when they still hold."""
+    samples = fam.samples
+    names = [s[0] for s in samples]
+    labels: list[Mapping[str, str]] = [s[1] for s in samples]
+    key = (fam.name, fam.type)
+    kept = old.get(key)
+    # The very same dicts (not merely equal ones: equal dicts may order their keys otherwise).
+    if kept is not None and kept[0] == names and all(map(is_, kept[1], labels)):
+        texts = kept[2]
+    else:
+        made: dict[tuple[str, int], str] = {}  # a dict shared by several samples is done once
+        texts = []
+        for name, lab in zip(names, labels, strict=True):
+            text = made.get((name, id(lab)))
+            if text is None:
+                text = made[(name, id(lab))] = series_text(name, lab)
+            texts.append(text)
+    new[key] = (names, labels, texts)
+    out.extend(map(str.__add__, texts, [_value_line(s[2]) for s in samples]))
+
+
+def render(families: Iterable[Metric], fmt: Format, texts: SeriesTexts | None = None) -> bytes:
+    """The whole exposition; families without samples are left out, as client_golang does.
+
+    ``texts`` carries series texts from one render to the next (the scraper keeps one); without
+    it, a label set shared by several samples is still formatted only once.
+    """
     out: list[str] = []
-    label_text: dict[int, str] = {}
-    for fam in families:
-        if not fam.samples:
-            continue
-        out.append(_header(fmt, fam, fam.samples[0].name))
-        _samples(fam, out, label_text)
+    append = out.append
+    new: _Texts = {}
+    with texts.lock if texts is not None else nullcontext():
+        old = texts.kept if texts is not None else {}
+        for fam in families:
+            if not fam.samples:
+                continue
+            append(_header(fmt, fam, fam.samples[0].name))
+            _family_lines(fam, out, old, new)
+        if texts is not None:
+            texts.kept = new
     if fmt is Format.OPENMETRICS:
-        out.append("# EOF\n")
+        append("# EOF\n")
     # Lone surrogates (undecodable file names) become "?" rather than failing the scrape.
     return "".join(out).encode("utf-8", "replace")

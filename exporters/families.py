@@ -45,8 +45,10 @@ class CatalogChecks:
             return spec
         spec = catalog.get(name)
         allowed = spec.all_labels
-        missing = [k for k in spec.labels if k not in keys]
-        extra = [k for k in keys if k not in allowed]
+        # A label an option may spell another way (hostname/Hostname) counts as the catalogued one.
+        given = [catalog.CATALOGUED_LABEL.get(k, k) for k in keys]
+        missing = [k for k in spec.labels if k not in given]
+        extra = [k for k, g in zip(keys, given, strict=True) if g not in allowed]
         if missing or extra:
             raise ValueError(f"{name}: labels missing {missing}, not catalogued {extra}")
         if len(self._checked) < self.LIMIT:
@@ -131,9 +133,54 @@ class Families:
         if total is not None:
             fam.add_sample(f"{name}_sum", labels, float(total))
 
+    def histogram_adder(self, name: str, label_names: Sequence[str]) -> HistogramAdd:
+        """:meth:`add_histogram` for hot loops: checked once, the same samples, no dicts built.
+
+        The returned ``add(labels, bucket_labels, cumulative, count, total)`` takes the bucket
+        label sets ready-made (:func:`bucket_labels`, kept by the caller from one scrape to
+        the next) and the cumulative count per bound, +Inf excluded; the same rules as
+        :meth:`adder` apply to the dicts.
+        """
+        fam, spec = self._family(name, dict.fromkeys(label_names, ""))
+        if spec.type is not MetricType.HISTOGRAM:
+            raise ValueError(f"{name} is a {spec.type}, not a histogram")
+        append = fam.samples.append
+        new = tuple.__new__
+        bucket, count_name, sum_name = f"{name}_bucket", f"{name}_count", f"{name}_sum"
+
+        def add(
+            labels: dict[str, str],
+            buckets: Sequence[dict[str, str]],
+            cumulative: Sequence[float],
+            count: float,
+            total: float | None,
+        ) -> None:
+            if len(buckets) != len(cumulative) + 1:
+                raise ValueError(f"{name}: {len(cumulative)} counts for {len(buckets) - 1} bounds")
+            for lab, cum in zip(buckets, cumulative, strict=False):
+                append(new(Sample, (bucket, lab, float(cum), None, None, None)))
+            append(new(Sample, (bucket, buckets[-1], float(count), None, None, None)))
+            append(new(Sample, (count_name, labels, float(count), None, None, None)))
+            if total is not None:
+                append(new(Sample, (sum_name, labels, float(total), None, None, None)))
+
+        return add
+
     def __iter__(self) -> Iterator[Metric]:
         # A family made by adder() may have stayed empty; an empty family is not exposed.
         return (fam for fam in self._families.values() if fam.samples)
+
+
+#: ``add(labels, bucket_labels, cumulative counts, count, sum or None)``, see Families.histogram_adder.
+HistogramAdd = Callable[
+    [dict[str, str], Sequence[dict[str, str]], Sequence[float], float, "float | None"], None
+]
+
+
+def bucket_labels(labels: Mapping[str, str], bounds: Sequence[float]) -> tuple[dict[str, str], ...]:
+    """The ``le`` label sets of a histogram's buckets, +Inf last, as :meth:`Families.add_histogram`
+    builds them: made once per series and kept, they leave only the counts to a scrape."""
+    return (*({**labels, "le": _le(bound)} for bound in bounds), {**labels, "le": "+Inf"})
 
 
 def _le(bound: float) -> str:

@@ -102,6 +102,24 @@ class GpuState:
     remap_failure: bool = False
     power_violation_us: int = 0  # cumulative throttle time
     thermal_violation_us: int = 0
+    #: NVML 13 fields (driver R575+): cumulative clock-event durations in ns, by reason.
+    sw_thermal_slowdown_ns: int = 0
+    hw_thermal_slowdown_ns: int = 0
+    hw_power_brake_slowdown_ns: int = 0
+    #: NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (nvmlDeviceGpuRecoveryAction_t; 0 none), driver R575+.
+    recovery_action: int = 0
+    #: NVLink 5 (Blackwell) cumulative counters, all links together (the fake spreads them on links).
+    nvlink5_tx_bytes: int = 0
+    nvlink5_rx_bytes: int = 0
+    nvlink5_symbol_errors: int = 0
+    nvlink5_effective_errors: int = 0
+    nvlink5_recovery_events: int = 0
+    nvlink5_recovery_failed_events: int = 0
+    #: C2C bandwidth of a Grace-coupled GPU (GH200, GB200), bytes/s.
+    c2c_tx_bytes_per_s: float = 0.0
+    c2c_rx_bytes_per_s: float = 0.0
+    #: nvmlGpuP2PStatus_t of NVLink P2P at this GPU (0 OK); a pair of GPUs reports its worse end.
+    nvlink_p2p_status: int = 0
     xid_events: list[int] = field(default_factory=list)  # XIDs raised since the previous snapshot
     processes: list[GpuProcess] = field(default_factory=list)
     numa_node: int = 0

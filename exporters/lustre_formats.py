@@ -366,11 +366,24 @@ def parse_rpc_stats(text: str) -> RpcStats:
         return out
     table: str | None = None
     rows: dict[str, list[tuple[int, int]]] = {"read": [], "write": []}
+    read_rows, write_rows = rows["read"], rows["write"]
     table_bad = False
+    previous = -1
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped:
             continue
+        if table == _PAGES_PER_RPC and not table_bad:
+            # The common row, taken whole; anything else (a bad or out-of-order row) goes on
+            # to the general path below, which names the fault.
+            fast = _FULL_ROW.fullmatch(stripped)
+            if fast is not None:
+                row, reads, writes = int(fast[1]), int(fast[2]), int(fast[3])
+                if previous < row < _U64 and reads < _U64 and writes < _U64:
+                    read_rows.append((row, reads))
+                    write_rows.append((row, writes))
+                    previous = row
+                    continue
         if m := _ROW.fullmatch(stripped):
             if table != _PAGES_PER_RPC or table_bad:
                 continue
@@ -393,8 +406,9 @@ def parse_rpc_stats(text: str) -> RpcStats:
                 continue
             read_n, write_n = counts
             assert read_n is not None and write_n is not None
-            rows["read"].append((label, read_n))
-            rows["write"].append((label, write_n))
+            read_rows.append((label, read_n))
+            write_rows.append((label, write_n))
+            previous = label
             continue
         first = stripped.split(None, 1)[0]
         if _is_header(first):

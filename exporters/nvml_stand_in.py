@@ -21,6 +21,12 @@ changes, so a ``--live`` simulator advancing it is seen by the next call. Failur
   ``mig_devices`` it lists (an empty slot is ``NVMLError_NotFound``), which answer the MIG
   calls (UUID, name, GPU and compute instance ids, parent handle, GPU instance info) and
   ``NVMLError_NotSupported`` to the per-GPU queries;
+* field values answer per entry, as NVML does (the call itself succeeds): the NVML 13 fields
+  (recovery action 230, clock-event durations 269-271) NOT_SUPPORTED on a driver before R575
+  (``driver_version``), the NVLink 5 counters (201-250, per link: ``scopeId`` 0-17, beyond it
+  INVALID_ARGUMENT) NOT_SUPPORTED on anything but Blackwell, an unknown field NOT_SUPPORTED;
+  GPM's C2C metrics answer only on Grace-coupled GPUs (GH200, GB200); ``nvmlDeviceGetP2PStatus``
+  gives the worse end's ``nvlink_p2p_status`` over NVLink (GPU_NOT_SUPPORTED for a PCIe card);
 * every call before ``nvmlInit`` (or after the last ``nvmlShutdown``) raises
   ``NVMLError_Uninitialized``; pynvml functions this fake does not implement raise
   ``NVMLError_FunctionNotFound``, as a driver lacking the entry point would.
@@ -53,7 +59,16 @@ NVLINK_LINKS = 18
 NO_INSTANCE = 0xFFFFFFFF
 #: PCI device ids (upper half of ``pciDeviceId``) by marketing-name fragment; vendor 0x10DE.
 _PCI_DEVICE_IDS = (("H200", 0x2335), ("H100 PCIe", 0x2331), ("H100", 0x2330), ("A100", 0x20B2))
-_GPM_FAMILIES = ("H100", "H200", "H800", "GH200", "B100", "B200", "GB200")
+_GPM_FAMILIES = ("H100", "H200", "H800", "GH200", "B100", "B200", "B300", "GB200", "GB300")
+#: NVLink 5 GPUs: they answer the NVLINK_COUNT_* fields (201-250); Hopper answers NOT_SUPPORTED.
+_NVLINK5_FAMILIES = ("B100", "B200", "B300", "GB200", "GB300")
+#: Grace-coupled GPUs: they answer GPM's C2C metrics.
+_C2C_FAMILIES = ("GH200", "GB200", "GB300")
+#: Driver branch from which NVML answers the recovery action (230) and the ns clock-event fields
+#: (269-271); an older driver answers NOT_SUPPORTED for them, as for any field it does not know.
+NVML13_DRIVER = 575
+#: C2C payload as a share of all C2C bytes (headers not modelled further).
+C2C_DATA_SHARE = 0.9
 _SUPPORTED_EVENTS = (
     pynvml.nvmlEventTypeSingleBitEccError
     | pynvml.nvmlEventTypeDoubleBitEccError
@@ -109,6 +124,15 @@ def _gpm_value(gpu: GpuState, metric_id: int) -> float | None:
     }
     if metric_id in fixed:
         return fixed[metric_id]
+    if any(f in gpu.name for f in _C2C_FAMILIES):
+        c2c = {
+            pynvml.NVML_GPM_METRIC_C2C_TOTAL_TX_PER_SEC: gpu.c2c_tx_bytes_per_s / MIB,
+            pynvml.NVML_GPM_METRIC_C2C_TOTAL_RX_PER_SEC: gpu.c2c_rx_bytes_per_s / MIB,
+            pynvml.NVML_GPM_METRIC_C2C_DATA_TX_PER_SEC: gpu.c2c_tx_bytes_per_s * C2C_DATA_SHARE / MIB,
+            pynvml.NVML_GPM_METRIC_C2C_DATA_RX_PER_SEC: gpu.c2c_rx_bytes_per_s * C2C_DATA_SHARE / MIB,
+        }
+        if metric_id in c2c:
+            return c2c[metric_id]
     for link in range(NVLINK_LINKS):
         if metric_id == getattr(pynvml, f"NVML_GPM_METRIC_NVLINK_L{link}_RX_PER_SEC", None):
             return gpu.nvlink_rx_bytes_per_s / NVLINK_LINKS / MIB
@@ -117,9 +141,55 @@ def _gpm_value(gpu: GpuState, metric_id: int) -> float | None:
     return None
 
 
-def _field_value(gpu: GpuState, field_id: int) -> tuple[int, int | float] | None:
-    """(NVML_VALUE_TYPE_*, value) of field ``field_id``, or None when not modelled."""
+def _nvlink5_totals(gpu: GpuState) -> dict[int, int]:
+    """NVLINK_COUNT_* field id -> the GPU's total over all links."""
+    return {
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_BYTES: gpu.nvlink5_tx_bytes,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_BYTES: gpu.nvlink5_rx_bytes,
+        # 256-byte packets, the NVLink 5 maximum payload, so the counts stay consistent.
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_PACKETS: gpu.nvlink5_tx_bytes // 256,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_PACKETS: gpu.nvlink5_rx_bytes // 256,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_SYMBOL_ERRORS: gpu.nvlink5_symbol_errors,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_EFFECTIVE_ERRORS: gpu.nvlink5_effective_errors,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_EVENTS: gpu.nvlink5_recovery_events,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_SUCCESSFUL_EVENTS: gpu.nvlink5_recovery_events
+        - gpu.nvlink5_recovery_failed_events,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS: gpu.nvlink5_recovery_failed_events,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_VL15_DROPPED: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_MALFORMED_PACKET_ERRORS: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_BUFFER_OVERRUN_ERRORS: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_ERRORS: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_REMOTE_ERRORS: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_RCV_GENERAL_ERRORS: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_LOCAL_LINK_INTEGRITY_ERRORS: 0,
+        pynvml.NVML_FI_DEV_NVLINK_COUNT_XMIT_DISCARDS: 0,
+    }
+
+
+def _field_value(gpu: GpuState, field_id: int, scope: int, driver: int) -> tuple[int, int | float] | int:
+    """(NVML_VALUE_TYPE_*, value) of field ``field_id`` at ``scope``, or the NVML_ERROR_* it answers.
+
+    NVLink 5 counters are per link (``scope`` is the link, 0-17): each link holds an equal share
+    of the GPU's total, the remainder on link 0, so summing the links gives the total back.
+    """
     ull, uint = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+    nvlink5 = _nvlink5_totals(gpu)
+    if field_id in nvlink5:
+        if not any(f in gpu.name for f in _NVLINK5_FAMILIES):
+            return int(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if not 0 <= scope < NVLINK_LINKS:
+            return int(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        total = nvlink5[field_id]
+        share = total // NVLINK_LINKS + (total % NVLINK_LINKS if scope == 0 else 0)
+        return (ull, share)
+    newer: dict[int, tuple[int, int]] = {
+        pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: (uint, gpu.recovery_action),
+        pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN: (ull, gpu.sw_thermal_slowdown_ns),
+        pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN: (ull, gpu.hw_thermal_slowdown_ns),
+        pynvml.NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN: (ull, gpu.hw_power_brake_slowdown_ns),
+    }
+    if field_id in newer:
+        return newer[field_id] if driver >= NVML13_DRIVER else int(pynvml.NVML_ERROR_NOT_SUPPORTED)
     table: dict[int, tuple[int, int]] = {
         pynvml.NVML_FI_DEV_MEMORY_TEMP: (uint, gpu.memory_temperature_c),
         pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION: (ull, gpu.energy_mj),
@@ -134,11 +204,19 @@ def _field_value(gpu: GpuState, field_id: int) -> tuple[int, int | float] | None
         pynvml.NVML_FI_DEV_REMAPPED_UNC: (uint, gpu.remapped_rows_uncorrectable),
         pynvml.NVML_FI_DEV_REMAPPED_PENDING: (uint, 0),
         pynvml.NVML_FI_DEV_REMAPPED_FAILURE: (uint, int(gpu.remap_failure)),
-        # Violation counters are in ns, like nvmlDeviceGetViolationStatus's violationTime.
+        # Violation counters are in ns, like nvmlDeviceGetViolationStatus's violationTime; 74 and
+        # 76 are also NVML 13's CLOCKS_EVENT_REASON_SW_POWER_CAP and _SYNC_BOOST (ns).
         pynvml.NVML_FI_DEV_PERF_POLICY_POWER: (ull, gpu.power_violation_us * 1000),
         pynvml.NVML_FI_DEV_PERF_POLICY_THERMAL: (ull, gpu.thermal_violation_us * 1000),
+        pynvml.NVML_FI_DEV_PERF_POLICY_SYNC_BOOST: (ull, 0),
     }
-    return table.get(field_id)
+    return table.get(field_id, int(pynvml.NVML_ERROR_NOT_SUPPORTED))
+
+
+def _driver_branch(version: str) -> int:
+    """``"580.65.06"`` -> 580 (0 when the version is not numbered that way)."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 class FakeNvml:
@@ -190,7 +268,7 @@ class FakeNvml:
         """The simulated node's host name from the state file ("" when it names none).
 
         The exporter serving a simulated node runs on another machine; dcgm-exporter's
-        ``Hostname`` label must still name the node the GPUs belong to.
+        host label (``hostname``, or ``Hostname``) must still name the node the GPUs belong to.
         """
         try:
             return self._doc().hostname
@@ -632,7 +710,9 @@ class FakeNvml:
 
     def nvmlDeviceGetFieldValues(self, handle: Any, fieldIds: Sequence[int | tuple[int, int]]) -> Any:
         gpu = self._device(handle, "nvmlDeviceGetFieldValues")
-        stamp = int(self._doc().time_s * 1e6)
+        doc = self._doc()
+        stamp = int(doc.time_s * 1e6)
+        driver = _driver_branch(doc.driver_version)
         values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
         for i, fid in enumerate(fieldIds):
             if isinstance(fid, tuple):
@@ -641,11 +721,11 @@ class FakeNvml:
                 values[i].fieldId = fid
             fid_num = values[i].fieldId
             values[i].timestamp = stamp
-            found = _field_value(gpu, fid_num)
+            found = _field_value(gpu, fid_num, int(values[i].scopeId), driver)
             if not 0 <= fid_num < pynvml.NVML_FI_MAX:
                 values[i].nvmlReturn = pynvml.NVML_ERROR_INVALID_ARGUMENT
-            elif found is None:
-                values[i].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+            elif isinstance(found, int):
+                values[i].nvmlReturn = found
             else:
                 vtype, value = found
                 values[i].valueType = vtype
@@ -655,6 +735,22 @@ class FakeNvml:
                 else:
                     values[i].value.ullVal = int(value)
         return values
+
+    def nvmlDeviceGetP2PStatus(self, device1: Any, device2: Any, p2pIndex: int) -> int:
+        """nvmlGpuP2PStatus_t between two GPUs: the worse end's ``nvlink_p2p_status`` over NVLink.
+
+        A GPU without NVLink (a PCIe card) answers GPU_NOT_SUPPORTED for the NVLink index; the other
+        indexes (read, write, atomics, PCI) answer OK. The same GPU twice is INVALID_ARGUMENT.
+        """
+        first = self._device(device1, "nvmlDeviceGetP2PStatus")
+        second = self._device(device2, "nvmlDeviceGetP2PStatus")
+        if first.index == second.index or not 0 <= p2pIndex < pynvml.NVML_P2P_CAPS_INDEX_UNKNOWN:
+            raise _err("InvalidArgument")
+        if p2pIndex != pynvml.NVML_P2P_CAPS_INDEX_NVLINK:
+            return int(pynvml.NVML_P2P_STATUS_OK)
+        if "PCIe" in first.name or "PCIe" in second.name:
+            return int(pynvml.NVML_P2P_STATUS_GPU_NOT_SUPPORTED)
+        return max(first.nvlink_p2p_status, second.nvlink_p2p_status)
 
     # -- events (XIDs) -------------------------------------------------------------------------
 

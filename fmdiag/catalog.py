@@ -51,6 +51,15 @@ class Metric:
 
 #: dcgm-exporter's per-GPU labels, in its order.
 GPU_LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname")
+#: Catalogued labels an exporter option may spell another way, default spelling first. dcgm-exporter
+#: renamed ``Hostname`` to ``hostname`` after 4.5.3 (NVIDIA/dcgm-exporter#655); fmdiag emits
+#: ``hostname`` unless ``--collector.gpu.hostname-label=Hostname`` (stored series, simulated dumps
+#: and old dashboards), and its dashboards and rules read both.
+LABEL_SPELLINGS: dict[str, tuple[str, ...]] = {"Hostname": ("hostname", "Hostname")}
+#: The spelling -> the catalogued label (``hostname`` -> ``Hostname``).
+CATALOGUED_LABEL: dict[str, str] = {
+    spelling: label for label, spellings in LABEL_SPELLINGS.items() for spelling in spellings
+}
 #: Added by dcgm-exporter for MIG instances and by the Kubernetes/Slurm mappers.
 GPU_OPTIONAL_LABELS = (
     "GPU_I_PROFILE",
@@ -161,24 +170,75 @@ _DCGM: tuple[tuple[str, MetricType, str, str, str, bool], ...] = (
     ("DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL", C, "", "Total number of NVLink retries.", "nvmlDeviceGetNvLinkErrorCounter(REPLAY)", False),
     ("DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", C, "", "Total number of NVLink recovery errors.", "nvmlDeviceGetNvLinkErrorCounter(RECOVERY)", False),
     ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", G, "", "Current clock event (throttle) reasons, a bitmask of nvmlClocksEventReason* (0x8 HW slowdown, 0x40 HW thermal, 0x80 HW power brake).", "nvmlDeviceGetCurrentClocksEventReasons", False),
-    ("DCGM_FI_DEV_POWER_VIOLATION", C, "us", "Throttling duration due to power constraints (in us).", "nvmlDeviceGetViolationStatus(POWER)", False),
-    ("DCGM_FI_DEV_THERMAL_VIOLATION", C, "us", "Throttling duration due to thermal constraints (in us).", "nvmlDeviceGetViolationStatus(THERMAL)", False),
-    ("DCGM_FI_DEV_SYNC_BOOST_VIOLATION", C, "us", "Throttling duration due to sync-boost constraints (in us).", "nvmlDeviceGetViolationStatus(SYNC_BOOST)", False),
-    ("DCGM_FI_DEV_BOARD_LIMIT_VIOLATION", C, "us", "Throttling duration due to board limit constraints (in us).", "nvmlDeviceGetViolationStatus(BOARD_LIMIT)", False),
-    ("DCGM_FI_DEV_LOW_UTIL_VIOLATION", C, "us", "Throttling duration due to low utilization (in us).", "nvmlDeviceGetViolationStatus(LOW_UTILIZATION)", False),
-    ("DCGM_FI_DEV_RELIABILITY_VIOLATION", C, "us", "Throttling duration due to reliability constraints (in us).", "nvmlDeviceGetViolationStatus(RELIABILITY)", False),
+    ("DCGM_FI_DEV_POWER_VIOLATION", C, "ns", "Throttling duration due to power constraints (in ns, as NVML counts it; documented as us before dcgm-exporter 4.4.2).", "nvmlDeviceGetViolationStatus(POWER)", False),
+    ("DCGM_FI_DEV_THERMAL_VIOLATION", C, "ns", "Throttling duration due to thermal constraints (in ns, as NVML counts it; documented as us before dcgm-exporter 4.4.2).", "nvmlDeviceGetViolationStatus(THERMAL)", False),
+    ("DCGM_FI_DEV_SYNC_BOOST_VIOLATION", C, "ns", "Throttling duration due to sync-boost constraints (in ns, as NVML counts it; documented as us before dcgm-exporter 4.4.2).", "nvmlDeviceGetViolationStatus(SYNC_BOOST)", False),
+    ("DCGM_FI_DEV_BOARD_LIMIT_VIOLATION", C, "ns", "Throttling duration due to board limit constraints (in ns, as NVML counts it; documented as us before dcgm-exporter 4.4.2).", "nvmlDeviceGetViolationStatus(BOARD_LIMIT)", False),
+    ("DCGM_FI_DEV_LOW_UTIL_VIOLATION", C, "ns", "Throttling duration due to low utilization (in ns, as NVML counts it; documented as us before dcgm-exporter 4.4.2).", "nvmlDeviceGetViolationStatus(LOW_UTILIZATION)", False),
+    ("DCGM_FI_DEV_RELIABILITY_VIOLATION", C, "ns", "Throttling duration due to reliability constraints (in ns, as NVML counts it; documented as us before dcgm-exporter 4.4.2).", "nvmlDeviceGetViolationStatus(RELIABILITY)", False),
+)
+
+# NVML 13 (driver R575+) fields, under the DCGM field names a DCGM 4.x user lists in dcgm-exporter's
+# counters file. Each is read where the GPU answers it and skipped, per GPU, where it answers
+# NOT_SUPPORTED (NVLink 5 counters exist on Blackwell only, C2C on Grace-coupled GPUs only).
+_NVLINK5 = "nvmlDeviceGetFieldValues(NVLINK_COUNT_{}), summed over links"
+_DCGM_NVML13: tuple[tuple[str, MetricType, str, str, str, bool], ...] = (
+    ("DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION", G, "", "GPU recovery action NVML asks for (nvmlDeviceGpuRecoveryAction_t: 0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset).", "nvmlDeviceGetFieldValues(GET_GPU_RECOVERY_ACTION)", False),
+    ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP_NS", C, "ns", "Time clocks were held down to stay within the power limit (in ns).", "nvmlDeviceGetFieldValues(CLOCKS_EVENT_REASON_SW_POWER_CAP)", False),
+    ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST_NS", C, "ns", "Time clocks were held down to match the sync-boost group (in ns).", "nvmlDeviceGetFieldValues(CLOCKS_EVENT_REASON_SYNC_BOOST)", False),
+    ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN_NS", C, "ns", "Time clocks were held down to keep GPU and memory below their operating temperature (in ns).", "nvmlDeviceGetFieldValues(CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN)", False),
+    ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN_NS", C, "ns", "Time in HW thermal slowdown, clocks cut by half or more (in ns).", "nvmlDeviceGetFieldValues(CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN)", False),
+    ("DCGM_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN_NS", C, "ns", "Time in HW power brake slowdown, clocks cut by half or more (in ns).", "nvmlDeviceGetFieldValues(CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN)", False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_TX_PACKETS", C, "", "NVLink 5 packets transmitted, all links.", _NVLINK5.format("XMIT_PACKETS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_TX_BYTES", C, "bytes", "NVLink 5 bytes transmitted, all links.", _NVLINK5.format("XMIT_BYTES"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_PACKETS", C, "", "NVLink 5 packets received, all links.", _NVLINK5.format("RCV_PACKETS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_BYTES", C, "bytes", "NVLink 5 bytes received, all links.", _NVLINK5.format("RCV_BYTES"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_MALFORMED_PACKET_ERRORS", C, "", "NVLink 5 packets received malformed, all links.", _NVLINK5.format("MALFORMED_PACKET_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_BUFFER_OVERRUN_ERRORS", C, "", "NVLink 5 packets dropped on receive for a buffer overrun, all links.", _NVLINK5.format("BUFFER_OVERRUN_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_ERRORS", C, "", "NVLink 5 packets received with errors, all links.", _NVLINK5.format("RCV_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_REMOTE_ERRORS", C, "", "NVLink 5 packets received with a stomp/EBP marker from the far end, all links.", _NVLINK5.format("RCV_REMOTE_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_GENERAL_ERRORS", C, "", "NVLink 5 packets received with a header mismatch, all links.", _NVLINK5.format("RCV_GENERAL_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_LOCAL_LINK_INTEGRITY_ERRORS", C, "", "Times the local NVLink 5 error count crossed its threshold, all links.", _NVLINK5.format("LOCAL_LINK_INTEGRITY_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_TX_DISCARDS", C, "", "NVLink 5 packets discarded on transmit, all links.", _NVLINK5.format("XMIT_DISCARDS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_SUCCESSFUL_EVENTS", C, "", "NVLink 5 link recoveries that succeeded, all links.", _NVLINK5.format("LINK_RECOVERY_SUCCESSFUL_EVENTS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS", C, "", "NVLink 5 link recoveries that failed, all links.", _NVLINK5.format("LINK_RECOVERY_FAILED_EVENTS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_EVENTS", C, "", "NVLink 5 link recoveries started, all links.", _NVLINK5.format("LINK_RECOVERY_EVENTS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_RX_SYMBOL_ERRORS", C, "", "NVLink 5 symbol errors received (corrected by FEC), all links.", _NVLINK5.format("SYMBOL_ERRORS"), False),
+    ("DCGM_FI_DEV_NVLINK_COUNT_EFFECTIVE_ERRORS", C, "", "NVLink 5 errors left after FEC, all links.", _NVLINK5.format("EFFECTIVE_ERRORS"), False),
+    # GPM metrics Blackwell adds: C2C (Grace-Blackwell), per NVLink further below.
+    ("DCGM_FI_PROF_C2C_TX_ALL_BYTES", G, "B/s", "The rate of data transmitted over C2C, headers included, in bytes per second.", "nvmlGpmMetricsGet(C2C_TOTAL_TX_PER_SEC)", False),
+    ("DCGM_FI_PROF_C2C_TX_DATA_BYTES", G, "B/s", "The rate of data transmitted over C2C, payload only, in bytes per second.", "nvmlGpmMetricsGet(C2C_DATA_TX_PER_SEC)", False),
+    ("DCGM_FI_PROF_C2C_RX_ALL_BYTES", G, "B/s", "The rate of data received over C2C, headers included, in bytes per second.", "nvmlGpmMetricsGet(C2C_TOTAL_RX_PER_SEC)", False),
+    ("DCGM_FI_PROF_C2C_RX_DATA_BYTES", G, "B/s", "The rate of data received over C2C, payload only, in bytes per second.", "nvmlGpmMetricsGet(C2C_DATA_RX_PER_SEC)", False),
+)
+#: Per NVLink (L0-L17), emitted only with --collector.gpu.nvlink-links (36 series a GPU).
+_DCGM_NVLINK_LINKS: tuple[tuple[str, MetricType, str, str, str, bool], ...] = tuple(
+    (f"DCGM_FI_PROF_NVLINK_L{link}_{d.upper()}_BYTES", G, "B/s",
+     f"The rate of data {verb} over NVLink {link}, in bytes per second.", f"nvmlGpmMetricsGet(NVLINK_L{link}_{d.upper()}_PER_SEC)", False)
+    for link in range(18) for d, verb in (("tx", "transmitted"), ("rx", "received"))
 )
 
 GPU: tuple[Metric, ...] = tuple(
     _m(name, t, unit, h, GPU_LABELS, "gpu", src, optional=GPU_OPTIONAL_LABELS, dcgm=True, dcgm_default=on)
-    for name, t, unit, h, src, on in _DCGM
+    for name, t, unit, h, src, on in _DCGM + _DCGM_NVML13
+) + tuple(
+    _m(name, t, unit, h, GPU_LABELS, "gpu", src, optional=GPU_OPTIONAL_LABELS, dcgm=True, default=False)
+    for name, t, unit, h, src, _ in _DCGM_NVLINK_LINKS
 ) + (
+    # dcgm-exporter 4.x's own counters (DCGM_EXP_*), its labels: a GPU with nothing in the window
+    # has one series without xid / clock_event, valued 0, as dcgm-exporter writes it.
     _m("DCGM_EXP_XID_ERRORS_COUNT", G, "", "Count of XID errors within the user-specified time window (see xid label).",
-       (*GPU_LABELS, "xid", "window_size_in_ms"), "gpu", "nvmlEventSetWait_v2(XidCriticalError)",
-       optional=GPU_OPTIONAL_LABELS, dcgm=True),
+       (*GPU_LABELS, "window_size_in_ms"), "gpu", "nvmlEventSetWait_v2(XidCriticalError)",
+       optional=("xid", *GPU_OPTIONAL_LABELS), dcgm=True),
     _m("DCGM_EXP_CLOCK_EVENTS_COUNT", G, "", "Count of clock events within the user-specified time window (see clock_event label).",
-       (*GPU_LABELS, "clock_event", "window_size_in_ms"), "gpu", "nvmlDeviceGetCurrentClocksEventReasons",
+       (*GPU_LABELS, "window_size_in_ms"), "gpu", "nvmlDeviceGetCurrentClocksEventReasons, sampled each scrape",
+       optional=("clock_event", *GPU_OPTIONAL_LABELS), dcgm=True),
+    _m("DCGM_EXP_GPU_HEALTH_STATUS", G, "", "GPU health by health watch (0 pass, 10 warn, 20 fail) and the DCGM_FR_* code of the finding; fmdiag judges it from NVML readings.",
+       (*GPU_LABELS, "health_watch", "health_error_code"), "gpu", "ECC, row remapping, clock events, PCIe replays, NVLink 5 errors, recovery action",
        optional=GPU_OPTIONAL_LABELS, dcgm=True),
+    _m("DCGM_EXP_P2P_STATUS", G, "", "NVLink peer-to-peer status toward peer_gpu (nvmlGpuP2PStatus_t: 0 OK; link_status names it).",
+       (*GPU_LABELS, "peer_gpu", "link_status"), "gpu", "nvmlDeviceGetP2PStatus(NVLINK)",
+       optional=GPU_OPTIONAL_LABELS, dcgm=True, default=False),
     # fmdiag's own GPU metrics: what dcgm-exporter hides or drops.
     _m("fmdiag_gpu_devices", G, "", "GPUs NVML enumerates on this node; below the node's usual count means a GPU fell off the bus.",
        (), "gpu", "nvmlDeviceGetCount"),
@@ -186,7 +246,7 @@ GPU: tuple[Metric, ...] = tuple(
        ("gpu", "UUID", "pci_bus_id", "Hostname"), "gpu", "NVML_ERROR_GPU_IS_LOST"),
     _m("fmdiag_gpu_info", G, "", "GPU identity and topology: join on UUID to place a GPU on its NUMA node and PCIe switch next to its EFA devices.",
        (*GPU_LABELS, "driver_version", "vbios_version", "numa_node", "pci_switch"), "gpu", "nvmlDeviceGetPciInfo_v3"),
-    _m("fmdiag_gpu_xid_errors_total", C, "", "XID errors seen, by code and NVIDIA's resolution bucket (reset_gpu, reboot_node, restart_app, workflow, ignore, report).",
+    _m("fmdiag_gpu_xid_errors_total", C, "", "XID errors seen, by code and the action tier of NVIDIA's XID catalog (catalog.XID_ACTIONS; unknown past XID 172).",
        (*GPU_LABELS, "xid", "action"), "gpu", "nvmlEventSetWait_v2(XidCriticalError)", optional=GPU_OPTIONAL_LABELS),
     _m("fmdiag_gpu_clocks_event_active", G, "", "1 while this clock event reason is active (one series per reason bit, decoded from the bitmask).",
        (*GPU_LABELS, "reason"), "gpu", "nvmlDeviceGetCurrentClocksEventReasons", optional=GPU_OPTIONAL_LABELS),
@@ -223,16 +283,89 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
     0x100: "display_clock_setting",
 }
 
-#: NVIDIA's XID catalogue resolution buckets (as mirrored by NVSentinel): the ``action`` label.
+#: dcgm-exporter's ``clock_event`` label of DCGM_EXP_CLOCK_EVENTS_COUNT, by the same bits (its own
+#: spelling, which differs from ``reason`` above: a query must not mix the two).
+DCGM_CLOCK_EVENTS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "clocks_setting",
+    0x4: "power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+    0x100: "display_clocks",
+}
+
+#: The ``action`` label of fmdiag_gpu_xid_errors_total: NVIDIA's XID catalog "resolution bucket
+#: (immediate action)" for Ampere and newer, as NVSentinel mirrors it, in fmdiag's words. Where the
+#: catalog names no bucket (162-172) the tier follows its trigger text. What each tier asks an
+#: operator to do is XID_ACTION_MEANING; docs/runbook.md repeats it.
 _XID_BUCKETS: dict[str, tuple[int, ...]] = {
     "reset_gpu": (46, 62, 64, 95, 109, 110, 119, 120, 136, 140, 143, 155, 156, 158),
-    "reboot_node": (79, 160),
-    "workflow": (45, 48, 74),
+    # 151 is RESTART_VM (key rotation, confidential computing): on a cloud instance the VM is the node.
+    # 160 is RESTART_BM in NVSentinel's mirror; one catalog revision says IGNORE: the stricter is kept.
+    "reboot_node": (79, 151, 160),
+    # 45, 48, 74: the catalog's XID workflows; 144-150: WORKFLOW_NVLINK5_ERR (NVLink 5, decided by the
+    # error status, so NVML's recovery action says what is needed); 159: CHECK_UVM; 171/172 refine a
+    # 48 (uncorrectable DRAM vs SRAM error) and take its workflow.
+    "workflow": (45, 48, 74, 144, 145, 146, 147, 148, 149, 150, 159, 171, 172),
     "restart_app": (13, 31, 94),
-    "ignore": (43, 63, 92),
+    # 154: "GPU recovery action changed": the new action is DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION.
+    "recovery_action": (154,),
+    # 162-170: no bucket in the catalog; power smoothing wear, confidential-computing faults, PCIe
+    # fatal timeout, reduced memory capacity and a micro-controller halt: watch the GPU's recovery
+    # action and report repeats to the hardware vendor.
+    "monitor": (163, 164, 165, 166, 167, 168, 169, 170),
+    "ignore": (43, 63, 92, 152, 153, 157, 161, 162),
     "report": (61,),
 }
 XID_ACTIONS: dict[int, str] = {xid: action for action, xids in _XID_BUCKETS.items() for xid in xids}
+#: What each ``action`` tier asks of an operator (alert descriptions and the runbook use it).
+XID_ACTION_MEANING: dict[str, str] = {
+    "reset_gpu": "drain the node and reset the GPU",
+    "reboot_node": "drain and reboot the node",
+    "workflow": "follow the XID's workflow in NVIDIA's XID catalog (NVLink and memory errors)",
+    "restart_app": "restart the application",
+    "recovery_action": "do what the GPU's recovery action (DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION) asks",
+    "monitor": "watch the GPU's recovery action and report repeats to the hardware vendor",
+    "ignore": "nothing",
+    "report": "report the error to NVIDIA or the hardware vendor",
+    "unknown": "look the XID up in NVIDIA's XID catalog (newer than this fmdiag)",
+}
+#: The highest XID NVIDIA's catalog lists that this table knows.
+XID_CATALOG_MAX = 172
+
+#: NVML_FI_DEV_GET_GPU_RECOVERY_ACTION values (nvmlDeviceGpuRecoveryAction_t) -> name.
+GPU_RECOVERY_ACTIONS: dict[int, str] = {
+    0: "none",
+    1: "gpu_reset",
+    2: "node_reboot",
+    3: "drain_p2p",
+    4: "drain_and_reset",
+    5: "recover_imex_domain",
+    6: "bus_reset",
+    7: "system_reboot",
+}
+#: Recovery actions that take the GPU out of service (page); the others degrade it (warn).
+GPU_RECOVERY_OUT_OF_SERVICE = (1, 2, 4, 6, 7)
+
+#: DCGM_EXP_GPU_HEALTH_STATUS values (dcgmHealthWatchResults_t) and the health watches fmdiag
+#: evaluates from NVML readings (dcgm-exporter also lists PMU, MCU, SM, INFOROM, DRIVER, which
+#: only DCGM's own checks can judge; fmdiag leaves them out rather than report a PASS it did not test).
+HEALTH_RESULTS: dict[str, int] = {"pass": 0, "warn": 10, "fail": 20}
+HEALTH_WATCHES = ("PCIE", "NVLINK", "MEM", "THERMAL", "POWER", "ALL")
+
+#: DCGM_EXP_P2P_STATUS values (nvmlGpuP2PStatus_t over NVLink) -> dcgm-exporter's link_status label.
+P2P_LINK_STATUS: dict[int, str] = {
+    0: "OK",
+    1: "ChipsetNotSupported",
+    2: "GPUNotSupported",
+    3: "TopologyNotSupported",
+    4: "DisabledByRegKey",
+    5: "NotSupported",
+    6: "Unknown",
+}
 
 # --- EFA ----------------------------------------------------------------------------------
 # sysfs file under ports/1/hw_counters -> exposed name; all are counters.
@@ -450,6 +583,11 @@ def by_subsystem(subsystem: str) -> Iterator[Metric]:
     return (m for m in CATALOG if m.subsystem == subsystem)
 
 
+def _spelled(label: str) -> str:
+    """``hostname/Hostname`` for a label an option may spell either way (default first)."""
+    return "/".join(LABEL_SPELLINGS.get(label, (label,)))
+
+
 def to_markdown() -> str:
     """The catalog as the Markdown reference in docs/metrics.md (regenerated, never hand-edited)."""
     out = [
@@ -461,7 +599,7 @@ def to_markdown() -> str:
     for sub in SUBSYSTEMS:
         out += [f"## {sub}", "", "| name | type | unit | labels | help |", "|---|---|---|---|---|"]
         for m in by_subsystem(sub):
-            labels = ", ".join(m.labels) + (
+            labels = ", ".join(_spelled(x) for x in m.labels) + (
                 f" (+ {', '.join(m.optional_labels)})" if m.optional_labels else ""
             )
             out.append(f"| `{m.name}` | {m.type.value} | {m.unit} | {labels} | {m.help.replace('|', '/')} |")

@@ -71,8 +71,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "simulate": Subcommand(
         "fmdiag.simulate.cli:simulate",
-        "Simulate a data-parallel training job on a virtual GPU/EFA/Lustre cluster with one injected"
-        " bottleneck, and write what observability would see: step records, node metrics, Kineto"
+        "Simulate a data- or pipeline-parallel training job on a virtual GPU/EFA/Lustre cluster with"
+        " one injected bottleneck, and write what observability would see: step records, node metrics, Kineto"
         " traces, node trees, and the ground truth (truth.json).",
         extra="analyze",
     ),

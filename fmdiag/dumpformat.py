@@ -229,6 +229,8 @@ CULPRIT_KEYS: dict[str, type | tuple[type, ...]] = {
     # A parallel group's coordinates: a late pipeline stage is named by pp_rank, not by one rank.
     "pp_rank": int,
     "dp_rank": int,
+    # A hot expert's rank in its expert-parallel group.
+    "ep_rank": int,
     "gpu": int,
     "gpu_uuid": str,
     "pci_bus_id": str,

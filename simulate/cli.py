@@ -53,17 +53,24 @@ def _parse_steps_range(text: str) -> tuple[int, int | None]:
 
 
 def list_scenarios() -> str:
-    width = max(len(n) for n in SCENARIOS)
+    """The scenarios, then the job presets (``--preset``) with their parallel layouts."""
+    described = {
+        **{name: s.description for name, s in SCENARIOS.items()},
+        **{name: f"[preset] {j.description}" for name, j in JOBS.items()},
+    }
+    width = max(len(n) for n in described)
     lines = []
-    for name, s in SCENARIOS.items():
-        wrapped = textwrap.wrap(s.description, 100 - width - 2) or [""]
+    for i, (name, text) in enumerate(described.items()):
+        if i == len(SCENARIOS):
+            lines += ["", "Job presets (--preset; a scenario trains its own unless told):"]
+        wrapped = textwrap.wrap(text, 100 - width - 2) or [""]
         lines.append(f"{name:<{width}}  {wrapped[0]}")
         lines += [f"{'':<{width}}  {w}" for w in wrapped[1:]]
     return "\n".join(lines)
 
 
 @click.command("simulate")
-@click.option("--list", "list_", is_flag=True, help="Describe the scenarios and exit.")
+@click.option("--list", "list_", is_flag=True, help="Describe the scenarios and job presets, and exit.")
 @click.option("--scenario", type=click.Choice(list(SCENARIOS)), help="The bottleneck to inject.")
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Dump directory (created; an old dump there is replaced)."
@@ -210,7 +217,7 @@ def simulate(
     live_seconds: float,
     samples_dir: Path | None,
 ) -> None:
-    """Simulate a data-parallel training job on a virtual GPU/EFA/Lustre cluster with one
+    """Simulate a data- or pipeline-parallel training job on a virtual GPU/EFA/Lustre cluster with one
     injected bottleneck, and write what observability would see: step records, node
     metrics, Kineto traces, node trees, and the ground truth (truth.json)."""
     if list_:

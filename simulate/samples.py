@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmdiag.simulate.cluster.kineto import KinetoOptions
-from fmdiag.simulate.cluster.scenarios import SCENARIOS, FaultKind
+from fmdiag.simulate.cluster.physics import DEFAULT_JOB, get_job
+from fmdiag.simulate.cluster.scenarios import HOST_SIDE, SCENARIOS, FaultKind
 from fmdiag.simulate.dump import SimOptions, build_model, write_dump
 
 REGENERATE_COMMAND = "fmdiag simulate --samples samples"
 NODES, GPUS, EFA, OSTS, STEPS, SEED = 4, 4, 4, 4, 40, 7
+#: Scenarios whose samples carry Kineto traces (by name prefix; ``mixed`` too), but for those
+#: whose node-wide host faults show as plain gaps before each phase (kept small: steps and
+#: metrics tell their story); pipelines trace 4 steps (hundreds of receives and sends a step).
+TRACED = ("straggler", "network", "pp-", "moe-")
+UNTRACED = ("straggler-cpu-neighbour", "straggler-memory-pressure")
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class Sample:
     steps: int = STEPS
     lustre_version: str = "2.14"
     efa_srd: bool = True
+    #: The same 16 ranks as 2 nodes x 8 GPUs where the job needs whole 8-GPU groups (experts).
+    nodes: int = NODES
+    gpus: int = GPUS
 
 
 def sample_list() -> list[Sample]:
@@ -37,9 +46,11 @@ def sample_list() -> list[Sample]:
     culprit's rank (known only after simulating, so ranks are chosen by :func:`_kineto_ranks`)."""
     out = []
     for name in SCENARIOS:
-        traced = name.startswith(("straggler", "network")) or name == "mixed"
+        traced = (name.startswith(TRACED) or name == "mixed") and name not in UNTRACED
         steps = 60 if name == "mixed" else STEPS
-        window = (30, 38) if name == "mixed" else (12, 20)
+        per_node = get_job(SCENARIOS[name].job or DEFAULT_JOB).ep
+        short = name.startswith(("pp-", "moe-"))
+        window = (30, 38) if name == "mixed" else (12, 16) if short else (12, 20)
         out.append(
             Sample(
                 name,
@@ -48,6 +59,8 @@ def sample_list() -> list[Sample]:
                 steps=steps,
                 lustre_version="2.10" if name == "io-lustre" else "2.14",
                 efa_srd=name != "network-degraded",
+                nodes=NODES * GPUS // max(per_node, GPUS),
+                gpus=max(per_node, GPUS),
             )
         )
     return out
@@ -56,8 +69,8 @@ def sample_list() -> list[Sample]:
 def options(sample: Sample) -> SimOptions:
     return SimOptions(
         scenario=sample.scenario,
-        nodes=NODES,
-        gpus=GPUS,
+        nodes=sample.nodes,
+        gpus=sample.gpus,
         efa_devices=EFA,
         osts=OSTS,
         steps=sample.steps,
@@ -69,14 +82,24 @@ def options(sample: Sample) -> SimOptions:
 
 
 def _kineto_ranks(sample: Sample) -> tuple[int, ...]:
-    """Rank 0 plus, for straggler scenarios, the throttled rank (its trace looks different)."""
+    """Rank 0 plus the culprit's rank (its trace looks different): the throttled or collecting
+    rank, the first rank of a node short of CPU or memory, the last pipeline stage's first."""
     if not sample.kineto_ranks:
         return ()
     model = build_model(options(sample))
     ranks = set(sample.kineto_ranks)
     for fault, target in zip(model.scenario.faults, model.targets, strict=True):
-        if fault.kind in (FaultKind.GPU_THERMAL, FaultKind.GPU_POWER):
+        if fault.kind in (
+            FaultKind.GPU_THERMAL,
+            FaultKind.GPU_POWER,
+            FaultKind.PYTHON_GC,
+            FaultKind.EXPERT_IMBALANCE,
+        ):
             ranks.add(model.topo.rank(target.node, target.gpu))
+        elif fault.kind in HOST_SIDE:
+            ranks.add(model.topo.rank(target.node, 0))
+        elif fault.kind is FaultKind.STAGE_IMBALANCE:
+            ranks.add((model.wl.pp - 1) * model.dp_ranks)
     if len(ranks) == 1:
         ranks.add(model.hw.world_size - 1)
     return tuple(sorted(ranks))
@@ -118,9 +141,10 @@ def write_samples(root: Path) -> list[Path]:
         write_dump(opts, path)
         dirs.append(path)
         traced = ", ".join(str(r) for r in ranks) if ranks else "-"
+        shape = "" if sample.gpus == GPUS else f"({sample.nodes} nodes x {sample.gpus} GPUs) "
         lines.append(
             f"| [`{sample.scenario}`]({sample.scenario}/) | {sample.steps} | {traced} | "
-            f"{SCENARIOS[sample.scenario].description} |"
+            f"{shape}{SCENARIOS[sample.scenario].description} |"
         )
     (root / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return dirs

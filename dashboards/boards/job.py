@@ -127,7 +127,7 @@ def build(c: Config) -> Dashboard:
             "SM activity of the job's GPUs",
             "SM activity per GPU of the job's nodes, on the step-time axis: a dip shared by all GPUs is "
             "waiting (network, I/O); one GPU apart is the straggler.",
-            [Q(gpu.per_gpu(c, g, "DCGM_FI_PROF_SM_ACTIVE"), "{{Hostname}} GPU {{gpu}}")],
+            [Q(gpu.per_gpu(c, g, "DCGM_FI_PROF_SM_ACTIVE"), f"{{{{{c.gpu_node_label}}}}} GPU {{{{gpu}}}}")],
             "percentunit",
             min_val=0,
             max_val=1,

@@ -21,8 +21,10 @@ def node(b: Board, *, multi: bool = True) -> Board:
 
 
 def gpu(b: Board) -> Board:
+    """GPU indexes of the cluster: not narrowed by node, since the node label has two spellings
+    (hostname, Hostname) and label_values takes one selector; indexes repeat on every node."""
     c = b.c
-    sel = f'{c.selectors.gpu},{c.cluster_label}=~"$cluster",{c.gpu_node_label}=~"$node"'
+    sel = f'{c.selectors.gpu},{c.cluster_label}=~"$cluster"'
     return b.variable("gpu", "GPU", f"label_values(DCGM_FI_DEV_GPU_TEMP{{{sel}}}, gpu)")
 
 

@@ -7,6 +7,7 @@ object is what lets the same query function serve both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fmdiag.dashboards.config import Config
@@ -30,9 +31,13 @@ class Scope:
             parts.append(extra)
         return "{" + ",".join(parts) + "}"
 
-    def gpu(self, c: Config, extra: str = "") -> str:
-        """Selector for a DCGM-named GPU series (fmdiag's exporter or a stock dcgm-exporter)."""
-        parts = [c.selectors.gpu, *self._common(c, c.gpu_node_label)]
+    def gpu(self, c: Config, extra: str = "", *, node_label: str = "") -> str:
+        """Selector for a DCGM-named GPU series (fmdiag's exporter or a stock dcgm-exporter).
+
+        ``node_label`` is the spelling of the node label to narrow on (``gpu_node_label`` unless
+        given): :func:`gpu_vector` asks once per spelling when a node filter is set.
+        """
+        parts = [c.selectors.gpu, *self._common(c, node_label or c.gpu_node_label)]
         if self.gpu_index is not None:
             parts.append(f'gpu=~"{self.gpu_index}"')
         if extra:
@@ -50,6 +55,26 @@ class Scope:
 
 #: Rules: no template filters.
 RULES = Scope()
+
+
+def gpu_vector(c: Config, s: Scope, build: Callable[[str], str], extra: str = "") -> str:
+    """``build(selector)`` over GPU series, with the node under ``gpu_node_label`` whichever
+    spelling the target used (dcgm-exporter renamed ``Hostname`` to ``hostname`` after 4.5.3).
+
+    A series with the legacy spelling gets the label copied by ``label_replace`` (one with the
+    current spelling has no legacy label, so the regex does not match and it passes unchanged);
+    every GPU query then aggregates ``by`` the current spelling, which drops the legacy one. With
+    a node filter the two spellings are selected apart and joined with ``or``, since one
+    selector cannot match a value in either of two labels.
+    """
+    legacy = c.gpu_node_label_legacy
+    if not legacy or legacy == c.gpu_node_label:
+        return build(s.gpu(c, extra))
+    copy = f'label_replace({{}}, "{c.gpu_node_label}", "$1", "{legacy}", "(.+)")'
+    if s.node is None:
+        return copy.format(build(s.gpu(c, extra)))
+    current, old = build(s.gpu(c, extra)), build(s.gpu(c, extra, node_label=legacy))
+    return f"({current} or {copy.format(old)})"
 
 
 def by(*labels: str) -> str:

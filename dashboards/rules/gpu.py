@@ -1,19 +1,24 @@
-"""Rule group ``fmdiag-gpu``: XIDs by resolution tier, memory errors, lost and missing GPUs,
-hardware slowdowns, NVLink and PCIe errors. DCGM names, so a stock dcgm-exporter feeds them too
-(the XID tiers also read its windowed ``DCGM_EXP_XID_ERRORS_COUNT``)."""
+"""Rule group ``fmdiag-gpu``: XIDs by resolution tier, the GPU's recovery action, memory errors,
+lost and missing GPUs, hardware slowdowns, NVLink and PCIe errors. DCGM names, so a stock
+dcgm-exporter feeds them too (the XID tiers also read its windowed ``DCGM_EXP_XID_ERRORS_COUNT``),
+with its node label spelled ``hostname`` (4.5.3 and later) or ``Hostname`` (before): the test
+cases feed both spellings and expect the alert under ``hostname``."""
 
 from __future__ import annotations
 
-from fmdiag.catalog import XID_ACTIONS
+from fmdiag.catalog import GPU_RECOVERY_ACTIONS, GPU_RECOVERY_OUT_OF_SERVICE, XID_ACTIONS
 from fmdiag.dashboards.config import Config
 from fmdiag.dashboards.queries import gpu as q
 from fmdiag.dashboards.queries.scope import RULES
 from fmdiag.dashboards.rules.model import Alert, Case, Group, count_drop_cases, series
 
 FILE = "fmdiag-gpu.yaml"
-_GPU = {"job": "fmdiag", "cluster": "c1", "Hostname": "node-1", "gpu": "0", "UUID": "GPU-0"}
-_OUT = {"cluster": "c1", "Hostname": "node-1", "gpu": "0", "UUID": "GPU-0"}
-_WHERE = "GPU {{ $labels.gpu }} ({{ $labels.UUID }}) on {{ $labels.Hostname }}"
+_GPU = {"job": "fmdiag", "cluster": "c1", "hostname": "node-1", "gpu": "0", "UUID": "GPU-0"}
+#: The same GPU as dcgm-exporter up to 4.5.3 (and fmdiag with --collector.gpu.hostname-label=Hostname)
+#: labels it; its alerts come out under ``hostname`` all the same.
+_GPU_LEGACY = {"job": "dcgm-exporter", "cluster": "c1", "Hostname": "node-1", "gpu": "0", "UUID": "GPU-0"}
+_OUT = {"cluster": "c1", "hostname": "node-1", "gpu": "0", "UUID": "GPU-0"}
+_WHERE = "GPU {{ $labels.gpu }} ({{ $labels.UUID }}) on {{ $labels.hostname }}"
 
 
 def _xids(*actions: str) -> str:
@@ -56,6 +61,25 @@ def _xid_alert(c: Config, name: str, actions: tuple[str, ...], severity: str, wh
                 ({**_OUT, "xid": first},),
             ),
             Case(
+                "dcgm-exporter before 4.5.3 (Hostname)",
+                (
+                    series(
+                        "DCGM_EXP_XID_ERRORS_COUNT",
+                        "0 0 1 1",
+                        **_GPU_LEGACY,
+                        xid=first,
+                        window_size_in_ms="300000",
+                    ),
+                ),
+                "3m",
+                ({**_OUT, "xid": first},),
+            ),
+            Case(
+                "no XID in the window (dcgm-exporter's zero series)",
+                (series("DCGM_EXP_XID_ERRORS_COUNT", "0x5", **_GPU, window_size_in_ms="300000"),),
+                "5m",
+            ),
+            Case(
                 f"an XID of another tier ({other})",
                 (
                     series(
@@ -80,10 +104,53 @@ def _xid_alert(c: Config, name: str, actions: tuple[str, ...], severity: str, wh
     )
 
 
-def _gauge_case(metric: str, fire: str, quiet: str, at: str) -> tuple[Case, Case]:
+def _gauge_case(metric: str, fire: str, quiet: str, at: str) -> tuple[Case, Case, Case]:
     return (
         Case("fires", (series(metric, fire, **_GPU),), at, (_OUT,)),
+        Case("fires from a Hostname-labelled target", (series(metric, fire, **_GPU_LEGACY),), at, (_OUT,)),
         Case("silent", (series(metric, quiet, **_GPU),), at),
+    )
+
+
+_RECOVERY = "DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION"
+
+
+def _recovery_alert(c: Config, name: str, values: tuple[int, ...], severity: str, what: str) -> Alert:
+    """The GPU's recovery action (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION) among ``values``, named in
+    a ``recovery_action`` label (catalog.GPU_RECOVERY_ACTIONS) for the annotations."""
+    action = q.per_gpu(c, RULES, _RECOVERY)
+    expr = " or ".join(
+        f'label_replace({action} == {v}, "recovery_action", "{GPU_RECOVERY_ACTIONS[v]}", "", "")'
+        for v in values
+    )
+    fire, other = values[0], next(v for v in GPU_RECOVERY_ACTIONS if v and v not in values)
+    out = {**_OUT, "recovery_action": GPU_RECOVERY_ACTIONS[fire]}
+    return Alert(
+        name=name,
+        expr=expr,
+        for_="1m",
+        severity=severity,
+        summary=f"{_WHERE} asks for recovery action {{{{ $labels.recovery_action }}}}.",
+        description=(
+            f"NVML's GPU recovery action for {_WHERE} is {{{{ $labels.recovery_action }}}} (the driver "
+            f"set it after an XID; XID 154 says when it changes): {what}."
+        ),
+        cases=(
+            Case("fires", (series(_RECOVERY, f"0 {fire}x5", **_GPU),), "4m", (out,)),
+            Case(
+                "fires from a Hostname-labelled target",
+                (series(_RECOVERY, f"0 {fire}x5", **_GPU_LEGACY),),
+                "4m",
+                (out,),
+            ),
+            Case("none", (series(_RECOVERY, "0x5", **_GPU),), "4m"),
+            Case(
+                f"another action ({GPU_RECOVERY_ACTIONS[other]})",
+                (series(_RECOVERY, f"0 {other}x5", **_GPU),),
+                "4m",
+            ),
+            Case("cleared before the minute", (series(_RECOVERY, f"0 {fire} 0 0 0", **_GPU),), "4m"),
+        ),
     )
 
 
@@ -106,10 +173,26 @@ def group(c: Config) -> Group:
             _xid_alert(
                 c,
                 "FmdiagGpuXidNeedsAttention",
-                ("restart_app", "workflow", "report"),
+                ("restart_app", "workflow", "report", "monitor"),
                 "warning",
                 "restart the application or follow the XID's workflow",
                 "43",
+            ),
+            _recovery_alert(
+                c,
+                "FmdiagGpuRecoveryActionRequired",
+                GPU_RECOVERY_OUT_OF_SERVICE,
+                "critical",
+                "drain the node, then reset the GPU or reboot the node as the action says; the GPU is not "
+                "fit for work until then",
+            ),
+            _recovery_alert(
+                c,
+                "FmdiagGpuRecoveryDrain",
+                tuple(v for v in GPU_RECOVERY_ACTIONS if v and v not in GPU_RECOVERY_OUT_OF_SERVICE),
+                "warning",
+                "let running work finish, take no new peer-to-peer (NVLink) work on the GPU, then recover "
+                "the IMEX domain or reset as NVIDIA's XID catalog says",
             ),
             Alert(
                 name="FmdiagGpuEccDoubleBitErrors",
@@ -224,6 +307,15 @@ def group(c: Config) -> Group:
                         (
                             series("DCGM_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL", "0+5x10", **_GPU),
                             series("DCGM_FI_DEV_GPU_TEMP", "60x10", **_GPU),
+                        ),
+                        "10m",
+                        (_OUT,),
+                    ),
+                    Case(
+                        "NVLink 5 link recoveries (Blackwell)",
+                        (
+                            series("DCGM_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_EVENTS", "0+3x10", **_GPU_LEGACY),
+                            series("DCGM_FI_DEV_GPU_TEMP", "60x10", **_GPU_LEGACY),
                         ),
                         "10m",
                         (_OUT,),

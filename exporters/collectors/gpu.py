@@ -4,9 +4,14 @@ What it does that dcgm-exporter does not:
 
 * A GPU that answers ``NVML_ERROR_GPU_IS_LOST`` stays visible as ``fmdiag_gpu_lost 1`` with the
   identity it had, and every other GPU is still exported (dcgm-exporter drops it silently).
-* A call a GPU does not support is tried once, counted, and skipped on later scrapes, so a
-  mixed fleet costs no repeated failing calls; any other NVML error is counted per call in
+* A call, field or GPM metric a GPU does not support is tried once, counted, said once in the
+  log, and skipped on later scrapes, so a mixed fleet (Hopper next to Blackwell, R550 next to
+  R580) costs no repeated failing calls; any other NVML error is counted per call in
   ``fmdiag_gpu_nvml_errors_total`` and never fails the scrape.
+* NVML 13's fields where the GPU has them (:mod:`fmdiag.exporters.gpu_fields`): the recovery
+  action the driver asks for, clock-event durations in ns, NVLink 5 counters; and dcgm-exporter
+  4.x's own ``DCGM_EXP_*`` counters computed from NVML readings (:mod:`fmdiag.exporters.gpu_exp`),
+  under its names and labels, the node label spelled ``hostname`` or, by option, ``Hostname``.
 * Clock event (throttle) reasons are exported as the raw bitmask *and* one series per active
   reason, and XIDs are counted per code with NVIDIA's resolution bucket, so alerts need no
   bit arithmetic or lookup tables.
@@ -16,10 +21,12 @@ What it does that dcgm-exporter does not:
   a pod holding a MIG device is attributed to the physical GPU's UUID in one PromQL join.
 * Profiling ratios come from NVML's GPM API (Hopper and newer) without DCGM: a GPM sample is
   kept from one scrape to the next and the metrics are the averages over the interval between
-  them, so there is no background sampling thread.
+  them, so there is no background sampling thread. Blackwell adds per-NVLink bandwidth (opt-in)
+  and C2C bandwidth on Grace-coupled GPUs.
 
-The only background state is the XID listener (NVML delivers XIDs as events) and the GPM
-samples; both are released by :meth:`GpuCollector.close`.
+The only background state is the XID listener (:mod:`fmdiag.exporters.gpu_xid`; NVML delivers
+XIDs as events), the GPM samples and the clock-event samples of the window count; all are
+released by :meth:`GpuCollector.close` or bounded.
 
 Every NVML call goes through ``self.nvml``, the implementation the exporter hands over
 (``CollectorContext.nvml``: the ``pynvml`` module by default, the NVML stand-in with
@@ -29,12 +36,10 @@ process. Constants, structures and exception classes are always pynvml's own.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,8 +49,8 @@ from typing import Any, TypeVar
 import pynvml
 from prometheus_client.core import Metric
 
-from fmdiag.catalog import CLOCK_EVENT_REASONS, XID_ACTIONS
-from fmdiag.exporters import gpu_state_file
+from fmdiag.catalog import CLOCK_EVENT_REASONS, LABEL_SPELLINGS, P2P_LINK_STATUS, XID_ACTIONS
+from fmdiag.exporters import gpu_exp, gpu_state_file
 from fmdiag.exporters.collector import (
     Collector,
     CollectorContext,
@@ -55,7 +60,9 @@ from fmdiag.exporters.collector import (
     register,
 )
 from fmdiag.exporters.families import Families
-from fmdiag.exporters.options import Option, duration, switch
+from fmdiag.exporters.gpu_fields import FieldReader
+from fmdiag.exporters.gpu_xid import XidListener
+from fmdiag.exporters.options import Option, choice, duration, switch
 
 log = logging.getLogger("fmdiag.exporter.gpu")
 T = TypeVar("T")
@@ -72,6 +79,23 @@ _GPM_METRICS: tuple[tuple[int, str, float], ...] = (
     (pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC, "DCGM_FI_PROF_PCIE_RX_BYTES", MIB),
     (pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC, "DCGM_FI_PROF_NVLINK_TX_BYTES", MIB),
     (pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC, "DCGM_FI_PROF_NVLINK_RX_BYTES", MIB),
+    # Blackwell's additions: C2C where the GPU is Grace-coupled, and every NVLink on its own.
+    (pynvml.NVML_GPM_METRIC_C2C_TOTAL_TX_PER_SEC, "DCGM_FI_PROF_C2C_TX_ALL_BYTES", MIB),
+    (pynvml.NVML_GPM_METRIC_C2C_DATA_TX_PER_SEC, "DCGM_FI_PROF_C2C_TX_DATA_BYTES", MIB),
+    (pynvml.NVML_GPM_METRIC_C2C_TOTAL_RX_PER_SEC, "DCGM_FI_PROF_C2C_RX_ALL_BYTES", MIB),
+    (pynvml.NVML_GPM_METRIC_C2C_DATA_RX_PER_SEC, "DCGM_FI_PROF_C2C_RX_DATA_BYTES", MIB),
+)
+#: Per NVLink (36 series a GPU), with --collector.gpu.nvlink-links, as DCGM_FI_PROF_NVLINK_L*.
+_GPM_LINKS: tuple[tuple[int, str, float], ...] = (
+    *(
+        (
+            getattr(pynvml, f"NVML_GPM_METRIC_NVLINK_L{n}_{d}_PER_SEC"),
+            f"DCGM_FI_PROF_NVLINK_L{n}_{d}_BYTES",
+            1.0 * MIB,
+        )
+        for n in range(18)
+        for d in ("TX", "RX")
+    ),
 )
 
 #: (DCGM field, NVML error type, NVML counter type) for the ECC totals.
@@ -82,7 +106,8 @@ _ECC: tuple[tuple[str, int, int], ...] = (
     ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_AGGREGATE_ECC),
 )
 
-#: (DCGM field, NVML perf policy) for throttle durations; NVML counts ns, DCGM reports us.
+#: (DCGM field, NVML perf policy) for throttle durations, in ns as NVML counts them and as DCGM and
+#: dcgm-exporter report them (its docs said us until 4.4.2; fmdiag divided by 1000 until then too).
 _VIOLATIONS: tuple[tuple[str, int], ...] = (
     ("DCGM_FI_DEV_POWER_VIOLATION", pynvml.NVML_PERF_POLICY_POWER),
     ("DCGM_FI_DEV_THERMAL_VIOLATION", pynvml.NVML_PERF_POLICY_THERMAL),
@@ -132,88 +157,13 @@ class _Gpu:
     unsupported: set[str] = field(default_factory=set)
     gpm_sample: Any = None
     gpm_supported: bool | None = None
-
-
-class XidListener(threading.Thread):
-    """Waits on NVML XID events and keeps per-GPU counts for the collector to export."""
-
-    def __init__(self, nvml: Any, handles: dict[int, Any], window_s: float) -> None:
-        super().__init__(name="fmdiag-gpu-xid", daemon=True)
-        self.nvml = nvml
-        self.window_s = window_s
-        self._handles: dict[Any, int] = {}
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-        self.last: dict[int, int] = {}
-        self.totals: dict[tuple[int, int], int] = {}
-        self.recent: deque[tuple[float, int, int]] = deque(maxlen=10_000)
-        self._set = self.nvml.nvmlEventSetCreate()
-        self.watch(handles)
-
-    def watch(self, handles: dict[int, Any]) -> None:
-        """Register XID events of GPUs not registered yet.
-
-        Called on every scrape with the GPUs NVML enumerates then, so a GPU that appears after
-        start (a driver reload, a GPU back on the bus, a node whose first scrape saw fewer)
-        gets its XIDs counted too; NVML accepts registrations while another thread waits.
-        """
-        for index, handle in handles.items():
-            key = self._key(handle)
-            with self._lock:
-                if self._handles.get(key) == index:
-                    continue
-            try:
-                self.nvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, self._set)
-            except pynvml.NVMLError as exc:
-                log.warning("XID events unavailable on GPU %s: %s", index, exc)
-            with self._lock:
-                self._handles[key] = index  # not retried every scrape when unsupported
-
-    @staticmethod
-    def _key(handle: Any) -> Any:
-        try:
-            return ctypes.cast(handle, ctypes.c_void_p).value
-        except (ctypes.ArgumentError, TypeError):
-            return id(handle)
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                data = self.nvml.nvmlEventSetWait_v2(self._set, 500)
-            except pynvml.NVMLError_Timeout:
-                continue
-            except pynvml.NVMLError as exc:
-                log.warning("XID event wait failed, retrying: %s", exc)
-                self._halt.wait(5.0)
-                continue
-            with self._lock:
-                index = self._handles.get(self._key(data.device))
-            if index is None or not data.eventType & pynvml.nvmlEventTypeXidCriticalError:
-                continue
-            xid = int(data.eventData)
-            with self._lock:
-                self.last[index] = xid
-                self.totals[(index, xid)] = self.totals.get((index, xid), 0) + 1
-                self.recent.append((time.monotonic(), index, xid))
-
-    def snapshot(self) -> tuple[dict[int, int], dict[tuple[int, int], int], dict[tuple[int, int], int]]:
-        """(last XID per GPU, totals per (GPU, XID), counts within the window per (GPU, XID))."""
-        horizon = time.monotonic() - self.window_s
-        with self._lock:
-            while self.recent and self.recent[0][0] < horizon:
-                self.recent.popleft()
-            windowed: dict[tuple[int, int], int] = {}
-            for _, index, xid in self.recent:
-                windowed[(index, xid)] = windowed.get((index, xid), 0) + 1
-            return dict(self.last), dict(self.totals), windowed
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(2.0)
-        try:
-            self.nvml.nvmlEventSetFree(self._set)
-        except pynvml.NVMLError:
-            pass
+    #: GPM metric ids this GPU answered NOT_SUPPORTED (C2C on a GPU without C2C): not asked again.
+    gpm_dropped: set[int] = field(default_factory=set)
+    fields: FieldReader = field(default_factory=lambda: FieldReader(""))
+    #: The previous scrape's field values and (time, PCIe replays), for the health deltas.
+    last_fields: dict[str, float | int] = field(default_factory=dict)
+    last_replays: tuple[float, int] | None = None
+    last_remapped_unc: int | None = None
 
 
 def _state_file(text: str) -> Path | None:
@@ -235,6 +185,31 @@ def _state_file(text: str) -> Path | None:
 
 
 XID_WINDOW = duration("xid-window", 300.0, "Window of DCGM_EXP_XID_ERRORS_COUNT, as in dcgm-exporter.")
+CLOCK_EVENTS_WINDOW = duration(
+    "clock-events-window",
+    300.0,
+    "Window of DCGM_EXP_CLOCK_EVENTS_COUNT (dcgm-exporter's --clock-events-count-window-size); "
+    "the count is of scrapes in the window that saw the reason.",
+)
+HOSTNAME_LABEL = choice(
+    "hostname-label",
+    LABEL_SPELLINGS["Hostname"],
+    LABEL_SPELLINGS["Hostname"][0],
+    "Name of the GPU series' host label: hostname as dcgm-exporter after 4.5.3, or Hostname as "
+    "before (keeps existing queries and stored series joined). fmdiag's dashboards and rules read both.",
+)
+NVLINK_LINKS = switch(
+    "nvlink-links",
+    False,
+    "Export NVLink bandwidth per link (DCGM_FI_PROF_NVLINK_L<n>_TX_BYTES/_RX_BYTES from GPM: 36 "
+    "series per GPU), off by default as in dcgm-exporter; the totals are always exported.",
+)
+P2P_STATUS = switch(
+    "p2p-status",
+    False,
+    "Export DCGM_EXP_P2P_STATUS (NVLink P2P status of every GPU pair: n*(n-1) NVML calls a scrape), "
+    "off by default as in dcgm-exporter.",
+)
 EVENTS = switch("events", True, "Listen for XID events (a background thread waiting on NVML).")
 SIMULATED_STATE: Option[Path | None] = Option(
     "simulated-state",
@@ -252,12 +227,25 @@ class GpuCollector(Collector):
     """NVIDIA GPUs through NVML, under dcgm-exporter's names and labels."""
 
     name = "gpu"
-    options = (XID_WINDOW, EVENTS, SIMULATED_STATE)
+    options = (
+        XID_WINDOW,
+        EVENTS,
+        SIMULATED_STATE,
+        HOSTNAME_LABEL,
+        CLOCK_EVENTS_WINDOW,
+        P2P_STATUS,
+        NVLINK_LINKS,
+    )
 
     def __init__(self, ctx: CollectorContext) -> None:
         super().__init__(ctx)
         self.hostname = ctx.hostname or socket.gethostname()
         self.xid_window_s = self.option(XID_WINDOW)
+        #: The host label's spelling on every GPU series (hostname or Hostname).
+        self.host_label = self.option(HOSTNAME_LABEL)
+        self.p2p = self.option(P2P_STATUS)
+        self._gpm_metrics = _GPM_METRICS + (_GPM_LINKS if self.option(NVLINK_LINKS) else ())
+        self._clock_events = gpu_exp.ClockEventWindow(self.option(CLOCK_EVENTS_WINDOW))
         self.events = self.option(EVENTS)
         state = self.option(SIMULATED_STATE)
         self._state = state
@@ -337,6 +325,7 @@ class GpuCollector(Collector):
         except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound) as exc:
             gpu.unsupported.add(call)
             self._count_error(str(index), call, exc)
+            log.info("GPU %s does not support %s (%s); not asked again", index, call, error_name(exc))
         except pynvml.NVMLError as exc:
             self._count_error(str(index), call, exc)
         return None
@@ -354,7 +343,7 @@ class GpuCollector(Collector):
             "pci_bus_id": bus_id,
             "device": f"nvidia{minor}",
             "modelName": _text(self.nvml.nvmlDeviceGetName(handle)),
-            "Hostname": self.hostname,
+            self.host_label: self.hostname,
         }
         info = {
             "driver_version": self._driver,
@@ -362,7 +351,7 @@ class GpuCollector(Collector):
             "numa_node": str(self._try(lambda: int(self.nvml.nvmlDeviceGetNumaNodeId(handle)), -1)),
             "pci_switch": pci_switch(self.ctx.paths.sysfs, bus_id),
         }
-        gpu = _Gpu(labels=labels, info=info, minor=minor)
+        gpu = _Gpu(labels=labels, info=info, minor=minor, fields=FieldReader(str(index)))
         if known is not None and known.gpm_sample is not None:  # another GPU now has this index
             self._try(lambda s=known.gpm_sample: self.nvml.nvmlGpmSampleFree(s), None)  # type: ignore[misc]
         self._gpus[index] = gpu
@@ -419,12 +408,15 @@ class GpuCollector(Collector):
                 self._count_error(str(index), "identify", exc)
                 self.report(f"GPU {index}", exc)
                 continue
-            fam.add("fmdiag_gpu_lost", 0, _lost_labels(gpu.labels))
+            fam.add("fmdiag_gpu_lost", 0, _lost_labels(gpu.labels, self.host_label))
             handles[index] = handle
             by_minor[gpu.minor] = gpu.labels["UUID"]
             migs.update((m.uuid, m) for m in gpu_migs)
         self._processes = {pid: ",".join(sorted(g, key=int)) for pid, g in processes.items()}
         self._inventory = GpuInventory(by_minor=by_minor, migs=migs, scraped=True)
+        self._clock_events.forget({str(i) for i in handles})
+        if self.p2p:
+            self._p2p(fam, handles)
         self._emit_xids(fam, handles)
         self._emit_errors(fam)
         return None
@@ -438,19 +430,20 @@ class GpuCollector(Collector):
         labels = (
             known.labels
             if known
-            else {"gpu": str(index), "UUID": "", "pci_bus_id": "", "Hostname": self.hostname}
+            else {"gpu": str(index), "UUID": "", "pci_bus_id": "", self.host_label: self.hostname}
         )
-        fam.add("fmdiag_gpu_lost", 1, _lost_labels(labels))
+        fam.add("fmdiag_gpu_lost", 1, _lost_labels(labels, self.host_label))
         self._count_error(str(index), "device", pynvml.NVMLError_GpuIsLost())
         self.report(f"GPU {index} ({labels['UUID'] or 'unknown UUID'})", "NVML_ERROR_GPU_IS_LOST")
 
     def _read(self, fam: Families, index: int, gpu: _Gpu, h: Any, processes: dict[int, set[str]]) -> None:
         lab = gpu.labels
 
-        def put(metric: str, call: str, fn: Callable[[], float | int | None]) -> None:
+        def put(metric: str, call: str, fn: Callable[[], float | int | None]) -> float | int | None:
             value = self._call(index, gpu, call, fn)
             if value is not None:
                 fam.add(metric, value, lab)
+            return value
 
         fam.add("fmdiag_gpu_info", 1, {**lab, **gpu.info})
         put(
@@ -489,7 +482,7 @@ class GpuCollector(Collector):
             "energy",
             lambda: self.nvml.nvmlDeviceGetTotalEnergyConsumption(h),
         )
-        put(
+        replays = put(
             "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
             "pcie_replay",
             lambda: self.nvml.nvmlDeviceGetPcieReplayCounter(h),
@@ -514,15 +507,19 @@ class GpuCollector(Collector):
                 fam.add(
                     "fmdiag_gpu_clocks_event_active", 1 if reasons & bit else 0, {**lab, "reason": reason}
                 )
-        for metric, err_type, counter_type in _ECC:
-            put(metric, metric, partial(self.nvml.nvmlDeviceGetTotalEccErrors, h, err_type, counter_type))
+        ecc = {
+            metric: put(metric, metric, partial(self.nvml.nvmlDeviceGetTotalEccErrors, h, err, counter))
+            for metric, err, counter in _ECC
+        }
         rows = self._call(index, gpu, "remapped_rows", lambda: self.nvml.nvmlDeviceGetRemappedRows(h))
         if rows is not None:
             fam.add("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", rows[0], lab)
             fam.add("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", rows[1], lab)
             fam.add("DCGM_FI_DEV_ROW_REMAP_FAILURE", 1 if rows[3] else 0, lab)
         for metric, policy in _VIOLATIONS:
-            put(metric, metric, partial(_violation_us, self.nvml, h, policy))
+            put(metric, metric, partial(_violation_ns, self.nvml, h, policy))
+        found = self._fields(fam, index, gpu, h)
+        self._health(fam, gpu, reasons, rows, ecc.get("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"), replays, found)
         procs = self._call(index, gpu, "processes", lambda: self.nvml.nvmlDeviceGetComputeRunningProcesses(h))
         used_by_pid: dict[int, int] = {}
         for proc in procs or ():
@@ -537,6 +534,94 @@ class GpuCollector(Collector):
                 {"gpu": str(index), "UUID": lab["UUID"], "pid": str(pid)},
             )
         self._gpm(fam, index, gpu, h)
+
+    def _fields(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> dict[str, float | int]:
+        """NVML 13 field values (recovery action, ns clock events, NVLink 5) in one call."""
+        if "field_values" in gpu.unsupported:
+            return {}
+
+        def failed(metric: str, ret: int) -> None:
+            self._count_error(str(index), metric, pynvml.NVMLError(ret))
+
+        def get(ids: list[tuple[int, int] | int]) -> Any:
+            return self.nvml.nvmlDeviceGetFieldValues(h, ids)
+
+        found = self._call(index, gpu, "field_values", lambda: gpu.fields.read(get, failed))
+        for metric, value in (found or {}).items():
+            fam.add(metric, value, gpu.labels)
+        return found or {}
+
+    def _health(
+        self,
+        fam: Families,
+        gpu: _Gpu,
+        reasons: int | None,
+        rows: Any,
+        dbe: float | int | None,
+        replays: float | int | None,
+        found: dict[str, float | int],
+    ) -> None:
+        """DCGM_EXP_GPU_HEALTH_STATUS from this scrape's readings, and the clock-event sample."""
+        now = time.monotonic()
+        replay_rate = None
+        if replays is not None:
+            replay_rate = gpu_exp.rate_per_minute(gpu.last_replays, (now, int(replays)))
+            gpu.last_replays = (now, int(replays))
+        remapped = int(rows[1]) if rows is not None else None
+        remap_delta = None
+        if remapped is not None:
+            last = gpu.last_remapped_unc
+            remap_delta = remapped - last if last is not None and remapped > last else 0
+            gpu.last_remapped_unc = remapped
+        action = found.get("DCGM_FI_DEV_GET_GPU_RECOVERY_ACTION")
+        readings = gpu_exp.HealthReadings(
+            ecc_dbe_volatile=int(dbe) if dbe is not None else None,
+            row_remap_failure=bool(rows[3]) if rows is not None else None,
+            remapped_uncorrectable_delta=remap_delta,
+            clocks_event_reasons=reasons,
+            pcie_replays_per_minute=replay_rate if replays is not None else None,
+            nvlink_recovery_failed_delta=gpu_exp.delta(
+                gpu.last_fields, found, "DCGM_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS"
+            ),
+            nvlink_effective_errors_delta=gpu_exp.delta(
+                gpu.last_fields, found, "DCGM_FI_DEV_NVLINK_COUNT_EFFECTIVE_ERRORS"
+            ),
+            recovery_action=int(action) if action is not None else None,
+        )
+        gpu.last_fields = found
+        for f in gpu_exp.health(readings):
+            labels = {**gpu.labels, "health_watch": f.watch, "health_error_code": f.code}
+            fam.add("DCGM_EXP_GPU_HEALTH_STATUS", f.result, labels)
+        if reasons is not None:
+            self._clock_events.add(gpu.labels["gpu"], reasons, now)
+        window = str(int(self._clock_events.window_s * 1000))
+        counts = self._clock_events.counts(gpu.labels["gpu"], now)
+        for event, count in counts.items():
+            labels = {**gpu.labels, "clock_event": event, "window_size_in_ms": window}
+            fam.add("DCGM_EXP_CLOCK_EVENTS_COUNT", count, labels)
+        if reasons is not None and not counts:
+            fam.add("DCGM_EXP_CLOCK_EVENTS_COUNT", 0, {**gpu.labels, "window_size_in_ms": window})
+
+    def _p2p(self, fam: Families, handles: dict[int, Any]) -> None:
+        """DCGM_EXP_P2P_STATUS: NVLink P2P status of every ordered pair of GPUs (as dcgm-exporter)."""
+        for index, h in handles.items():
+            gpu = self._gpus[index]
+            if "p2p_status" in gpu.unsupported:
+                continue
+            for peer, peer_h in handles.items():
+                if peer == index:
+                    continue
+                status = self._call(
+                    index,
+                    gpu,
+                    "p2p_status",
+                    partial(self.nvml.nvmlDeviceGetP2PStatus, h, peer_h, pynvml.NVML_P2P_CAPS_INDEX_NVLINK),
+                )
+                if status is None:
+                    break
+                name = P2P_LINK_STATUS.get(int(status), P2P_LINK_STATUS[6])
+                labels = {**gpu.labels, "peer_gpu": str(peer), "link_status": name}
+                fam.add("DCGM_EXP_P2P_STATUS", int(status), labels)
 
     def _mig(self, fam: Families, index: int, gpu: _Gpu, h: Any) -> list[MigInstance]:
         """MIG mode and one info series per MIG device, mapping its UUID to this GPU.
@@ -592,7 +677,7 @@ class GpuCollector(Collector):
                 {
                     "gpu": str(index),
                     "UUID": gpu.labels["UUID"],
-                    "Hostname": gpu.labels["Hostname"],
+                    self.host_label: gpu.labels[self.host_label],
                     "mig_uuid": mig.uuid,
                     "GPU_I_PROFILE": mig.profile,
                     "GPU_I_ID": str(mig.gpu_instance_id),
@@ -655,19 +740,29 @@ class GpuCollector(Collector):
         if previous is None:
             return  # the first scrape only starts the interval
         try:
+            wanted = [m for m in self._gpm_metrics if m[0] not in gpu.gpm_dropped]
+            if not wanted:
+                return
             request = pynvml.c_nvmlGpmMetricsGet_t()
             request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(_GPM_METRICS)
+            request.numMetrics = len(wanted)
             request.sample1, request.sample2 = previous, sample
-            for i, (metric_id, _, _) in enumerate(_GPM_METRICS):
+            for i, (metric_id, _, _) in enumerate(wanted):
                 request.metrics[i].metricId = metric_id
             result = self._call(index, gpu, "gpm_metrics", lambda: self.nvml.nvmlGpmMetricsGet(request))
             if result is None:
                 return
-            for i, (_, metric, scale) in enumerate(_GPM_METRICS):
+            gone = []
+            for i, (metric_id, metric, scale) in enumerate(wanted):
                 entry = result.metrics[i]
                 if entry.nvmlReturn == pynvml.NVML_SUCCESS:
                     fam.add(metric, entry.value * scale, gpu.labels)
+                elif entry.nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                    # C2C on a GPU without C2C, a link the GPU does not have: said once, not asked again.
+                    gpu.gpm_dropped.add(metric_id)
+                    gone.append(metric)
+            if gone:
+                log.info("GPU %s does not support GPM %s; not asked again", index, ", ".join(gone))
         finally:
             self._try(lambda: self.nvml.nvmlGpmSampleFree(previous), None)
 
@@ -693,11 +788,16 @@ class GpuCollector(Collector):
                 continue
             action = XID_ACTIONS.get(xid, "unknown")
             fam.add("fmdiag_gpu_xid_errors_total", count, {**seen.labels, "xid": str(xid), "action": action})
-            fam.add(
-                "DCGM_EXP_XID_ERRORS_COUNT",
-                windowed.get((index, xid), 0),
-                {**seen.labels, "xid": str(xid), "window_size_in_ms": window},
-            )
+        # dcgm-exporter's windowed count: one series per XID seen in the window, or one series
+        # without xid valued 0 for a GPU that had none (so "no XID" is a value, not an absence).
+        in_window = {index for (index, _), n in windowed.items() if n}
+        for (index, xid), n in windowed.items():
+            seen = self._gpus.get(index)
+            if seen is not None and n and index in handles:
+                labels = {**seen.labels, "xid": str(xid), "window_size_in_ms": window}
+                fam.add("DCGM_EXP_XID_ERRORS_COUNT", n, labels)
+        for index in handles.keys() - in_window:
+            fam.add("DCGM_EXP_XID_ERRORS_COUNT", 0, {**self._gpus[index].labels, "window_size_in_ms": window})
 
     def _emit_errors(self, fam: Families) -> None:
         for (gpu, call, error), count in self._errors.items():
@@ -750,8 +850,8 @@ class GpuCollector(Collector):
             self._initialised = False
 
 
-def _lost_labels(labels: dict[str, str]) -> dict[str, str]:
-    return {k: labels[k] for k in ("gpu", "UUID", "pci_bus_id", "Hostname")}
+def _lost_labels(labels: dict[str, str], host_label: str) -> dict[str, str]:
+    return {k: labels[k] for k in ("gpu", "UUID", "pci_bus_id", host_label)}
 
 
 def _field(nvml: Any, handle: Any, field_id: int) -> float:
@@ -768,9 +868,9 @@ def _field(nvml: Any, handle: Any, field_id: int) -> float:
     return float(value.value.uiVal)
 
 
-def _violation_us(nvml: Any, handle: Any, policy: int) -> int:
-    """Throttle time under ``policy``: NVML counts nanoseconds, DCGM reports microseconds."""
-    return int(nvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime) // 1000
+def _violation_ns(nvml: Any, handle: Any, policy: int) -> int:
+    """Throttle time under ``policy`` in nanoseconds, as NVML counts it and dcgm-exporter reports it."""
+    return int(nvml.nvmlDeviceGetViolationStatus(handle, policy).violationTime)
 
 
 def _clock_reasons(nvml: Any, handle: Any) -> int:

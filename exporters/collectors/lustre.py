@@ -26,13 +26,14 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
 
 from fmdiag.exporters.collector import Collector, CollectorContext, register
-from fmdiag.exporters.families import Families
+from fmdiag.exporters.families import Families, HistogramAdd, bucket_labels
+from fmdiag.exporters.labelsets import LabelSets
 from fmdiag.exporters.lustre_formats import (
     TIME_UNITS,
     Instance,
@@ -65,6 +66,7 @@ MAX_FILE_BYTES = 1 << 20
 #: Pages-per-RPC buckets always exposed (1..1024 pages = 4 KiB..4 MiB RPCs with 4 KiB
 #: pages), so the series set does not change as larger RPCs start; larger rows extend it.
 _FIXED_PAGE_BOUNDS = tuple(1 << i for i in range(11))
+_FIXED_SET = frozenset(_FIXED_PAGE_BOUNDS)
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ESTALE)
 _LCTL_NO_MATCH = ("No such file or directory", "not found")
 
@@ -142,6 +144,8 @@ class LustreCollector(Collector):
         self.source = self.option(SOURCE)
         self.lctl_timeout_s = self.option(LCTL_TIMEOUT)
         self.lctl_path = self.option(LCTL_PATH) or shutil.which("lctl") or "/usr/sbin/lctl"
+        #: Label dicts by label names, kept between scrapes (see fmdiag.exporters.labelsets).
+        self._label_sets: dict[tuple[str, ...], LabelSets] = {}
 
     def source_problem(self) -> str | None:
         # A node without Lustre has a procfs without fs/lustre (healthy, 0 filesystems); a
@@ -151,7 +155,7 @@ class LustreCollector(Collector):
             if not os.access(self.lctl_path, os.X_OK):
                 return f"lctl not found or not executable at {self.lctl_path} (--collector.lustre.lctl-path)"
             return None
-        if not os.path.isdir(paths.procfs):
+        if not os.path.isdir(paths.procfs) and not self._debugfs_has_lustre():
             return (
                 f"{paths.procfs} is not a directory: is procfs mounted there (--path.procfs, --path.rootfs)?"
             )
@@ -159,9 +163,32 @@ class LustreCollector(Collector):
             return f"{paths.debugfs} is not a directory: is debugfs mounted there (--path.debugfs)?"
         return None
 
+    def _debugfs_has_lustre(self) -> bool:
+        """2.12+ keeps its client stats in debugfs: with those there, a missing procfs costs
+        only the files left in /proc (osc ``rpc_stats``), so the collector still runs."""
+        return self.source in ("auto", "debugfs") and os.path.isdir(
+            os.path.join(self.ctx.paths.debugfs, "lustre")
+        )
+
     # -- the scrape ---------------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
+        try:
+            return self._collect()
+        finally:
+            for sets in self._label_sets.values():
+                sets.end_scrape()
+
+    def _collect(self) -> list[Metric]:
         fams = self.families()
+        out = _Emission(fams, self._label_sets)
+        if not os.path.isdir(self.ctx.paths.procfs) and self._debugfs_has_lustre():
+            # Reached only with Lustre data in debugfs (see source_problem): serve it, and say
+            # every scrape that what 2.12+ leaves in /proc is missing.
+            self.report(
+                self.ctx.paths.procfs,
+                "is not a directory: the files Lustre 2.12+ leaves in /proc (osc rpc_stats) are not "
+                "read, debugfs data is still served; is procfs mounted there (--path.procfs, --path.rootfs)?",
+            )
         try:
             targets = self._targets_from_lctl() if self.source == "lctl" else self._targets_from_files()
         except Exception as exc:  # a bug must cost this scrape's Lustre metrics, not the scrape
@@ -172,7 +199,7 @@ class LustreCollector(Collector):
             for target in targets:
                 mounts += target.inst.kind == "llite"
                 try:
-                    self._emit(fams, target)
+                    self._emit(out, target)
                 except Exception as exc:  # a bug in one device's handling must not cost the rest
                     self.report(target.inst.name, f"internal error, device skipped: {exc!r}")
             fams.add("fmdiag_lustre_filesystems", mounts)
@@ -342,20 +369,19 @@ class LustreCollector(Collector):
             more = f" (and {len(errors) - 1} more bad lines)" if len(errors) > 1 else ""
             self.report(where, f"skipped {errors[0]}{more}")
 
-    def _emit(self, fams: Families, target: _Target) -> None:
+    def _emit(self, out: _Emission, target: _Target) -> None:
         inst = target.inst
-        labels = {"fs": inst.fs, "mount_id": inst.mount_id}
-        if inst.kind == "osc":
-            labels["ost"] = inst.target
-        elif inst.kind == "mdc":
-            labels["mdt"] = inst.target
-        else:
-            fams.add("fmdiag_lustre_client_info", 1, {**labels, "layout": target.layout})
+        kind = inst.kind
+        names = _BASE_LABELS[kind]
+        values = (inst.fs, inst.mount_id) if kind == "llite" else (inst.fs, inst.mount_id, inst.target)
+        labels = out.labels(names, values)
+        if kind == "llite":
+            out.add("fmdiag_lustre_client_info", (*names, "layout"), (*values, target.layout), 1)
         if "stats" in target.texts:
             where, text = target.texts["stats"]
             stats = parse_stats(text)
             self._report_lines(where, stats.errors)
-            _emit_stats(fams, inst.kind, labels, stats)
+            _emit_stats(out, kind, names, values, labels, stats)
         if "read_ahead_stats" in target.texts:
             where, text = target.texts["read_ahead_stats"]
             ra = parse_read_ahead_stats(text)
@@ -366,55 +392,170 @@ class LustreCollector(Collector):
                 # file with bad lines might have lost it, so then nothing is claimed.
                 value = events.pop(reason, None if ra.errors else 0)
                 if value is not None:
-                    fams.add(f"fmdiag_lustre_llite_read_ahead_{family}", value, labels)
+                    out.add_to(f"fmdiag_lustre_llite_read_ahead_{family}", names, labels, value)
+            reason_names = (*names, "reason")
             for reason, value in events.items():
-                fams.add("fmdiag_lustre_llite_read_ahead_events_total", value, {**labels, "reason": reason})
+                out.add("fmdiag_lustre_llite_read_ahead_events_total", reason_names, (*values, reason), value)
             if ra.pages is not None:
-                fams.add("fmdiag_lustre_llite_read_ahead_pages_total", ra.pages, labels)
+                out.add_to("fmdiag_lustre_llite_read_ahead_pages_total", names, labels, ra.pages)
         if "rpc_stats" in target.texts:
             where, text = target.texts["rpc_stats"]
             rpc = parse_rpc_stats(text)
             self._report_lines(where, rpc.errors)
+            direction_names = (*names, "direction")
             for direction, value in rpc.in_flight.items():
-                fams.add("fmdiag_lustre_osc_rpcs_in_flight", value, {**labels, "direction": direction})
+                out.add("fmdiag_lustre_osc_rpcs_in_flight", direction_names, (*values, direction), value)
             for direction, value in rpc.pending_pages.items():
-                fams.add("fmdiag_lustre_osc_pending_pages", value, {**labels, "direction": direction})
+                out.add("fmdiag_lustre_osc_pending_pages", direction_names, (*values, direction), value)
             for direction, rows in rpc.pages_per_rpc.items():
-                buckets, count = pages_per_rpc_buckets(rows)
-                fams.add_histogram(
-                    "fmdiag_lustre_osc_pages_per_rpc",
-                    {**labels, "direction": direction},
-                    buckets,
-                    count,
-                    None,  # no _sum: a row says "at most N pages", not how many
-                )
+                bounds, cumulative, count = _page_histogram(rows)
+                # no _sum: a row says "at most N pages", not how many
+                out.histogram(
+                    "fmdiag_lustre_osc_pages_per_rpc", direction_names, (*values, direction), bounds,
+                    cumulative, count,
+                )  # fmt: skip
 
 
-def _emit_stats(fams: Families, kind: str, labels: dict[str, str], stats: StatsFile) -> None:
-    prefix = f"fmdiag_lustre_{kind}_"
+#: The labels every series of a device kind starts with, in exposition order.
+_BASE_LABELS: dict[str, tuple[str, ...]] = {
+    "llite": ("fs", "mount_id"),
+    "osc": ("fs", "mount_id", "ost"),
+    "mdc": ("fs", "mount_id", "mdt"),
+}
+#: Per kind: the stats family names (operations, latency sum/max/min, read/write bytes).
+_STATS_NAMES = {
+    kind: tuple(
+        f"fmdiag_lustre_{kind}_{what}"
+        for what in (
+            "operations_total",
+            "operation_latency_seconds_total",
+            "operation_latency_max_seconds",
+            "operation_latency_min_seconds",
+            "read_bytes_total",
+            "write_bytes_total",
+        )
+    )
+    for kind in KINDS
+}
+
+
+class _Emission:
+    """One scrape's families, with the collector's label dicts kept between scrapes.
+
+    Samples go through :meth:`Families.adder` (checked against the catalog once per family)
+    with label dicts from :class:`LabelSets`, so a node's ~1,600 Lustre samples cost a lookup
+    and an append each, and the exposition re-renders only their values. Families are created
+    at their first sample, in the same order as ``Families.add`` would.
+    """
+
+    def __init__(self, fams: Families, sets: dict[tuple[str, ...], LabelSets]) -> None:
+        self.fams = fams
+        self.sets = sets
+        self.adders: dict[str, Callable[[dict[str, str], float], None]] = {}
+        self.histograms: dict[str, HistogramAdd] = {}
+
+    def labels(self, names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str]:
+        sets = self.sets.get(names)
+        if sets is None:
+            sets = self.sets[names] = LabelSets(names)
+        return sets.get(values)
+
+    def add_to(self, name: str, names: tuple[str, ...], labels: dict[str, str], value: float) -> None:
+        add = self.adders.get(name)
+        if add is None:
+            add = self.adders[name] = self.fams.adder(name, names)
+        add(labels, value)
+
+    def add(self, name: str, names: tuple[str, ...], values: tuple[str, ...], value: float) -> None:
+        self.add_to(name, names, self.labels(names, values), value)
+
+    def histogram(
+        self,
+        name: str,
+        names: tuple[str, ...],
+        values: tuple[str, ...],
+        bounds: tuple[int, ...],
+        cumulative: Sequence[float],
+        count: int,
+    ) -> None:
+        add = self.histograms.get(name)
+        if add is None:
+            add = self.histograms[name] = self.fams.histogram_adder(name, names)
+        buckets_key = (*names, "le")
+        sets = self.sets.get(buckets_key)
+        if sets is None:
+            sets = self.sets[buckets_key] = LabelSets(buckets_key)
+        buckets = sets.group((values, bounds))
+        if buckets is None:
+            le = _LE.get(bounds) or _le_texts(bounds)
+            buckets = sets.keep_group((values, bounds), [sets.get((*values, text)) for text in le])
+        add(self.labels(names, values), buckets, cumulative, count, None)
+
+
+_LE: dict[tuple[int, ...], tuple[str, ...]] = {}
+
+
+def _le_texts(bounds: tuple[int, ...]) -> tuple[str, ...]:
+    """The ``le`` values of these bounds, +Inf last, spelt as ``bucket_labels`` spells them."""
+    texts = tuple(lab["le"] for lab in bucket_labels({}, bounds))
+    if len(_LE) < 1024:
+        _LE[bounds] = texts
+    return texts
+
+
+def _emit_stats(
+    out: _Emission,
+    kind: str,
+    names: tuple[str, ...],
+    values: tuple[str, ...],
+    labels: dict[str, str],
+    stats: StatsFile,
+) -> None:
+    ops, latency_total, latency_max, latency_min, read_bytes, write_bytes = _STATS_NAMES[kind]
+    op_names = (*names, "operation")
+    op_sets = out.sets.get(op_names)
+    if op_sets is None:
+        op_sets = out.sets[op_names] = LabelSets(op_names)
     for line in stats.lines.values():
         if kind == "llite" and line.name == "openclosetime":
             # The gap between a close and the next open of a file, not an operation's
             # latency: summed with the latencies it would dwarf them all.
-            fams.add("fmdiag_lustre_llite_close_to_open_total", line.count, labels)
+            out.add_to("fmdiag_lustre_llite_close_to_open_total", names, labels, line.count)
             per_second = TIME_UNITS.get(line.unit)
             if line.sum is not None and per_second is not None:
-                fams.add("fmdiag_lustre_llite_close_to_open_seconds_total", line.sum / per_second, labels)
+                out.add_to(
+                    "fmdiag_lustre_llite_close_to_open_seconds_total", names, labels, line.sum / per_second
+                )
             continue
-        op = {**labels, "operation": line.name}
-        fams.add(prefix + "operations_total", line.count, op)
+        op = op_sets.get((*values, line.name))
+        out.add_to(ops, op_names, op, line.count)
         if line.sum is None or line.max is None:
             continue
         per_second = TIME_UNITS.get(line.unit)
         if per_second is not None:
-            fams.add(prefix + "operation_latency_seconds_total", line.sum / per_second, op)
-            fams.add(prefix + "operation_latency_max_seconds", line.max / per_second, op)
+            out.add_to(latency_total, op_names, op, line.sum / per_second)
+            out.add_to(latency_max, op_names, op, line.max / per_second)
             if line.min is not None:
-                fams.add(prefix + "operation_latency_min_seconds", line.min / per_second, op)
+                out.add_to(latency_min, op_names, op, line.min / per_second)
         elif line.name == "read_bytes":
-            fams.add(prefix + "read_bytes_total", line.sum, labels)
+            out.add_to(read_bytes, names, labels, line.sum)
         elif line.name == "write_bytes":
-            fams.add(prefix + "write_bytes_total", line.sum, labels)
+            out.add_to(write_bytes, names, labels, line.sum)
+
+
+def _page_histogram(rows: Sequence[tuple[int, int]]) -> tuple[tuple[int, ...], list[int], int]:
+    """:func:`pages_per_rpc_buckets` as bounds, cumulative counts and total (fast when, as
+    always on a real client, every row is one of the fixed bounds)."""
+    if all(label in _FIXED_SET for label, _ in rows):
+        by_label = dict(rows)
+        cumulative: list[int] = []
+        running = 0
+        for bound in _FIXED_PAGE_BOUNDS:
+            running += by_label.get(bound, 0)
+            cumulative.append(running)
+        return _FIXED_PAGE_BOUNDS, cumulative, running
+    buckets, total = pages_per_rpc_buckets(rows)
+    return tuple(int(b) for b, _ in buckets), [int(c) for _, c in buckets], total
 
 
 def pages_per_rpc_buckets(rows: Sequence[tuple[int, int]]) -> tuple[list[tuple[float, float]], int]:

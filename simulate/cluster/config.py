@@ -80,6 +80,19 @@ class Workload:
     job: str = DEFAULT_JOB
     parallelism: str = "fsdp"
     tp: int = 1
+    #: Pipeline stages and micro-batches per step (1F1B, :mod:`.pipeline`); 1: no pipeline.
+    pp: int = 1
+    microbatches: int = 1
+    #: Each stage's compute relative to the mean stage (the last holds the output head).
+    stage_weights: tuple[float, ...] = (1.0,)
+    #: Bytes of one micro-batch's activations (or gradients) sent to the neighbour stage.
+    p2p_bytes: float = 0.0
+    #: Expert parallelism (:mod:`.physics` ``Job.ep``): ranks per expert-parallel group, the
+    #: share of compute in the experts, the bytes one all-to-all sends, MoE layers a step.
+    ep: int = 1
+    expert_share: float = 0.0
+    a2a_bytes: float = 0.0
+    moe_layers: int = 0
     #: Communication units per step (FSDP wrap units or groups of DDP buckets).
     units: int = 16
     forward_s: float = 0.337
@@ -136,6 +149,15 @@ class Workload:
             raise ValueError(f"noise={self.noise} must be in [0, 0.2)")
         if self.parallelism not in ("ddp", "fsdp") or self.units < 1:
             raise ValueError(f"parallelism={self.parallelism!r}, units={self.units}: expected ddp|fsdp, >= 1")
+        if self.pp < 1 or hw.world_size % self.pp or len(self.stage_weights) != self.pp:
+            raise ValueError(
+                f"pp={self.pp}: needs a GPU count ({hw.world_size}) that is a multiple of it and one "
+                f"weight per stage (got {len(self.stage_weights)})"
+            )
+        if self.ep > 1 and (hw.gpus_per_node % self.ep or self.tp != 1 or self.pp != 1):
+            raise ValueError(f"ep={self.ep}: needs a node's GPUs to be a multiple of it, tp=1 and pp=1")
+        if self.pp > 1 and (self.microbatches < 1 or self.parallelism != "ddp" or self.tp != 1):
+            raise ValueError(f"pp={self.pp}: needs ddp, tp=1 and >= 1 micro-batch")
 
 
 def workload_for(job: Job, hw: Hardware, **overrides: Any) -> Workload:
@@ -147,6 +169,14 @@ def workload_for(job: Job, hw: Hardware, **overrides: Any) -> Workload:
         "job": job.name,
         "parallelism": job.parallelism,
         "tp": job.tp,
+        "pp": job.pp,
+        "microbatches": job.microbatches,
+        "stage_weights": job.stage_weights(),
+        "p2p_bytes": job.p2p_bytes() if job.pp > 1 else 0.0,
+        "ep": job.ep,
+        "expert_share": job.expert_share,
+        "a2a_bytes": job.a2a_bytes(),
+        "moe_layers": job.layers if job.ep > 1 else 0,
         "units": job.units(),
         "forward_s": compute / 3.0,
         "backward_s": 2.0 * compute / 3.0,

@@ -46,14 +46,16 @@ import numpy as np
 from fmdiag import dumpformat
 from fmdiag.simulate.cluster import kineto_ops as ko
 from fmdiag.simulate.cluster.kineto_ops import CBID, Kernel, Leaf, Op, json_safe, nccl_kernel_name
-from fmdiag.simulate.cluster.model import Chunk, ClusterModel, Collective
+from fmdiag.simulate.cluster.model import EP_DESC, TP_DESC, Chunk, ClusterModel, Collective
 
 COMPUTE_STREAM, COMM_STREAM = 7, 20
+#: Tensor-parallel all-reduces run on their own communicator's stream.
+TP_STREAM = 16
 NCCL_NAMINGS = ("new", "old")
 #: Transformer blocks drawn per step: full gives hundreds of kernels a step, compact a few dozen.
 DETAIL_LAYERS = {"full": 4, "compact": 1}
 #: Each detail's transformer block (forward, backward).
-_BLOCKS = {
+BLOCKS = {
     "full": (ko.LAYER_FORWARD, ko.LAYER_BACKWARD),
     "compact": (ko.COMPACT_LAYER_FORWARD, ko.COMPACT_LAYER_BACKWARD),
 }
@@ -129,7 +131,8 @@ def merge_contiguous(colls: Sequence[Collective]) -> list[Collective]:
     """
     out: list[Collective] = []
     for c in colls:
-        if out and out[-1].kind == c.kind and out[-1].end_ns >= c.start_ns and out[-1].dtype == c.dtype:
+        same = out and out[-1].kind == c.kind and out[-1].dtype == c.dtype and out[-1].pg_name == c.pg_name
+        if same and out[-1].end_ns >= c.start_ns:
             p = out[-1]
             out[-1] = replace(
                 p,
@@ -143,7 +146,9 @@ def merge_contiguous(colls: Sequence[Collective]) -> list[Collective]:
     return out
 
 
-def _tile(p0: int, p1: int, kernels: Sequence[Kernel], rng: np.random.Generator) -> list[tuple[int, int]]:
+def tile_kernels(
+    p0: int, p1: int, kernels: Sequence[Kernel], rng: np.random.Generator
+) -> list[tuple[int, int]]:
     """GPU intervals for ``kernels`` run back to back from ``p0`` to exactly ``p1``.
 
     Memory-bound kernels get their nominal time (jittered, capped to a share of the phase),
@@ -229,6 +234,64 @@ def unit_gates(colls: Sequence[Collective], f1: int, b1: int) -> tuple[list[int]
     return fwd, [f1, *bwd]
 
 
+def carve_tp(
+    segs: Sequence[tuple[int, int]], tp_ns: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """A phase's compute segments with their tensor-parallel all-reduces cut off their ends.
+
+    The model counts a phase's TP all-reduces (``tp_fwd_ns`` / ``tp_bwd_ns``) inside its units;
+    each segment ends with its share of them, in proportion to its length (the last takes the
+    remainder). Returns (compute intervals, all-reduce intervals), integer ns.
+    """
+    if tp_ns <= 0 or not segs:
+        return list(segs), []
+    total = max(sum(b - a for a, b in segs), 1)
+    compute: list[tuple[int, int]] = []
+    comm: list[tuple[int, int]] = []
+    left = tp_ns
+    for j, (a, b) in enumerate(segs):
+        t = left if j == len(segs) - 1 else tp_ns * (b - a) // total
+        t = min(t, b - a, left)
+        left -= t
+        compute.append((a, b - t))
+        if t > 0:
+            comm.append((b - t, b))
+    return compute, comm
+
+
+def phase_segments(
+    model: ClusterModel, chunk: Chunk, index: int, rank: int, colls: Sequence[Collective], shift: int = 0
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Forward compute, backward compute and tensor-parallel all-reduce intervals of a data-
+    parallel rank's step (``shift`` added to the chunk ns, with ``colls`` already shifted)."""
+    dw1, f1, b1 = (int(getattr(chunk, k)[index, rank]) + shift for k in ("dw_end", "fwd_end", "arrive"))
+    gates_f, gates_b = unit_gates(colls, f1, b1)
+    idle_f, idle_b = int(chunk.idle_fwd_ns[index, rank]), int(chunk.idle_bwd_ns[index, rank])
+    # A tensor-parallel job's units end in their all-reduces, a mixture of experts' in their
+    # all-to-alls (a job has one or the other).
+    crit_f = int(chunk.tp_fwd_ns[index, rank] + chunk.a2a_fwd_ns[index, rank])
+    crit_b = int(chunk.tp_bwd_ns[index, rank] + chunk.a2a_bwd_ns[index, rank])
+    fwd, tp_f = carve_tp(compute_segments(dw1 + idle_f, f1, gates_f), crit_f)
+    bwd, tp_b = carve_tp(compute_segments(f1 + idle_b, b1, gates_b), crit_b)
+    return fwd, bwd, tp_f + tp_b
+
+
+def tp_collectives(model: ClusterModel, rank: int, windows: Sequence[tuple[int, int]]) -> list[Collective]:
+    """The rank's tensor-parallel all-reduces of activations, or expert-parallel all-to-alls of
+    tokens, at ``windows`` (one per unit and phase), on its tensor- or expert-parallel group."""
+    name, desc, ranks = model.tp_group(rank)
+    wl = model.wl
+    moe = desc == EP_DESC
+    kind = "all_to_all" if moe else "all_reduce"
+    elems = int(wl.a2a_bytes // 2) if moe else int(wl.samples_per_rank * wl.tokens_per_sample * model.hidden)
+    return [
+        Collective(
+            kind, a, b, 2 * elems, elems, elems, len(ranks), pg_name=name, pg_desc=desc, group_ranks=ranks
+        )
+        for a, b in windows
+    ]
+
+
 def compute_windows(model: ClusterModel, chunk: Chunk, index: int, rank: int) -> list[tuple[int, int]]:
     """The intervals (chunk ns) a rank's compute stream is busy in a step, by the model.
 
@@ -236,23 +299,36 @@ def compute_windows(model: ClusterModel, chunk: Chunk, index: int, rank: int) ->
     the trace's compute kernels cover (but for the launch gaps and the memory copies between
     them), so a reader of the trace can be checked against the simulator's own numbers.
     """
-    dw1, f1, b1, c1, o1 = (
-        int(getattr(chunk, k)[index, rank]) for k in ("dw_end", "fwd_end", "arrive", "coll_end", "opt_end")
-    )
-    gates_f, gates_b = unit_gates(model.collectives(chunk, index, rank), f1, b1)
-    return [*compute_segments(dw1, f1, gates_f), *compute_segments(f1, b1, gates_b), (c1, o1)]
+    if model.plan is not None:
+        # Imported here: the pipeline writer builds on this module's writer.
+        from fmdiag.simulate.cluster.kineto_pipeline import pipeline_windows  # noqa: PLC0415
+
+        return pipeline_windows(model, chunk, index, rank)[0]
+    c1, o1 = int(chunk.coll_end[index, rank]), int(chunk.opt_end[index, rank])
+    fwd, bwd, _ = phase_segments(model, chunk, index, rank, model.collectives(chunk, index, rank))
+    return [*fwd, *bwd, (c1, o1)]
+
+
+def comm_windows(model: ClusterModel, chunk: Chunk, index: int, rank: int) -> list[tuple[int, int]]:
+    """The intervals (chunk ns) a rank's NCCL kernels run in a step: its collectives, and in a
+    pipeline its receives and sends too (each as long as the wait for its peer)."""
+    if model.plan is not None:
+        from fmdiag.simulate.cluster.kineto_pipeline import pipeline_windows  # noqa: PLC0415
+
+        return pipeline_windows(model, chunk, index, rank)[1]
+    colls = model.collectives(chunk, index, rank)
+    return [(c.start_ns, c.end_ns) for c in colls] + phase_segments(model, chunk, index, rank, colls)[2]
 
 
 def tile_phase(
-    p0: int, p1: int, kernels: Sequence[Kernel], gates: Sequence[int], rng: np.random.Generator
+    segs: Sequence[tuple[int, int]], kernels: Sequence[Kernel], rng: np.random.Generator
 ) -> list[tuple[int, int]]:
     """GPU intervals for a phase's kernels: tiled over its compute segments, which they fill
     exactly; the kernels are split among the segments in order, at least one each."""
-    segs = compute_segments(p0, p1, gates)
     if len(segs) == 1:
-        return _tile(p0, p1, kernels, rng)
+        return tile_kernels(segs[0][0], segs[0][1], kernels, rng)
     n = len(kernels)
-    virtual = _tile(0, sum(b - a for a, b in segs), kernels, rng)
+    virtual = tile_kernels(0, sum(b - a for a, b in segs), kernels, rng)
     vstarts = [a for a, _ in virtual]
     out: list[tuple[int, int]] = []
     lo, acc = 0, 0
@@ -263,13 +339,13 @@ def tile_phase(
             acc += b - a
             hi = bisect.bisect_left(vstarts, acc)
             hi = min(max(hi, lo + 1), n - (len(segs) - 1 - j))
-        out.extend(_tile(a, b, kernels[lo:hi], rng))
+        out.extend(tile_kernels(a, b, kernels[lo:hi], rng))
         lo = hi
     return out
 
 
 @dataclass
-class _CpuEv:
+class CpuEv:
     """A host event with times relative to the step's launch origin (scaled later)."""
 
     tid: int
@@ -314,7 +390,7 @@ class _Gpu:
 CALLS_PER_STEP = 40_000
 
 
-class _RankWriter:
+class RankWriter:
     """Builds one rank's events step by step; External ids and flows count from 1.
 
     Correlation ids are CUPTI's, which counts every runtime and driver call since CUDA started
@@ -344,7 +420,7 @@ class _RankWriter:
         # Per-step state (reset by step()): the host clock relative to the step's launch origin,
         # the host events, runtime calls and GPU events, the step's random draws.
         self.clock = 0
-        self.cpu: list[_CpuEv] = []
+        self.cpu: list[CpuEv] = []
         self.rts: list[_Rt] = []
         self.gpu: list[_Gpu] = []
         self.gann: list[tuple[int, str, int, int, int]] = []
@@ -354,15 +430,15 @@ class _RankWriter:
 
     # --- per-step construction (relative host clock) ---------------------------------------
 
-    def _begin(self, tid: int, cat: str, name: str, meta: str = "") -> _CpuEv:
+    def _begin(self, tid: int, cat: str, name: str, meta: str = "") -> CpuEv:
         self.ext += 1
         self.ev_idx += 1
-        ev = _CpuEv(tid, cat, name, self.clock + _ENTER_NS // 2, ext=self.ext, meta=meta)
+        ev = CpuEv(tid, cat, name, self.clock + _ENTER_NS // 2, ext=self.ext, meta=meta)
         self.cpu.append(ev)
         self.clock += _ENTER_NS
         return ev
 
-    def _end(self, ev: _CpuEv) -> None:
+    def _end(self, ev: CpuEv) -> None:
         self.clock += _EXIT_NS
         ev.t1 = self.clock
 
@@ -407,8 +483,8 @@ class _RankWriter:
         return f'"bytes": {nbytes}, "memory bandwidth (GB/s)": {bw:.6f}'
 
     def _op(
-        self, tid: int, op: Op, timing: Iterable[tuple[int, int]], block: dict[str, list[_CpuEv]]
-    ) -> _CpuEv:
+        self, tid: int, op: Op, timing: Iterable[tuple[int, int]], block: dict[str, list[CpuEv]]
+    ) -> CpuEv:
         """One top-level op, its nested ops and launches; links forward and backward by ``fwdbwd``."""
         self.clock += _PY_NS + int(self.rng.integers(0, 4_000))
         meta = ""
@@ -438,14 +514,22 @@ class _RankWriter:
     def _collective(self, tid: int, c: Collective, stream: int) -> int:
         """``nccl:*`` > ``record_param_comms`` and its runtime calls; returns the op's External id."""
         coll_name, title = ko.COLLECTIVE_NAMES[c.kind]
+        ranks = (
+            self.group_ranks if not c.group_ranks else "[" + ", ".join(str(r) for r in c.group_ranks) + "]"
+        )
+        first = c.group_ranks[0] if c.group_ranks else 0
+        stride = c.group_ranks[1] - c.group_ranks[0] if len(c.group_ranks) > 1 else 1
+        group = (
+            f'"Process Group Name": "{c.pg_name}", "Process Group Description": "{json_safe(c.pg_desc)}", '
+            f'"Process Group Ranks": "{ranks}"'
+        )
         self.clock += _PY_NS
         ann = self._begin(tid, "user_annotation", title, self._rec_meta())
         info = (
             f'"Collective name": "{coll_name}", "dtype": "{c.dtype}", "In msg nelems": {c.in_nelems}, '
             f'"Out msg nelems": {c.out_nelems}, "In split size": "[]", "Out split size": "[]", '
-            f'"Global rank start": 0, "Global rank stride": 1, "Group size": {c.group_size}, '
-            f'"Process Group Name": "0", "Process Group Description": "default_pg", '
-            f'"Process Group Ranks": "{self.group_ranks}"'
+            f'"Global rank start": {first}, "Global rank stride": {stride}, "Group size": {c.group_size}, '
+            + group
         )
         rpc = self._begin(
             tid, "cpu_op", "record_param_comms", self._rec_meta(", " + info + f', "Rank": {self.rank}')
@@ -463,8 +547,7 @@ class _RankWriter:
             '      "est. achieved occupancy %": 3, '
             f'"Collective name": "{coll_name}", "In msg nelems": {c.in_nelems}, '
             f'"Out msg nelems": {c.out_nelems}, "Group size": {c.group_size}, "dtype": "{c.dtype}", '
-            '"In split size": "[]", "Out split size": "[]", "Process Group Name": "0", '
-            f'"Process Group Description": "default_pg", "Process Group Ranks": "{self.group_ranks}"'
+            '"In split size": "[]", "Out split size": "[]", ' + group
         )
         gpu = _Gpu(stream, "kernel", name, c.start_ns, c.end_ns, 0, 0, args)
         self._runtime(tid, "cudaLaunchKernelExC", rpc.ext, gpu)
@@ -490,10 +573,11 @@ class _RankWriter:
             for c in model.collectives(chunk, i, r)
         ]
         wl = model.wl
+        dp_colls = list(colls)
         gates_f, gates_b = unit_gates(colls, f1, b1)
         if opts.detail == "compact":
             colls = merge_contiguous(colls)  # drawn merged; the units still wait for each gather
-        layer_f, layer_b = _BLOCKS[opts.detail]
+        layer_f, layer_b = BLOCKS[opts.detail]
         # Enough blocks that every FSDP unit's compute gets at least one kernel.
         units = max(len(gates_f), len(gates_b) - 1)
         per_block = sum(1 for op in layer_f for lf in op.leaves if lf.kernel is not None)
@@ -509,14 +593,21 @@ class _RankWriter:
         dw = dw1 - s0
         self.copy_bytes = wl.samples_per_rank * wl.sample_bytes
         copy = max(min(int(self.copy_bytes / _H2D_BYTES_PER_S * 1e9), (dw - 40_000) // 2), 1_000)
-        t_fwd = tile_phase(dw1, f1, kernels(fwd_ops), gates_f, self.rng)
-        t_bwd = tile_phase(f1, b1, kernels([ko.SEED_GRAD, *bwd_ops]), gates_b, self.rng)
-        t_opt = _tile(c1, o1, kernels(opt_ops), self.rng)
+        # A rank that waited for its host (late launches, a GC pause) starts its kernels late; each
+        # unit of a tensor-parallel job ends in its all-reduce of activations.
+        seg_f, seg_b, tp_windows = phase_segments(model, chunk, i, r, dp_colls, start_ns)
+        t_fwd = tile_phase(seg_f, kernels(fwd_ops), self.rng)
+        t_bwd = tile_phase(seg_b, kernels([ko.SEED_GRAD, *bwd_ops]), self.rng)
+        colls += tp_collectives(model, r, tp_windows)
+        t_opt = tile_kernels(c1, o1, kernels(opt_ops), self.rng)
 
         # Streams: a collective takes the first communication stream free when it starts.
         free: dict[int, int] = {}
         placed: list[tuple[Collective, int]] = []
         for c in colls:
+            if c.pg_desc in (TP_DESC, EP_DESC):  # one after another on the critical path, on their own stream
+                placed.append((c, TP_STREAM))
+                continue
             stream = next((s for s in sorted(free) if free[s] <= c.start_ns), COMM_STREAM + len(free))
             free[stream] = c.end_ns
             placed.append((c, stream))
@@ -587,8 +678,8 @@ class _RankWriter:
         pending_in: list[tuple[int, Collective, int]],
         blocks: list[int],
         *,
-        pairs: list[dict[str, list[_CpuEv]]] | None,
-    ) -> list[dict[str, list[_CpuEv]]]:
+        pairs: list[dict[str, list[CpuEv]]] | None,
+    ) -> list[dict[str, list[CpuEv]]]:
         """``ops`` in order on thread ``tid``, with the segment's collectives launched in between.
 
         ``blocks`` are the op indices where a model block (head, transformer layer, tail) begins.
@@ -597,8 +688,8 @@ class _RankWriter:
         first), so ``fwdbwd`` flows join an op to its own layer's forward op.
         """
         pending = sorted(pending_in, key=lambda x: (x[0], x[1].start_ns))
-        recorded: list[dict[str, list[_CpuEv]]] = []
-        block: dict[str, list[_CpuEv]] = {}
+        recorded: list[dict[str, list[CpuEv]]] = []
+        block: dict[str, list[CpuEv]] = {}
         starts = {j: b for b, j in enumerate(blocks)}
         k = 0
         for j, op in enumerate(ops):
@@ -623,7 +714,7 @@ class _RankWriter:
         a gradient reduction's (the optimizer) at the end of backward."""
         _, c, stream = item
         ext = self._collective(tid, c, stream)
-        if c.kind == "all_gather":
+        if c.kind == "all_gather" or c.pg_desc in (TP_DESC, EP_DESC):
             self._runtime(tid, "cudaStreamWaitEvent", 0)
         else:
             self.reduce_waits.append(ext)
@@ -639,10 +730,10 @@ class _RankWriter:
         o1: int,
         e1: int,
         cut: int | None,
-        fwd_ann: _CpuEv,
-        bwd_ann: _CpuEv,
-        opt_ann: _CpuEv,
-        ddp: _CpuEv,
+        fwd_ann: CpuEv,
+        bwd_ann: CpuEv,
+        opt_ann: CpuEv,
+        ddp: CpuEv,
         t_fwd: list[tuple[int, int]],
         t_bwd: list[tuple[int, int]],
         t_opt: list[tuple[int, int]],
@@ -783,7 +874,13 @@ def rank_trace_text(model: ClusterModel, chunk: Chunk, rank: int, start_ns: int,
     node, local = model.topo.place(rank)
     host = model.topo.hostnames[node]
     base = int(chunk.start[first, rank]) + start_ns - 1_000_000
-    w = _RankWriter(model, rank, opts, base)
+    if model.plan is not None:
+        # Imported here: the pipeline writer builds on this module's writer.
+        from fmdiag.simulate.cluster.kineto_pipeline import PipelineRankWriter  # noqa: PLC0415
+
+        w: RankWriter = PipelineRankWriter(model, rank, opts, base)
+    else:
+        w = RankWriter(model, rank, opts, base)
     stop = min(last + 1, chunk.nsteps)
     for i in range(first, stop):
         f1, b1 = int(chunk.fwd_end[i, rank]) + start_ns, int(chunk.arrive[i, rank]) + start_ns
@@ -791,20 +888,22 @@ def rank_trace_text(model: ClusterModel, chunk: Chunk, rank: int, start_ns: int,
         cut = f1 + (b1 - f1) // 2 if i == last else None
         w.step(chunk, i, start_ns, cut)
     world = model.hw.world_size
+    groups = [("0", "default_pg", tuple(range(world))), *model.process_groups(rank)]
     dist = json.dumps(
         {
             "backend": "nccl",
             "rank": rank,
             "world_size": world,
-            "pg_count": 1,
+            "pg_count": len(groups),
             "pg_config": [
                 {
-                    "pg_name": "0",
-                    "pg_desc": "default_pg",
+                    "pg_name": name,
+                    "pg_desc": desc,
                     "backend_config": "cuda:nccl",
-                    "pg_size": world,
-                    "ranks": list(range(world)),
+                    "pg_size": len(ranks),
+                    "ranks": list(ranks),
                 }
+                for name, desc, ranks in groups
             ],
             "nccl_version": ko.NCCL_VERSIONS[opts.nccl_naming],
         }

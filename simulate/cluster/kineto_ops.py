@@ -464,7 +464,15 @@ COLLECTIVE_NAMES = {
     "all_reduce": ("allreduce", "nccl:all_reduce"),
     "all_gather": ("_allgather_base", "nccl:_all_gather_base"),
     "reduce_scatter": ("_reduce_scatter_base", "nccl:_reduce_scatter_base"),
+    # Pipeline stages' point-to-point transfers (torch.distributed.isend / irecv).
+    "send": ("send", "nccl:send"),
+    "recv": ("recv", "nccl:recv"),
+    # Expert parallelism's token dispatch and combine (torch.distributed.all_to_all_single).
+    "all_to_all": ("all_to_allv", "nccl:all_to_all"),
 }
+#: NCCL runs sends and receives (and all-to-all, a group of them) in one kernel kind, always with
+#: the SIMPLE protocol on a ring channel; the new names carry no protocol or type.
+_P2P = ("send", "recv", "all_to_all")
 _DTYPES = {"BFloat16": ("bf16", "bfloat16"), "Float": ("f32", "float"), "Half": ("f16", "half")}
 _NCCL_NEW_KIND = {
     "all_reduce": "AllReduce_Sum_{t}",
@@ -496,6 +504,12 @@ def nccl_kernel_name(
         raise ValueError(f"collective kind {kind!r}: expected one of {sorted(COLLECTIVE_NAMES)}")
     new_t, old_t = _DTYPES.get(dtype, ("bf16", "bfloat16"))
     proto = nccl_protocol(nbytes)
+    if kind in _P2P and naming in ("new", "old"):
+        return (
+            f"ncclDevKernel_SendRecv{_NCCL_ARGS}"
+            if naming == "new"
+            else f"ncclKernel_SendRecv_RING_SIMPLE_Sum_int8_t{_NCCL_ARGS}"
+        )
     if naming == "new":
         return f"ncclDevKernel_{_NCCL_NEW_KIND[kind].format(t=new_t)}_{proto}{_NCCL_ARGS}"
     if naming == "old":

@@ -77,8 +77,9 @@ _DCGM_SIGNALS: dict[str, str | float] = {
     "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": 0.0,
     "DCGM_FI_DEV_ROW_REMAP_FAILURE": 0.0,
     "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": "reasons",
-    "DCGM_FI_DEV_POWER_VIOLATION": "power_violation_us",
-    "DCGM_FI_DEV_THERMAL_VIOLATION": "thermal_violation_us",
+    # in ns, as NVML, DCGM and fmdiag's exporter count them (the signals are in us)
+    "DCGM_FI_DEV_POWER_VIOLATION": "power_violation_ns",
+    "DCGM_FI_DEV_THERMAL_VIOLATION": "thermal_violation_ns",
     "DCGM_FI_DEV_SYNC_BOOST_VIOLATION": 0.0,
     "DCGM_FI_DEV_BOARD_LIMIT_VIOLATION": 0.0,
     "DCGM_FI_DEV_LOW_UTIL_VIOLATION": 0.0,
@@ -258,6 +259,8 @@ def _gpu(table: _Table, model: ClusterModel, snap: SignalSamples) -> None:
     shape = snap.gpu["sm_clock"].shape
     gs = dict(snap.gpu)
     gs["fb_free"] = FB_TOTAL_MIB - FB_RESERVED_MIB - gs["fb_used"]
+    gs["power_violation_ns"] = gs["power_violation_us"] * 1000.0
+    gs["thermal_violation_ns"] = gs["thermal_violation_us"] * 1000.0
     for name, src in _DCGM_SIGNALS.items():
         values = np.full(shape, src) if isinstance(src, float) else gs[src]
         table.add(name, values, dict(labels))

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fmdiag.simulate.cluster import pipeline
 from fmdiag.simulate.cluster.config import Hardware, Workload
-from fmdiag.simulate.cluster.overlap import Slot, schedule, step_times
-from fmdiag.simulate.cluster.physics import JOBS, get_job, ring_latency_s
-from fmdiag.simulate.cluster.scenarios import Fault, FaultKind, Scenario
+from fmdiag.simulate.cluster.overlap import Slot, StepTimes, schedule, step_times
+from fmdiag.simulate.cluster.physics import COLLECTIVE_LAUNCH_S, JOBS, get_job, ring_latency_s
+from fmdiag.simulate.cluster.scenarios import HOST_SIDE, Fault, FaultKind, Scenario
 from fmdiag.simulate.cluster.topology import Topology
 
 I64 = npt.NDArray[np.int64]
@@ -54,6 +55,9 @@ TRUTH_THRESHOLD = 0.10
 #: Columns of ``Chunk.truth_lost`` after the faults': communication made free, input loading made free.
 LOST_COMM, LOST_DATA = 0, 1
 LOST_EXTRA = 2
+#: The process-group description Megatron gives its tensor-parallel groups.
+TP_DESC = "TENSOR_MODEL_PARALLEL_GROUP"
+EP_DESC = "EXPERT_MODEL_PARALLEL_GROUP"
 #: Longest run the int64 nanosecond timestamps can hold with room for the job's Unix start.
 MAX_RUN_NS = 1 << 62
 
@@ -111,11 +115,33 @@ class Chunk:
     #: Each rank's forward + backward kernel time [S, R] ns: under FSDP the forward and backward
     #: phases also hold the stalls waiting for gathers, when the GPU computes nothing.
     compute_ns: I64
+    #: Of each rank's forward and backward [S, R] ns, the time its GPU idled waiting for the host
+    #: (late launches on a CPU-starved or reclaiming node, a garbage-collection pause): drawn
+    #: as a gap before the phase's kernels.
+    idle_fwd_ns: I64
+    idle_bwd_ns: I64
+    #: Of each rank's forward and backward [S, R] ns, the tensor-parallel all-reduces of
+    #: activations over NVLink (on the critical path, not compute): drawn as NCCL kernels.
+    tp_fwd_ns: I64
+    tp_bwd_ns: I64
+    #: Likewise a mixture-of-experts job's all-to-alls [S, R] ns: the transfers and the wait in
+    #: them for the expert-parallel group's slowest expert (its most loaded or slowest rank).
+    a2a_fwd_ns: I64
+    a2a_bwd_ns: I64
     #: Every collective of each step, in communication-stream order (see ``ClusterModel.schedule``):
     #: when each rank joined it [S, R, C], and when it ran for everyone [S, C].
     coll_issue: I64
     coll_a: I64
     coll_b: I64
+    #: Pipeline jobs: each step's stage-to-stage transfer time of one micro-batch [S] ns (0 without
+    #: a pipeline); with the phase boundaries it replays the step's 1F1B schedule
+    #: (:meth:`ClusterModel.pipeline`).
+    p2p_ns: I64
+    #: Host-side load besides the job [S, N]: CPUs a co-tenant keeps busy, and the extra share of
+    #: time some task stalls on CPU and on memory (PSI "some").
+    neighbour_cpus: F64
+    psi_cpu_share: F64
+    psi_mem_share: F64
     #: Seconds each cause cost each step [S, F + 1]: the step's duration minus its duration with
     #: that fault removed (columns per fault), and with communication free (last column).
     truth_lost: F64
@@ -134,7 +160,9 @@ class Chunk:
 
     def phases(self) -> dict[str, I64]:
         """Per-rank phase durations in ns [S, R], in step-record names, in the order they happen
-        (the order the step records print them)."""
+        (the order the step records print them). In a pipeline forward and backward interleave:
+        ``forward``/``backward`` are then the micro-batches' compute summed, and ``comm_exposed``
+        everything else up to the gradient reduction's end (receives, bubble, all-reduce)."""
         return {
             "data_wait": self.dw_end - self.start,
             "forward": self.fwd_end - self.dw_end,
@@ -167,6 +195,10 @@ class Collective:
     out_nelems: int
     group_size: int
     dtype: str = "BFloat16"
+    #: The process group: name, description and ranks (empty: every rank, the default group).
+    pg_name: str = "0"
+    pg_desc: str = "default_pg"
+    group_ranks: tuple[int, ...] = ()
 
 
 def concat(chunks: list[Chunk]) -> Chunk:
@@ -210,8 +242,21 @@ class ClusterModel:
             wl.checkpoint_every if scenario.checkpoint_every is None else scenario.checkpoint_every
         )
         self.targets = [self._pick(f, i) for i, f in enumerate(scenario.faults)]
-        #: The step's collectives in communication-stream order.
-        self.schedule: tuple[Slot, ...] = schedule(wl.parallelism, wl.units)
+        #: The pipeline's 1F1B plan (None: no pipeline).
+        self.plan = pipeline.Plan(wl.pp, wl.microbatches) if wl.pp > 1 else None
+        if self.plan is None and any(f.kind is FaultKind.STAGE_IMBALANCE for f in scenario.faults):
+            raise ValueError(f"scenario {scenario.name} splits a pipeline: choose a pipeline preset (pp > 1)")
+        if wl.ep <= 1 and any(f.kind is FaultKind.EXPERT_IMBALANCE for f in scenario.faults):
+            raise ValueError(
+                f"scenario {scenario.name} loads an expert: choose a mixture-of-experts preset (ep > 1)"
+            )
+        #: The step's collectives in communication-stream order; in a pipeline, each stage's
+        #: gradient all-reduce (slot = stage) and then the gradient norm's over each pipeline.
+        self.schedule: tuple[Slot, ...] = (
+            tuple(Slot("all_reduce", s, 2) for s in range(wl.pp + 1))
+            if self.plan is not None
+            else schedule(wl.parallelism, wl.units)
+        )
         # Runs of different scenarios with the same seed are not paired copies of each other.
         self._rng = np.random.default_rng([seed, 0x5EED, _stable_hash(scenario.name)])
         N, E = hw.nodes, hw.efa_devices
@@ -229,8 +274,15 @@ class ClusterModel:
         rng = np.random.default_rng([self.seed, 1000 + index])
         hw = self.hw
         node = int(rng.integers(hw.nodes))
-        if fault.kind in (FaultKind.GPU_THERMAL, FaultKind.GPU_POWER):
+        if fault.kind in (
+            FaultKind.GPU_THERMAL,
+            FaultKind.GPU_POWER,
+            FaultKind.PYTHON_GC,
+            FaultKind.EXPERT_IMBALANCE,
+        ):
             return Target(node=node, gpu=int(rng.integers(hw.gpus_per_node)))
+        if fault.kind in HOST_SIDE:
+            return Target(node=node)
         if fault.kind is FaultKind.EFA_NODE:
             k = min(fault.devices, hw.efa_devices)
             devs = tuple(sorted(int(x) for x in rng.choice(hw.efa_devices, k, replace=False)))
@@ -267,11 +319,56 @@ class ClusterModel:
     @property
     def dp_ranks(self) -> int:
         """Ranks in one data-parallel group (the collectives' ring)."""
-        return self.hw.world_size // self.wl.tp
+        return self.hw.world_size // self.wl.tp // self.wl.pp
+
+    def stage_of(self, rank: int) -> int:
+        """The pipeline stage (``pp_rank``) of a rank: stages are blocks of consecutive ranks."""
+        return rank // (self.hw.world_size // self.wl.pp)
+
+    def layout(self, rank: int) -> dict[str, int]:
+        """The rank's place in the parallel layout, in step-record names (tensor parallel ranks
+        are consecutive, then data parallel, pipeline outermost: Megatron's order)."""
+        tp = self.wl.tp
+        out = {"dp_rank": (rank // tp) % self.dp_ranks, "pp_rank": self.stage_of(rank), "tp_rank": rank % tp}
+        if self.wl.ep > 1:
+            out["ep_rank"] = rank % self.wl.ep
+        return out
+
+    def _stage_nodes(self, stage: int) -> list[int]:
+        G, D = self.hw.gpus_per_node, self.dp_ranks
+        return sorted({r // G for r in range(stage * D, (stage + 1) * D)})
+
+    def p2p_crosses_nodes(self) -> bool:
+        """Whether stage-to-stage sends leave the node (some do whenever stages span nodes)."""
+        return self.plan is not None and self.hw.nodes > 1
+
+    def node_wire_bytes(self) -> F64:
+        """Bytes each node sends (and receives) over EFA per step [N]: its stage's gradient
+        all-reduce and, in a pipeline, the micro-batches' activations and gradients."""
+        node, _ = self.slot_bytes()
+        N = self.hw.nodes
+        if self.plan is None:
+            return np.full(N, float(node.sum()))
+        out = np.zeros(N)
+        wl, G, P = self.wl, self.hw.gpus_per_node, self.wl.pp
+        for s in range(P):
+            nodes = self._stage_nodes(s)
+            if len(nodes) > 1:
+                out[nodes] += node[s]
+            if self.p2p_crosses_nodes():
+                sends = (s < P - 1) + (s > 0)  # activations forward, gradients backward
+                for n in nodes:
+                    ranks = sum(1 for r in range(n * G, (n + 1) * G) if self.stage_of(r) == s)
+                    out[n] += ranks * sends * wl.microbatches * wl.p2p_bytes
+        return out
 
     def slot_bytes(self) -> tuple[F64, F64]:
         """Per collective: bytes each node moves over EFA, and bytes each rank sends in all."""
         n, wl = self.dp_ranks, self.wl
+        if self.plan is not None:
+            frac = (n - 1) / n if n > 1 else 0.0
+            rank = np.array([2.0 * frac * wl.grad_bytes] * wl.pp + [8.0])  # the norm: one fp32 pair
+            return rank.copy(), rank
         unit = wl.grad_bytes / wl.units
         frac = (n - 1) / n if n > 1 else 0.0
         phases = np.array([s.phases for s in self.schedule], dtype=np.float64)
@@ -282,12 +379,17 @@ class ClusterModel:
 
     @property
     def wire_bytes_per_node(self) -> float:
-        """Bytes each node sends (and receives) over EFA per step (0 on one node)."""
+        """Bytes each node sends (and receives) over EFA per step (0 on one node; the mean node's
+        in a pipeline, where stages move different volumes)."""
+        if self.plan is not None:
+            return float(self.node_wire_bytes().mean()) if self.hw.nodes > 1 else 0.0
         return float(self.slot_bytes()[0].sum())
 
     @property
     def rank_ring_bytes(self) -> float:
         """Bytes each rank sends per step over its ring (NVLink and EFA together)."""
+        if self.plan is not None:
+            return float(self.slot_bytes()[1][0])
         return float(self.slot_bytes()[1].sum())
 
     def _tp_comm_s(self) -> float:
@@ -313,17 +415,84 @@ class ClusterModel:
         hw, wl = self.hw, self.wl
         R = hw.world_size
         tp = self._tp_comm_s()
-        fwd = np.full(R, _ns(wl.forward_s + tp / 3))[0]
-        bwd = np.full(R, _ns(wl.backward_s + 2 * tp / 3))[0]
+        a2a = self.a2a_transfer_s()
+        fwd = np.full(R, _ns(wl.forward_s + tp / 3 + a2a))[0]
+        bwd = np.full(R, _ns(wl.backward_s + 2 * tp / 3 + a2a))[0]
         dur = _ns(self._collective_s(np.ones((1, hw.nodes, hw.efa_devices)))[0])
         t0 = np.full(R, _ns(wl.base_data_wait_s + max(0.0, self._nominal_load_s() * 0)), np.int64)
-        st = step_times(self.schedule, wl.units, wl.parallelism, t0, np.full(R, fwd), np.full(R, bwd), dur)
+        if self.plan is not None:  # the preset's own stage shapes, the head on the last stage
+            w = np.repeat(np.asarray(wl.stage_weights), self.dp_ranks)
+            M = wl.microbatches
+            fwd_r = M * _ns((wl.forward_s + tp / 3) * w / M)
+            bwd_r = M * _ns((wl.backward_s + 2 * tp / 3) * w / M)
+            p2p = int(_ns(self.p2p_s(np.ones((1, hw.nodes, hw.efa_devices)))[0]))
+            st = self._step_times(t0, fwd_r, bwd_r, dur, p2p)
+        else:
+            st = step_times(
+                self.schedule, wl.units, wl.parallelism, t0, np.full(R, fwd), np.full(R, bwd), dur
+            )
         return float(st.coll_end + int(_ns(wl.optimizer_s))) / NS
+
+    def _step_times(self, t0: I64, fwd: I64, bwd: I64, dur: I64, p2p: int) -> StepTimes:
+        """One step's compute and collectives for every rank from ``t0`` [R]: DDP/FSDP overlap
+        (:mod:`.overlap`), or a pipeline's 1F1B schedule followed by each stage's gradient
+        all-reduce and the gradient norm's. In a pipeline ``fwd_end``/``arrive`` are the compute
+        sums (see :meth:`Chunk.phases`); the ranks' real last backward ends issue the reduction."""
+        wl = self.wl
+        if self.plan is None:
+            return step_times(self.schedule, wl.units, wl.parallelism, t0, fwd, bwd, dur)
+        P, D, M = wl.pp, self.dp_ranks, wl.microbatches
+        times = pipeline.run(
+            self.plan, t0.reshape(P, D), (fwd // M).reshape(P, D), (bwd // M).reshape(P, D), p2p
+        )
+        ready = times.last_end()  # [P, D]
+        a = np.empty(P + 1, np.int64)
+        b = np.empty(P + 1, np.int64)
+        a[:P] = ready.max(axis=1)
+        b[:P] = a[:P] + dur[:P]
+        a[P] = b[:P].max()
+        b[P] = a[P] + dur[P]
+        issue = np.empty((P * D, P + 1), np.int64)
+        issue[:, :P] = a[None, :P]
+        issue[:, P] = np.repeat(b[:P], D)
+        for st in range(P):
+            issue[st * D : (st + 1) * D, st] = ready[st]
+        fwd_end = t0 + fwd
+        return StepTimes(fwd_end, fwd_end + bwd, int(b[P]), issue, a, b)
+
+    def pipeline(self, chunk: Chunk, index: int) -> pipeline.PipelineTimes:
+        """The 1F1B schedule every rank ran in the step at ``index`` of ``chunk`` (chunk ns),
+        replayed from the step's data-wait ends and compute sums: what the Kineto writer draws."""
+        if self.plan is None:
+            raise ValueError("this job has no pipeline")
+        P, D, M = self.wl.pp, self.dp_ranks, self.wl.microbatches
+        t0 = chunk.dw_end[index]
+        fwd = chunk.fwd_end[index] - t0
+        bwd = chunk.arrive[index] - chunk.fwd_end[index]
+        p2p = int(chunk.p2p_ns[index])
+        return pipeline.run(
+            self.plan, t0.reshape(P, D), (fwd // M).reshape(P, D), (bwd // M).reshape(P, D), p2p
+        )
+
+    def p2p_s(self, bw_factor: F64) -> F64:
+        """Seconds one micro-batch's activations take to the next stage [S]: over the sending GPU's
+        share of its node's EFA (the worst node sets the pace: every stage waits for the slowest
+        link), over NVLink on one node."""
+        hw, wl = self.hw, self.wl
+        if self.plan is None:
+            return np.zeros(len(bw_factor))
+        if not self.p2p_crosses_nodes():
+            return np.full(len(bw_factor), wl.p2p_bytes / hw.nvlink_bytes_per_s + COLLECTIVE_LAUNCH_S)
+        per_gpu = hw.efa_node_gbps * 1e9 / 8 / hw.gpus_per_node * hw.efa_efficiency
+        worst = bw_factor.mean(axis=2).min(axis=1)  # [S]
+        return np.asarray(wl.p2p_bytes / (per_gpu * worst) + COLLECTIVE_LAUNCH_S, dtype=np.float64)
 
     def _collective_s(self, bw_factor: F64, nvl_factor: float = 1.0) -> F64:
         """Transfer + latency of each collective [S, C], given each device's bandwidth factor [S, N, E]."""
         hw = self.hw
         node, rank = self.slot_bytes()
+        if self.plan is not None:
+            return self._pipeline_collective_s(bw_factor, node, rank)
         lat = np.array([ring_latency_s(self.dp_ranks, s.phases) for s in self.schedule])
         t = (rank / (hw.nvlink_bytes_per_s * nvl_factor))[None, :]
         if hw.nodes > 1:
@@ -331,6 +500,23 @@ class ClusterModel:
             worst = (self.efa_share[None] / dev_bw).max(axis=(1, 2))  # [S]: seconds per node byte
             t = np.maximum(t, node[None, :] * worst[:, None])
         return np.asarray(t + lat[None, :], dtype=np.float64)
+
+    def _pipeline_collective_s(self, bw_factor: F64, node: F64, rank: F64) -> F64:
+        """Each stage's gradient all-reduce over its data-parallel ranks (EFA where the stage spans
+        nodes, its slowest device deciding) and the gradient norm's over each pipeline [S, P + 1]."""
+        hw, P = self.hw, self.wl.pp
+        S = len(bw_factor)
+        out = np.empty((S, P + 1))
+        dev_bw = hw.efa_device_bytes_per_s * hw.efa_efficiency * bw_factor  # [S, N, E]
+        per_byte = (self.efa_share[None] / dev_bw).max(axis=2)  # [S, N] seconds per node byte
+        for s in range(P):
+            t = np.full(S, rank[s] / hw.nvlink_bytes_per_s)
+            nodes = self._stage_nodes(s)
+            if len(nodes) > 1:
+                t = np.maximum(t, node[s] * per_byte[:, nodes].max(axis=1))
+            out[:, s] = t + ring_latency_s(self.dp_ranks, 2)
+        out[:, P] = ring_latency_s(P, 2)
+        return out
 
     # --- faults ------------------------------------------------------------------------------
 
@@ -342,6 +528,8 @@ class ClusterModel:
         """
         unit = int(self.wl.grad_bytes // self.wl.units)
         n = self.dp_ranks
+        if self.plan is not None:
+            return self._pipeline_collectives(chunk, index, rank, unit)
         out = []
         for c, slot in enumerate(self.schedule):
             elems = unit // 2
@@ -362,6 +550,75 @@ class ClusterModel:
                 )
             )
         return out
+
+    def rank_slots(self, rank: int) -> list[int]:
+        """The collectives of :attr:`schedule` ``rank`` takes part in, in its stream's order: all
+        of them, or in a pipeline its stage's gradient all-reduce and the norm's."""
+        if self.plan is None:
+            return list(range(len(self.schedule)))
+        return [self.stage_of(rank), self.wl.pp]
+
+    @property
+    def hidden(self) -> int:
+        """The model's hidden size (activations per token)."""
+        return _hidden(self.wl.job)
+
+    def tp_group(self, rank: int) -> tuple[str, str, tuple[int, ...]]:
+        """(name, description, ranks) of the rank's tensor-parallel group (consecutive ranks of one
+        node), or of its expert-parallel group in a mixture-of-experts job, named after the
+        data-parallel groups in creation order."""
+        size, desc = (self.wl.ep, EP_DESC) if self.wl.ep > 1 else (self.wl.tp, TP_DESC)
+        first = rank - rank % size
+        name = str(1 + self.hw.world_size // self.dp_ranks + first // size)
+        return (name, desc, tuple(range(first, first + size)))
+
+    def process_groups(self, rank: int) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """(name, description, ranks) of the process groups ``rank`` belongs to besides the
+        default one: in a pipeline its stage's data-parallel group and its pipeline. Names count
+        up in creation order as ``torch.distributed.new_group`` gives them (every data-parallel
+        group first, then every pipeline, as Megatron creates them on every rank)."""
+        if self.plan is None:
+            return (self.tp_group(rank),) if self.wl.tp > 1 or self.wl.ep > 1 else ()
+        P, D = self.wl.pp, self.dp_ranks
+        s, d = divmod(rank, D)
+        dp = (str(1 + s), "DATA_PARALLEL_GROUP", tuple(range(s * D, (s + 1) * D)))
+        pp = (str(1 + P + d), "PIPELINE_MODEL_PARALLEL_GROUP", tuple(d + k * D for k in range(P)))
+        return (dp, pp)
+
+    def _pipeline_collectives(self, chunk: Chunk, index: int, rank: int, grad_bytes: int) -> list[Collective]:
+        """A pipeline rank's gradient all-reduce over its stage and the gradient norm's over its
+        pipeline (fp32), each on its own process group."""
+        (dp_name, dp_desc, dp_ranks), (pp_name, pp_desc, pp_ranks) = self.process_groups(rank)
+        s = self.stage_of(rank)
+        elems = grad_bytes // 2
+        P = self.wl.pp
+        return [
+            Collective(
+                "all_reduce",
+                int(chunk.coll_issue[index, rank, s]),
+                int(chunk.coll_b[index, s]),
+                elems * 2,
+                elems,
+                elems,
+                len(dp_ranks),
+                pg_name=dp_name,
+                pg_desc=dp_desc,
+                group_ranks=dp_ranks,
+            ),
+            Collective(
+                "all_reduce",
+                int(chunk.coll_issue[index, rank, P]),
+                int(chunk.coll_b[index, P]),
+                4,
+                1,
+                1,
+                len(pp_ranks),
+                dtype="Float",
+                pg_name=pp_name,
+                pg_desc=pp_desc,
+                group_ranks=pp_ranks,
+            ),
+        ]
 
     def active(self, steps: I64) -> list[BOOL]:
         """For each fault, whether it is active at each of ``steps``."""
@@ -402,6 +659,7 @@ class ClusterModel:
             e = self._environment(steps, acts, draws)
             if free_comm:
                 e["coll_ns"] = np.zeros_like(e["coll_ns"])
+                e["p2p_ns"] = np.zeros_like(e["p2p_ns"])
             if free_data:
                 e["load_ns"] = np.zeros_like(e["load_ns"])
             return self._durations(self._timeline(steps, e, st, full=False)[0], st)
@@ -475,6 +733,10 @@ class ClusterModel:
         # Data-dependent imbalance: uneven sequence lengths, mean 1 across ranks.
         if wl.seq_imbalance > 0:
             imb = rng.lognormal(0.0, wl.seq_imbalance, (S, R))
+            if self.plan is not None:
+                # A replica's micro-batches flow through all its stages: long sequences are long
+                # on every stage of that pipeline (each stage's data-parallel ranks differ).
+                imb = imb[:, np.tile(np.arange(self.dp_ranks), wl.pp)]
             d["imbalance"] = imb / imb.mean(axis=1, keepdims=True)
         else:
             d["imbalance"] = np.ones((S, R))
@@ -488,6 +750,18 @@ class ClusterModel:
         early = steps < wl.warmup_steps
         warm[early] = 1.0 + 1.2 * 0.5 ** steps[early].astype(np.float64)
         d["warm"] = warm
+        if any(f.kind in (*HOST_SIDE, FaultKind.PYTHON_GC) for f in self.scenario.faults):
+            # From their own stream, so the scenarios without these faults draw what they always did.
+            extra = np.random.default_rng([self.seed, 0x4057, int(steps[0])])
+            # How hard the co-tenant or the reclaim bites varies from step to step; a full GC's
+            # pause varies with the heap.
+            d["host_var"] = np.clip(extra.lognormal(0.0, 0.25, S), 0.4, 2.5)
+            d["gc_var"] = extra.uniform(0.8, 1.25, S)
+        if wl.ep > 1:
+            # Tokens per expert vary from batch to batch (routing), mean 1 over each group.
+            moe = np.random.default_rng([self.seed, 0xE4, int(steps[0])])
+            load = moe.lognormal(0.0, 0.08, (S, R // wl.ep, wl.ep))
+            d["expert_load"] = (load / load.mean(axis=2, keepdims=True)).reshape(S, R)
         return d
 
     def _environment(self, steps: I64, active: list[BOOL], d: dict[str, F64]) -> dict[str, Any]:
@@ -519,8 +793,42 @@ class ClusterModel:
         clock_slow = COMPUTE_BOUND * (hw.sm_clock_mhz / sm_clock) + (1.0 - COMPUTE_BOUND)
         slow = clock_slow * self.rank_speed[None, :] * d["imbalance"] * d["warm"][:, None]
         tp = self._tp_comm_s()
-        fwd_s = (wl.forward_s + tp / 3) * slow * d["fwd"] + d["gc"]
-        bwd_s = (wl.backward_s + 2 * tp / 3) * slow * d["bwd"]
+        # Pipeline stages compute unevenly (the head on the last); a hand-made split moves layers.
+        stage_w = np.ones((S, R))
+        if self.plan is not None:
+            stage_w[:] = np.repeat(np.asarray(wl.stage_weights), self.dp_ranks)[None, :]
+            job = get_job(wl.job) if wl.job in JOBS else None
+            for j, (f, on) in enumerate(zip(faults, active, strict=True)):
+                if f.kind is FaultKind.STAGE_IMBALANCE and job is not None and on.any():
+                    sev = self.severity(steps, j)[on]
+                    moved = np.repeat(np.asarray(job.stage_weights(f.layers)), self.dp_ranks)
+                    stage_w[on] = stage_w[on] + sev[:, None] * (moved - stage_w[on])
+        # Host-side faults stretch compute phases with GPU idle time; a full GC pauses the loop.
+        host = np.ones((S, R))
+        pause = np.zeros((S, R))
+        neighbour_cpus, psi_cpu, psi_mem = np.zeros((S, N)), np.zeros((S, N)), np.zeros((S, N))
+        loader_node = np.ones((S, N))
+        for j, (f, t, on) in enumerate(zip(faults, self.targets, active, strict=True)):
+            sev = self.severity(steps, j)[on]
+            if f.kind in HOST_SIDE:
+                bite = sev * d["host_var"][on]
+                ranks = np.arange(t.node * G, (t.node + 1) * G)
+                host[np.ix_(on, ranks)] *= (1 + bite * (f.host_factor - 1))[:, None]
+                loader_node[on, t.node] *= 1 + bite * (f.host_factor - 1)
+                neighbour_cpus[on, t.node] += sev * f.neighbour_share * hw.ncpus
+                share = np.minimum(bite * f.stall_share, 0.95)
+                (psi_cpu if f.kind is FaultKind.CPU_CONTENTION else psi_mem)[on, t.node] += share
+            elif f.kind is FaultKind.PYTHON_GC:
+                pause[on, self.topo.rank(t.node, t.gpu)] += sev * f.pause_s * d["gc_var"][on]
+        fwd_busy = (wl.forward_s * stage_w + tp / 3) * slow * d["fwd"]
+        bwd_busy = (wl.backward_s * stage_w + 2 * tp / 3) * slow * d["bwd"]
+        tp_fwd_s = tp / 3 * slow * d["fwd"]
+        tp_bwd_s = 2 * tp / 3 * slow * d["bwd"]
+        a2a_fwd_s, a2a_bwd_s = self._moe(steps, active, d, fwd_busy, bwd_busy)
+        fwd_s = fwd_busy * host + d["gc"] + pause + a2a_fwd_s
+        bwd_s = bwd_busy * host + a2a_bwd_s
+        idle_fwd_s = fwd_busy * (host - 1.0) + pause
+        idle_bwd_s = bwd_busy * (host - 1.0)
         opt_s = wl.optimizer_s * clock_slow * d["opt"]
         base_dw_s = wl.base_data_wait_s * d["dw"]
 
@@ -551,8 +859,10 @@ class ClusterModel:
         rpcs = read_bytes / wl.read_rpc_bytes
         io_time = (np.maximum(rpcs, 1.0) * read_latency / wl.max_rpcs_in_flight).max(axis=2)
         cpu_time = (
-            wl.samples_per_rank * wl.loader_cpu_s_per_sample * cpu_mult[:, None] / wl.loader_workers
-        ) * d["cpu"]
+            (wl.samples_per_rank * wl.loader_cpu_s_per_sample * cpu_mult[:, None] / wl.loader_workers)
+            * d["cpu"]
+            * loader_node
+        )
         load_s = np.maximum(io_time, cpu_time)
 
         # Fabric: per-device bandwidth, errors, and every collective's duration.
@@ -581,8 +891,8 @@ class ClusterModel:
                     retrans[peer] = np.maximum(retrans[peer], 0.05 * f.retrans_rate)
                     unresp_lam[peer] = 0.01
         coll_s = self._collective_s(bw_factor) * d["coll"] * d["tail"]
-        node_bytes, _ = self.slot_bytes()
-        efa_bytes = node_bytes.sum() * d["efa"][:, :, None] * self.efa_share[None, :, :]
+        efa_bytes = self.node_wire_bytes()[None, :, None] * d["efa"][:, :, None] * self.efa_share[None, :, :]
+        p2p_s = self.p2p_s(bw_factor) * d["coll"][:, 0]
         impaired = _poisson(impaired_lam, d["impaired_u"])
         unresponsive = _poisson(unresp_lam, 1.0 - d["impaired_u"])
 
@@ -604,8 +914,19 @@ class ClusterModel:
             "reasons": reasons,
             "thermal": thermal,
             "power": power,
-            "fwd_ns": _ns(fwd_s),
-            "bwd_ns": _ns(bwd_s),
+            # A pipeline runs forward and backward as micro-batches of whole nanoseconds.
+            "fwd_ns": _ns(fwd_s) if self.plan is None else wl.microbatches * _ns(fwd_s / wl.microbatches),
+            "bwd_ns": _ns(bwd_s) if self.plan is None else wl.microbatches * _ns(bwd_s / wl.microbatches),
+            "idle_fwd_ns": _ns(idle_fwd_s),
+            "tp_fwd_ns": _ns(tp_fwd_s),
+            "tp_bwd_ns": _ns(tp_bwd_s),
+            "a2a_fwd_ns": _ns(a2a_fwd_s),
+            "a2a_bwd_ns": _ns(a2a_bwd_s),
+            "idle_bwd_ns": _ns(idle_bwd_s),
+            "p2p_ns": _ns(p2p_s),
+            "neighbour_cpus": neighbour_cpus,
+            "psi_cpu_share": psi_cpu,
+            "psi_mem_share": psi_mem,
             "opt_ns": _ns(opt_s),
             "base_dw_ns": _ns(base_dw_s),
             "load_ns": _ns(load_s),
@@ -626,12 +947,55 @@ class ClusterModel:
             "longest_s": float(
                 np.sum(
                     load_s.max(axis=1)
-                    + (base_dw_s + fwd_s + bwd_s + opt_s).max(axis=1)
+                    + (base_dw_s + fwd_s + bwd_s + opt_s).max(axis=1) * wl.pp
                     + coll_s.sum(axis=1)
+                    + 2 * wl.microbatches * wl.pp * p2p_s
                     + np.where(ckpt_step, write_s.max(axis=1), 0.0)
                 )
             ),
         }
+
+    def a2a_transfer_s(self) -> float:
+        """Seconds a mixture-of-experts job's all-to-alls move data in one phase (forward or
+        backward): a dispatch and a combine per MoE layer over NVLink (0 for a dense job)."""
+        wl = self.wl
+        return 2 * wl.moe_layers * (wl.a2a_bytes / self.hw.nvlink_bytes_per_s + COLLECTIVE_LAUNCH_S)
+
+    def _moe(
+        self, steps: I64, active: list[BOOL], d: dict[str, F64], fwd_busy: F64, bwd_busy: F64
+    ) -> tuple[F64, F64]:
+        """A mixture-of-experts job's all-to-all seconds in forward and backward [S, R], and its
+        ranks' compute scaled to their experts' load (in place in ``fwd_busy``/``bwd_busy``).
+
+        Each MoE layer dispatches tokens to their experts' ranks and combines the results back:
+        two all-to-alls in forward, two in backward, over NVLink inside the node. A combine ends
+        when the group's slowest expert is done, so every rank of the group waits there for the
+        most loaded (or slowest) one: its wait is that rank's expert time minus its own.
+        """
+        wl, hw = self.wl, self.hw
+        S, R = len(steps), hw.world_size
+        if wl.ep <= 1:
+            return np.zeros((S, R)), np.zeros((S, R))
+        load = d["expert_load"].copy()
+        for j, (f, t, on) in enumerate(zip(self.scenario.faults, self.targets, active, strict=True)):
+            if f.kind is FaultKind.EXPERT_IMBALANCE and on.any():
+                r = self.topo.rank(t.node, t.gpu)
+                group = np.arange(r - r % wl.ep, r - r % wl.ep + wl.ep)
+                rows = np.flatnonzero(on)
+                share = 1 + self.severity(steps, j)[on] * (f.token_share - 1)
+                rest = (wl.ep - share) / (wl.ep - 1)  # the group's tokens stay the same
+                scale = np.repeat(rest[:, None], wl.ep, axis=1)
+                scale[:, r % wl.ep] = share
+                load[np.ix_(rows, group)] *= scale
+        e = wl.expert_share
+        transfer = self.a2a_transfer_s()
+        out = []
+        for phase in (fwd_busy, bwd_busy):  # backward sends the gradients of both ways back
+            expert = phase * e * load
+            np.multiply(phase, (1 - e) + e * load, out=phase)
+            slowest = expert.reshape(S, -1, wl.ep).max(axis=2)
+            out.append(np.repeat(slowest, wl.ep, axis=1) - expert + transfer)
+        return out[0], out[1]
 
     def _timeline(
         self, steps: I64, env: dict[str, Any], st: _State, *, full: bool = True
@@ -641,7 +1005,7 @@ class ClusterModel:
         A counterfactual replay (``full=False``) needs only the step boundaries: the
         per-collective arrays, the largest of the chunk, are then not kept.
         """
-        hw, wl = self.hw, self.wl
+        hw = self.hw
         S, R, N, G, C = len(steps), hw.world_size, hw.nodes, hw.gpus_per_node, len(self.schedule)
         node_of = np.repeat(np.arange(N), G)
         # No step can last longer than all of its parts one after another: refuse a run whose
@@ -671,14 +1035,8 @@ class ClusterModel:
             ready = loader_start + load_ns[i, node_of]
             taken = np.maximum(start, ready)
             dw_end = taken + env["base_dw_ns"][i]
-            times = step_times(
-                self.schedule,
-                wl.units,
-                wl.parallelism,
-                dw_end,
-                env["fwd_ns"][i],
-                env["bwd_ns"][i],
-                env["coll_ns"][i],
+            times = self._step_times(
+                dw_end, env["fwd_ns"][i], env["bwd_ns"][i], env["coll_ns"][i], int(env["p2p_ns"][i])
             )
             ce = max(times.coll_end, int(times.arrive.max()))
             opt_end = ce + env["opt_ns"][i]
@@ -717,7 +1075,14 @@ class ClusterModel:
         )
         chunk = Chunk(
             steps=steps,
-            coll_start=np.minimum(coll_a[:, 0], out["coll_end"][:, 0]) if full else out["coll_end"][:, 0],
+            # A pipeline's traffic flows from its first receive on; DDP/FSDP's with the collectives.
+            coll_start=(
+                out["dw_end"].min(axis=1)
+                if self.plan is not None
+                else np.minimum(coll_a[:, 0], out["coll_end"][:, 0])
+                if full
+                else out["coll_end"][:, 0]
+            ),
             sm_clock=env["sm_clock"],
             reasons=env["reasons"],
             thermal=env["thermal"],
@@ -739,10 +1104,27 @@ class ClusterModel:
             unresponsive_events=env["unresponsive"],
             node_a=node_a,
             node_b=node_b,
-            compute_ns=env["fwd_ns"] + env["bwd_ns"],
+            compute_ns=env["fwd_ns"]
+            + env["bwd_ns"]
+            - env["idle_fwd_ns"]
+            - env["idle_bwd_ns"]
+            - env["tp_fwd_ns"]
+            - env["tp_bwd_ns"]
+            - env["a2a_fwd_ns"]
+            - env["a2a_bwd_ns"],
+            tp_fwd_ns=env["tp_fwd_ns"],
+            tp_bwd_ns=env["tp_bwd_ns"],
+            a2a_fwd_ns=env["a2a_fwd_ns"],
+            a2a_bwd_ns=env["a2a_bwd_ns"],
+            idle_fwd_ns=env["idle_fwd_ns"],
+            idle_bwd_ns=env["idle_bwd_ns"],
             coll_issue=coll_issue,
             coll_a=coll_a,
             coll_b=coll_b,
+            p2p_ns=env["p2p_ns"],
+            neighbour_cpus=env["neighbour_cpus"],
+            psi_cpu_share=env["psi_cpu_share"],
+            psi_mem_share=env["psi_mem_share"],
             truth_lost=np.zeros((S, len(self.scenario.faults) + LOST_EXTRA)),
             start=out["start"],
             dw_end=out["dw_end"],

@@ -55,6 +55,23 @@ class Job:
     samples_per_rank: int
     parallelism: str  # "ddp" | "fsdp"
     tp: int = 1
+    #: Pipeline stages (1: no pipeline) and micro-batches per step (1F1B): a stage is a block of
+    #: ``world / pp`` consecutive ranks (Megatron's rank order, pipeline outermost), and
+    #: ``samples_per_rank`` sequences of one data-parallel replica flow as that many micro-batches.
+    pp: int = 1
+    microbatches: int = 1
+    #: Output vocabulary: the last stage's output projection and loss cost ``vocab / (12 hidden)``
+    #: transformer layers' FLOPs (0: not modelled), which makes it the longest stage.
+    vocab: int = 0
+    #: Mixture of experts: ``experts`` per MoE layer, each token routed to ``top_k``, experts
+    #: spread over ``ep`` consecutive ranks of a node (expert parallel: tokens go to their experts'
+    #: ranks and back by all-to-all); ``active_params`` are those one token uses, and
+    #: ``expert_share`` the share of its FLOPs in the expert MLPs. 0: a dense model.
+    experts: int = 0
+    top_k: int = 0
+    ep: int = 1
+    active_params: float = 0.0
+    expert_share: float = 0.0
     #: Model FLOPs utilisation this job reaches on healthy hardware (30-50% is realistic on H100).
     mfu: float = 0.40
     #: Bytes the dataloader reads from storage per sample, and CPU seconds it spends on one.
@@ -69,11 +86,37 @@ class Job:
         return self.samples_per_rank * self.seq_len
 
     def flops_per_token(self) -> float:
-        return 6.0 * self.params + 12.0 * self.layers * self.hidden * self.seq_len
+        used = self.active_params if self.experts else self.params
+        return 6.0 * used + 12.0 * self.layers * self.hidden * self.seq_len
+
+    def a2a_bytes(self) -> float:
+        """Bytes one rank sends in one all-to-all of one MoE layer (dispatch or combine): each
+        token's hidden state to its ``top_k`` experts, all but ``1/ep`` of them on other ranks."""
+        if self.ep <= 1:
+            return 0.0
+        return self.tokens_per_rank * self.top_k * self.hidden * 2.0 * (self.ep - 1) / self.ep
 
     def compute_s(self, peak_flops: float = H100_BF16_FLOPS) -> float:
-        """Forward + backward seconds per step on one GPU at full clock."""
-        return self.tokens_per_rank * self.flops_per_token() / self.tp / (peak_flops * self.mfu)
+        """Forward + backward seconds per step on one GPU at full clock (the mean pipeline stage)."""
+        return self.tokens_per_rank * self.flops_per_token() / self.tp / self.pp / (peak_flops * self.mfu)
+
+    @property
+    def head_layers(self) -> float:
+        """The output projection's FLOPs in transformer layers (a layer's ~12 h^2 weights, the
+        head's h x vocab)."""
+        return self.vocab / (12.0 * self.hidden)
+
+    def stage_weights(self, extra_last_layers: float = 0.0) -> tuple[float, ...]:
+        """Each pipeline stage's compute relative to the mean stage: layers split evenly, the
+        head on the last stage; ``extra_last_layers`` moves that many layers from the other
+        stages to the last (an uneven hand-made split)."""
+        if self.pp <= 1:
+            return (1.0,)
+        even = self.layers / self.pp
+        others = even - extra_last_layers / (self.pp - 1)
+        last = even + extra_last_layers + self.head_layers
+        mean = (self.layers + self.head_layers) / self.pp
+        return (*(others / mean for _ in range(self.pp - 1)), last / mean)
 
     def optimizer_s(self, world_size: int) -> float:
         """Adam's step: memory-bound, reading and writing the local optimizer state twice."""
@@ -83,7 +126,7 @@ class Job:
 
     def param_shards(self, world_size: int) -> int:
         """Over how many GPUs one copy of the weights and optimizer state is spread."""
-        return world_size if self.parallelism == "fsdp" else self.tp
+        return world_size if self.parallelism == "fsdp" else self.tp * self.pp
 
     def memory_bytes(self, world_size: int) -> float:
         """Peak memory per GPU: sharded static state, unsharded units in flight, activations."""
@@ -92,17 +135,31 @@ class Job:
         gathered = 2 * 2.0 * self.params / self.tp / self.units() if self.parallelism == "fsdp" else 0.0
         # Activation checkpointing per layer: the layer inputs stay, one layer is recomputed.
         per_layer = 2.0 * self.tokens_per_rank * self.hidden / self.tp
-        activations = per_layer * self.layers + 34.0 * self.tokens_per_rank * self.hidden / self.tp
+        if self.pp > 1:
+            # 1F1B: the first stage holds up to ``pp`` micro-batches' layer inputs in flight.
+            tokens = self.tokens_per_rank / self.microbatches
+            in_flight = min(self.pp, self.microbatches)
+            per_mb = 2.0 * tokens * self.hidden / self.tp
+            activations = per_mb * self.layers / self.pp * in_flight + 34.0 * tokens * self.hidden / self.tp
+        else:
+            activations = per_layer * self.layers + 34.0 * self.tokens_per_rank * self.hidden / self.tp
         return static + gathered + activations
 
     def grad_bytes(self) -> float:
         """Bytes of one full (unsharded) bf16 gradient or parameter copy per tensor-parallel rank."""
-        return 2.0 * self.params / self.tp
+        return 2.0 * self.params / self.tp / self.pp
+
+    def p2p_bytes(self) -> float:
+        """Bytes of one micro-batch's activations (or their gradients) sent between stages."""
+        return 2.0 * self.tokens_per_rank / max(self.microbatches, 1) * self.hidden / self.tp
 
     def units(self) -> int:
         """Communication units per step: FSDP wrap units, or groups of DDP buckets."""
         if self.parallelism == "fsdp":
             return min(self.layers, MAX_UNITS)
+        if self.pp > 1:
+            # Without overlap_grad_reduce a pipeline reduces all its buckets after the flush.
+            return 1
         return max(1, min(math.ceil(self.grad_bytes() / DDP_BUCKET_BYTES), MAX_UNITS))
 
     def validate(self, world_size: int, gpu_memory: float = H100_MEMORY_BYTES) -> None:
@@ -110,6 +167,21 @@ class Job:
             raise ValueError(f"job {self.name}: parallelism {self.parallelism!r} is not ddp or fsdp")
         if world_size % self.tp:
             raise ValueError(f"job {self.name}: {world_size} GPUs are not a multiple of tp={self.tp}")
+        if self.pp > 1 and (self.parallelism != "ddp" or self.tp != 1 or world_size % self.pp):
+            raise ValueError(
+                f"job {self.name}: a pipeline of pp={self.pp} needs ddp, tp=1 and a GPU count that is a "
+                f"multiple of pp (got {self.parallelism}, tp={self.tp}, {world_size} GPUs)"
+            )
+        if self.ep > 1 and (world_size % self.ep or self.experts % self.ep or not 0 < self.expert_share < 1):
+            raise ValueError(
+                f"job {self.name}: ep={self.ep} needs a GPU count and expert count that are multiples of it "
+                f"and an expert FLOP share in (0, 1)"
+            )
+        if self.pp > 1 and (self.microbatches < 1 or self.samples_per_rank % self.microbatches):
+            raise ValueError(
+                f"job {self.name}: {self.samples_per_rank} samples do not split into "
+                f"{self.microbatches} micro-batches"
+            )
         if not 0.05 <= self.mfu <= 0.65:
             raise ValueError(f"job {self.name}: mfu={self.mfu} is outside what H100 training reaches")
         need = self.memory_bytes(world_size)
@@ -182,6 +254,50 @@ JOBS: dict[str, Job] = {
             loader_cpu_s_per_sample=0.002,
             min_nodes=1,
             max_nodes=16,
+        ),
+        Job(
+            "gpt-13b-pp4",
+            "A 13B language model (40 layers, hidden 5,120, a 128k vocabulary) pipeline parallel over 4 "
+            "stages of world/4 consecutive ranks (1F1B, 8 micro-batches of one 4,096-token sequence; the "
+            "last stage also holds the output projection and loss, about 2 layers more), data parallel "
+            "(DDP) within each stage, gradients all-reduced after the pipeline flush.",
+            params=13.0e9,
+            layers=40,
+            hidden=5120,
+            seq_len=4096,
+            samples_per_rank=8,
+            parallelism="ddp",
+            pp=4,
+            microbatches=8,
+            vocab=128256,
+            mfu=0.40,
+            sample_bytes=16 * 1024,
+            loader_cpu_s_per_sample=0.002,
+            min_nodes=1,
+            max_nodes=64,
+        ),
+        Job(
+            "moe-16b-ep8",
+            "A 16B mixture-of-experts model (DeepSeekMoE-16B's shape: 28 layers, hidden 2,048, 64 experts, "
+            "6 routed per token, 2.8B parameters active) with expert parallelism over the node's 8 GPUs "
+            "(8 experts a rank, tokens dispatched and combined by all-to-all over NVLink each layer) and "
+            "FSDP over every GPU: four 4,096-token sequences per rank.",
+            params=16.4e9,
+            layers=28,
+            hidden=2048,
+            seq_len=4096,
+            samples_per_rank=4,
+            parallelism="fsdp",
+            experts=64,
+            top_k=6,
+            ep=8,
+            active_params=2.8e9,
+            expert_share=0.6,
+            mfu=0.30,
+            sample_bytes=16 * 1024,
+            loader_cpu_s_per_sample=0.002,
+            min_nodes=1,
+            max_nodes=64,
         ),
     )
 }

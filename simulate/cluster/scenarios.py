@@ -29,6 +29,20 @@ class FaultKind(StrEnum):
     GPU_THERMAL = "gpu-thermal"
     #: One GPU power-braked.
     GPU_POWER = "gpu-power"
+    #: A pipeline split by hand: the last stage (which also holds the output head and loss)
+    #: gets ``layers`` more transformer layers than an even split, taken from the other stages.
+    STAGE_IMBALANCE = "stage-imbalance"
+    #: A co-tenant on one node (another job's processes, a runaway agent) takes CPUs: the
+    #: node's training processes launch kernels late, so their GPUs idle between kernels.
+    CPU_CONTENTION = "cpu-contention"
+    #: One node short of host memory: direct reclaim stalls its training processes and loaders.
+    MEMORY_PRESSURE = "memory-pressure"
+    #: One rank's Python garbage collector runs full collections every step (a leak of
+    #: reference cycles): the training loop pauses, the GPU idles, nothing else shows it.
+    PYTHON_GC = "python-gc"
+    #: A hot expert: one expert-parallel rank's experts receive ``token_share`` times the mean
+    #: tokens (the router favours them), the other ranks of its group the rest.
+    EXPERT_IMBALANCE = "expert-imbalance"
 
 
 #: The verdict class each fault produces when it binds (DESIGN.md's verdict classes).
@@ -40,7 +54,17 @@ FAULT_CLASS: dict[FaultKind, str] = {
     FaultKind.LOADER_CPU: "host",
     FaultKind.GPU_THERMAL: "straggler",
     FaultKind.GPU_POWER: "straggler",
+    # Not a fault of the hardware: the job's own partition costs compute time (DOMAIN.md).
+    FaultKind.STAGE_IMBALANCE: "compute",
+    FaultKind.CPU_CONTENTION: "straggler",
+    FaultKind.MEMORY_PRESSURE: "straggler",
+    FaultKind.PYTHON_GC: "straggler",
+    # Uneven expert load is the data's and the router's doing, not the hardware's (DOMAIN.md).
+    FaultKind.EXPERT_IMBALANCE: "compute",
 }
+
+#: Faults that slow one node's ranks from the host side: no GPU clock-event bit.
+HOST_SIDE = (FaultKind.CPU_CONTENTION, FaultKind.MEMORY_PRESSURE)
 
 #: nvmlClocksEventReason bits: HW slowdown, HW thermal slowdown, HW power brake.
 HW_SLOWDOWN, HW_THERMAL, HW_POWER_BRAKE, GPU_IDLE = 0x8, 0x40, 0x80, 0x1
@@ -71,6 +95,19 @@ class Fault:
     #: Intermittent faults: on for ``on_steps``, then off for ``off_steps``, repeating (0: steady).
     on_steps: int = 0
     off_steps: int = 0
+    #: Host-side faults: the hit ranks' forward and backward take this much longer (the GPU
+    #: idles between late launches), their loaders' CPU work too; the share of the node's CPUs
+    #: a co-tenant keeps busy; the share of time some task of the node stalls on the resource
+    #: (PSI "some").
+    host_factor: float = 1.0
+    neighbour_share: float = 0.0
+    stall_share: float = 0.0
+    #: Seconds one rank's training loop pauses per step (PYTHON_GC).
+    pause_s: float = 0.0
+    #: Layers moved onto the last pipeline stage (STAGE_IMBALANCE).
+    layers: float = 0.0
+    #: Tokens the hot expert rank receives, as a multiple of its group's mean (EXPERT_IMBALANCE).
+    token_share: float = 1.0
 
     @property
     def verdict_class(self) -> str:
@@ -105,6 +142,8 @@ _POWER = Fault(
 _EFA_NODE = Fault(FaultKind.EFA_NODE, bandwidth_factor=0.12, retrans_rate=0.04, devices=1)
 _OST_SLOW = Fault(FaultKind.OST_SLOW, bandwidth_factor=0.01, latency_factor=40.0)
 _LOADER = Fault(FaultKind.LOADER_CPU, cpu_factor=50.0)
+PP_JOB = "gpt-13b-pp4"
+MOE_JOB = "moe-16b-ep8"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -238,6 +277,83 @@ SCENARIOS: dict[str, Scenario] = {
                 ),
                 Fault(FaultKind.LOADER_CPU, 0.8, 1.0, cpu_factor=50.0),
             ),
+        ),
+        Scenario(
+            "pp-stage-imbalance",
+            (
+                "No fault of the hardware: a 4-stage 1F1B pipeline split by hand with 3 more layers on the "
+                "last stage (13 of 40, beside the output head and loss) than an even split: it computes 1.7x "
+                "the others, which wait for it in their p2p receives every micro-batch. Truth: compute, "
+                "cause stage imbalance, culprit the last stage."
+            ),
+            (Fault(FaultKind.STAGE_IMBALANCE, layers=3.0),),
+            job=PP_JOB,
+        ),
+        Scenario(
+            "pp-seq-imbalance",
+            (
+                "No fault: uneven sequence lengths under a 4-stage 1F1B pipeline (lognormal, sigma 0.22, per "
+                "data-parallel replica and step): a replica with long sequences is slow on every stage, so "
+                "each stage's gradient all-reduce waits for a different replica each step."
+            ),
+            job=PP_JOB,
+            workload=(("seq_imbalance", 0.22),),
+        ),
+        Scenario(
+            "pp-straggler",
+            (
+                "A 4-stage 1F1B pipeline with one GPU power-braked (0x88, 1050 MHz): its micro-batches run "
+                "late, its neighbour stages wait in their receives and its stage's gradient all-reduce "
+                "waits for it (a stage's own bubble hides part of a milder slowdown)."
+            ),
+            (_POWER,),
+            job=PP_JOB,
+        ),
+        Scenario(
+            "moe-expert-imbalance",
+            (
+                "No fault of the hardware: a mixture-of-experts job whose router sends one expert-parallel "
+                "rank's experts 1.8x their group's mean tokens: that rank computes longer and receives more "
+                "in every all-to-all, and the other ranks of its node wait in the all-to-all combine, layer "
+                "after layer. Truth: compute, cause expert imbalance, culprit the hot rank."
+            ),
+            (Fault(FaultKind.EXPERT_IMBALANCE, token_share=1.8),),
+            job=MOE_JOB,
+        ),
+        Scenario(
+            "straggler-cpu-neighbour",
+            (
+                "A co-tenant takes most of one node's CPUs from a fifth of the run on: that node's ranks "
+                "launch kernels late (the GPUs idle between them, compute phases 1.35x) and every other rank "
+                "waits. No GPU clock-event bit; the node's CPU time and CPU pressure (PSI) rise."
+            ),
+            (
+                Fault(
+                    FaultKind.CPU_CONTENTION,
+                    start=0.2,
+                    host_factor=1.35,
+                    neighbour_share=0.75,
+                    stall_share=0.6,
+                ),
+            ),
+        ),
+        Scenario(
+            "straggler-memory-pressure",
+            (
+                "One node short of host memory from a quarter of the run on: direct reclaim stalls its "
+                "training processes (compute phases 1.3x, the GPUs idle) and its loaders. No GPU bit; the "
+                "node's memory pressure (PSI) rises."
+            ),
+            (Fault(FaultKind.MEMORY_PRESSURE, start=0.25, host_factor=1.3, stall_share=0.35),),
+        ),
+        Scenario(
+            "straggler-python-gc",
+            (
+                "One rank's Python garbage collector runs a full collection every step (a leak of "
+                "reference cycles): its loop pauses about 0.3 s in forward while its GPU idles, and every "
+                "other rank waits. Nothing but its timing shows it."
+            ),
+            (Fault(FaultKind.PYTHON_GC, pause_s=0.3),),
         ),
     )
 }

@@ -120,7 +120,9 @@ class Signals:
         # Per-rank GPU activity windows: compute = forward+backward, then the optimizer.
         self.compute_w = Windows(_interleave(c.dw_end, c.coll_end), _interleave(c.arrive, c.opt_end))
         # Kernel time, not window length: FSDP's stalls inside forward/backward leave the GPU idle.
-        comp_len = _interleave(np.minimum(c.compute_ns, c.arrive - c.dw_end), c.opt_end - c.coll_end) / NS
+        # Tensor-parallel all-reduces keep the GPU as busy as the compute around them.
+        busy = c.compute_ns + c.tp_fwd_ns + c.tp_bwd_ns + c.a2a_fwd_ns + c.a2a_bwd_ns
+        comp_len = _interleave(np.minimum(busy, c.arrive - c.dw_end), c.opt_end - c.coll_end) / NS
         clock_frac = np.repeat(c.sm_clock / hw.sm_clock_mhz, 2, axis=0)
         self.compute_amt = comp_len
         self.compute_energy_amt = comp_len * COMPUTE_W * clock_frac**2
@@ -431,7 +433,9 @@ class Signals:
         # The job's processes spin one core each (CUDA synchronisation) from the job's start.
         job_s = np.maximum(ts + 90.0, 0.0)
         h = snap.host
-        h["user"] = up * 0.5 + job_s * G * 1.0 + loader
+        # A co-tenant's processes count as the node's user time, not the job's processes'.
+        neighbour = Windows.cumulative(node_now, c.neighbour_cpus * node_len)
+        h["user"] = up * 0.5 + job_s * G * 1.0 + loader + neighbour
         h["nice"] = up * 0.01
         h["system"] = up * 0.3 + job_s * G * 0.08 + lus_sys
         h["iowait"] = up * 0.002 + iowait
@@ -441,14 +445,19 @@ class Signals:
         busy = h["user"] + h["nice"] + h["system"] + h["iowait"] + h["irq"] + h["softirq"]
         h["idle"] = hw.ncpus * up - busy
         util = (c.loader_cpu_s + (G + 1) * node_len) / (hw.ncpus * node_len)
-        cpu_some = node_len * (0.01 + 0.9 * np.clip((util - 0.75) / 0.2, 0, 1))
+        # A co-tenant's runnable tasks make the job's wait (and the job's its): its own share.
+        cpu_some = node_len * np.minimum(
+            0.01 + 0.9 * np.clip((util - 0.75) / 0.2, 0, 1) + c.psi_cpu_share, 1.0
+        )
+        # Direct reclaim stalls some tasks (and now and then all of them) of a node short of memory.
+        mem_some = Windows.cumulative(node_now, c.psi_mem_share * node_len)
         io_some = np.minimum(node_len, np.maximum(c.io_time - c.cpu_time, 0.0) + 0.002 * node_len)
         h["pressure.cpu.some"] = 1e6 * (up * 0.004 + Windows.cumulative(node_now, cpu_some))
         h["pressure.cpu.full"] = np.zeros((T, N))
         h["pressure.io.some"] = 1e6 * (up * 0.001 + Windows.cumulative(node_now, io_some))
         h["pressure.io.full"] = 1e6 * (up * 0.0005 + Windows.cumulative(node_now, 0.6 * io_some))
-        h["pressure.memory.some"] = 1e6 * up * 0.0003
-        h["pressure.memory.full"] = 1e6 * up * 0.0001
+        h["pressure.memory.some"] = 1e6 * up * 0.0003 + 1e6 * mem_some
+        h["pressure.memory.full"] = 1e6 * up * 0.0001 + 0.3e6 * mem_some
         p = snap.proc
         job3 = job_s[:, :, None] + np.zeros((1, 1, G))
         p["user"] = job3 * 1.0 + (loader / G)[:, :, None]

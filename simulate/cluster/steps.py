@@ -36,6 +36,8 @@ def rank_lines(model: ClusterModel, chunk: Chunk, rank: int, start_ns: int, job:
     head = (
         f'{{"v":{FORMAT_VERSION},"job":{_literal(job)},"rank":{rank},"node":{_literal(topo.hostnames[node])},'
     )
+    if model.plan is not None or wl.tp > 1 or wl.ep > 1:  # ranks of a 2D/3D layout say where they sit
+        head += "".join(f'"{k}":{v},' for k, v in model.layout(rank).items())
     phases = chunk.phases()
     has_ckpt = (phases["checkpoint"][:, rank] > 0).tolist()
     steps = chunk.steps.tolist()

@@ -19,22 +19,36 @@ from fmdiag import dumpformat
 from fmdiag.simulate.cluster.config import Hardware, Workload
 from fmdiag.simulate.cluster.model import LOST_COMM, LOST_DATA, TRUTH_THRESHOLD, Chunk, ClusterModel, Target
 from fmdiag.simulate.cluster.physics import get_job
-from fmdiag.simulate.cluster.scenarios import Fault, FaultKind
+from fmdiag.simulate.cluster.scenarios import HOST_SIDE, Fault, FaultKind
 
 
 def culprit(model: ClusterModel, fault: Fault, target: Target) -> dict[str, Any] | None:
     """The hardware a fault hit, in the names the exporters and step records use."""
     topo = model.topo
-    if fault.kind in (FaultKind.GPU_THERMAL, FaultKind.GPU_POWER):
+    if fault.kind in (
+        FaultKind.GPU_THERMAL,
+        FaultKind.GPU_POWER,
+        FaultKind.PYTHON_GC,
+        FaultKind.EXPERT_IMBALANCE,
+    ):
+        rank = topo.rank(target.node, target.gpu)
+        where: dict[str, Any] = {"node": topo.hostnames[target.node], "rank": rank, "local_rank": target.gpu}
+        if model.plan is not None:
+            where |= {k: v for k, v in model.layout(rank).items() if k in ("pp_rank", "dp_rank")}
+        if model.wl.ep > 1:
+            where["ep_rank"] = model.layout(rank)["ep_rank"]
+        if fault.kind in (FaultKind.PYTHON_GC, FaultKind.EXPERT_IMBALANCE):  # the process, not its GPU
+            return where
         gpu = topo.gpus(target.node)[target.gpu]
-        return {
-            "node": topo.hostnames[target.node],
-            "rank": topo.rank(target.node, target.gpu),
-            "local_rank": target.gpu,
-            "gpu": gpu.index,
-            "gpu_uuid": gpu.uuid,
-            "pci_bus_id": gpu.pci_bus_id,
-        }
+        return {**where, "gpu": gpu.index, "gpu_uuid": gpu.uuid, "pci_bus_id": gpu.pci_bus_id}
+    if fault.kind in HOST_SIDE:
+        return {"node": topo.hostnames[target.node]}
+    if fault.kind is FaultKind.STAGE_IMBALANCE:
+        last = model.wl.pp - 1
+        D = model.dp_ranks
+        nodes = {topo.place(r)[0] for r in range(last * D, (last + 1) * D)}
+        node = {"node": topo.hostnames[next(iter(nodes))]} if len(nodes) == 1 else {}
+        return {"pp_rank": last, **node}
     if fault.kind is FaultKind.EFA_NODE:
         devs = topo.efa(target.node)
         names = [devs[d].name for d in target.efa]

@@ -190,9 +190,9 @@ def test_gpu_collector_maps_mig_devices_to_their_gpu(state: Path) -> None:
                 ("GPU_CI_ID", "0"),
                 ("GPU_I_ID", gi),
                 ("GPU_I_PROFILE", profile),
-                ("Hostname", "p5-007"),
                 ("UUID", MIG_GPU),
                 ("gpu", "0"),
+                ("hostname", "p5-007"),
                 ("mig_uuid", mig),
             ),
         )

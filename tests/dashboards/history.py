@@ -49,8 +49,10 @@ SCENARIOS: dict[str, int] = {
     "straggler-thermal": 390,
     "straggler-power": 370,
 }
-#: A cluster whose GPU series come from a stock dcgm-exporter: the thermal straggler's GPUs.
+#: A cluster whose GPU series come from a stock dcgm-exporter: the thermal straggler's GPUs, as
+#: dcgm-exporter up to 4.5.3 labels them (``Hostname``) and as later ones do (``hostname``).
 STOCK_DCGM_FROM, STOCK_DCGM_CLUSTER = "straggler-thermal", "dcgm-straggler-thermal"
+STOCK_DCGM4_CLUSTER = "dcgm4-straggler-thermal"
 #: How long ago the simulated jobs start: every history ends before now, inside the 1h retention.
 START_AGO_S = 1500
 SIM_ARGS = ("--nodes", "4", "--gpus", "2", "--efa-devices", "2", "--osts", "2", "--step-seconds", "1.2")
@@ -71,13 +73,14 @@ DCGM_JOB = "dcgm-exporter"
 
 
 def dump_to_openmetrics(
-    dump: Path, cluster: str, out: Any, *, stock_dcgm: bool = False
+    dump: Path, cluster: str, out: Any, *, stock_dcgm: bool = False, host_label: str = "Hostname"
 ) -> tuple[float, float]:
     """Append the dump's metric samples to ``out`` as OpenMetrics lines; returns (first, last) time.
 
     ``stock_dcgm``: only the GPU series a stock dcgm-exporter serves (DCGM names, every field
     switched on in its CSV), scraped as its own job from its own pod address, so nothing of
-    fmdiag's exporter is there and ``instance`` is not the node (``Hostname`` is)."""
+    fmdiag's exporter is there and ``instance`` is not the node (``Hostname`` is, or under
+    ``host_label`` the spelling of dcgm-exporter after 4.5.3)."""
     first, last = math.inf, -math.inf
     instances: dict[str, set[float]] = {}
     paths = [dump / "metrics" / "gpu.parquet"] if stock_dcgm else sorted((dump / "metrics").glob("*.parquet"))
@@ -97,6 +100,7 @@ def dump_to_openmetrics(
                     labels[col] = str(v)
             if stock_dcgm:
                 labels["instance"] = f"10.0.{labels['Hostname'].rsplit('-', 1)[-1]}.9:9400"
+                labels[host_label] = labels.pop("Hostname")
             ts = float(stamps[i])
             instances.setdefault(labels["instance"], set()).add(ts)
             first, last = min(first, ts), max(last, ts)
@@ -168,6 +172,7 @@ def build(work: Path, rule_files: list[Path]) -> Iterator[History]:
             first, last = min(first, a), max(last, b)
             if scenario == STOCK_DCGM_FROM:
                 dump_to_openmetrics(dump, STOCK_DCGM_CLUSTER, out, stock_dcgm=True)
+                dump_to_openmetrics(dump, STOCK_DCGM4_CLUSTER, out, stock_dcgm=True, host_label="hostname")
         out.write("# EOF\n")
     data = work / "prom" / "data"
     data.mkdir(parents=True)

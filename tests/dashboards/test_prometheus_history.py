@@ -32,8 +32,10 @@ EXPECTED: dict[str, set[str]] = {
     "host-dataloader": {"FmdiagTrainingJobBottleneck"},
     "straggler-thermal": {"FmdiagGpuHwThermalSlowdown", "FmdiagStragglerRank"},
     "straggler-power": {"FmdiagGpuHwPowerBrake", "FmdiagStragglerRank"},
-    # The thermal straggler's GPUs as a stock dcgm-exporter serves them (no fmdiag exporter).
+    # The thermal straggler's GPUs as a stock dcgm-exporter serves them (no fmdiag exporter),
+    # labelled Hostname (up to 4.5.3) and hostname (after).
     "dcgm-straggler-thermal": {"FmdiagGpuHwThermalSlowdown"},
+    "dcgm4-straggler-thermal": {"FmdiagGpuHwThermalSlowdown"},
 }
 STALL_CLASS = {"io-lustre": "io", "checkpoint-stall": "io", "host-dataloader": "host"}
 
@@ -84,7 +86,11 @@ def test_alerts_name_the_culprit_the_simulator_injected(
             "FmdiagGpuHwThermalSlowdown" if scenario == "straggler-thermal" else "FmdiagGpuHwPowerBrake"
         )
         (gpu,) = fired[gpu_alert][scenario]
-        assert f"UUID={culprit['gpu_uuid']}" in gpu and f"Hostname={culprit['node']}" in gpu
+        assert f"UUID={culprit['gpu_uuid']}" in gpu and f"hostname={culprit['node']}" in gpu
+        # the same GPU from a stock dcgm-exporter, either spelling of its node label
+        for stock in ("dcgm-straggler-thermal", "dcgm4-straggler-thermal"):
+            if scenario == "straggler-thermal":
+                assert fired[gpu_alert][stock] == {gpu}, stock
     for scenario, stall in STALL_CLASS.items():
         assert {f"stall={stall}" in s for s in fired["FmdiagTrainingJobBottleneck"][scenario]} == {True}, (
             scenario
@@ -95,12 +101,14 @@ def _dump(history: Any, scenario: str) -> Path:
     return Path(history.work) / "dumps" / scenario
 
 
+@pytest.mark.parametrize("stock", ["STOCK_DCGM_CLUSTER", "STOCK_DCGM4_CLUSTER"])
 def test_gpu_panels_work_from_a_stock_dcgm_exporter(
-    simulated_history: Any, panel_queries: list[Any], promql: Any, history_module: Any
+    simulated_history: Any, panel_queries: list[Any], promql: Any, history_module: Any, stock: str
 ) -> None:
     """On a cluster whose GPU series come only from dcgm-exporter (its job, its pod as
-    ``instance``, ``Hostname`` naming the node), every GPU panel not marked fmdiag-only has data."""
-    cluster = history_module.STOCK_DCGM_CLUSTER
+    ``instance``, ``Hostname`` up to 4.5.3 or ``hostname`` after naming the node), every GPU panel
+    not marked fmdiag-only has data, also narrowed to one node by the ``$node`` variable."""
+    cluster = getattr(history_module, stock)
     gpu_panels = [
         (board, title, expr)
         for board, title, expr in panel_queries
@@ -111,6 +119,6 @@ def test_gpu_panels_work_from_a_stock_dcgm_exporter(
     empty = [
         f"{board} / {title}"
         for board, title, expr in gpu_panels
-        if not simulated_history.query_range(promql.substitute(expr, cluster=cluster))
+        if not simulated_history.query_range(promql.substitute(expr, cluster=cluster, node="node-001"))
     ]
     assert not empty, f"GPU panels without data from a stock dcgm-exporter: {empty}"

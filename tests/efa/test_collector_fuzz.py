@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fmdiag.catalog import EFA_DEVICE_COUNTERS, EFA_PORT_COUNTERS
+from fmdiag.exporters import kept_files
 from fmdiag.exporters.collector import CollectorContext, ErrorReporter, Paths
 from fmdiag.exporters.collectors import efa
 from fmdiag.exporters.collectors.efa import EfaCollector, parse_counter
@@ -79,7 +80,11 @@ def build(root: Path, files: dict[str, tuple[str, bytes]]) -> Path:
 
 def run(sysfs: Path) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], int]:
     errors = ErrorReporter()
-    fams = list(EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs), errors=errors)).collect())
+    collector = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs), errors=errors))
+    try:
+        fams = list(collector.collect())
+    finally:
+        collector.close()
     values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples}
     return values, errors.count("efa")
 
@@ -102,7 +107,7 @@ def test_any_tree_scrapes_and_keeps_good_counters(files: dict[str, tuple[str, by
         values, n_errors = run(sysfs)  # must not raise
         # The same tree through kept descriptors (as on a settled sysfs): the first scrape
         # opens them, the second re-reads with pread; both must see exactly the same.
-        with mock.patch.object(efa, "_RACY_NS", -(10**19)):
+        with mock.patch.object(kept_files, "RACY_NS", -(10**19)):
             kept = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs)))
             try:
                 for _ in range(2):

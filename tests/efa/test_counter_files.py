@@ -1,21 +1,26 @@
-"""Kept counter descriptors (CounterFiles): values stay fresh, changes to the tree are seen,
+"""Kept device descriptors (KeptDevices): values stay fresh, changes to the tree are seen,
 nothing leaks."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from fmdiag.exporters.collector import CollectorContext, ErrorReporter, Paths
-from fmdiag.exporters.collectors.efa import CounterFiles, EfaCollector
+from fmdiag.exporters.collectors.efa import EfaCollector
+from fmdiag.exporters.kept_files import KeptDevices
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "efa" / "nitro_v4" / "sys"
 PAST_NS = 1_600_000_000 * 10**9
 
 
 def open_fds() -> int:
+    gc.collect()  # what other tests dropped is closed now, not in the middle of the count
     return len(os.listdir("/proc/self/fd"))
 
 
@@ -34,17 +39,25 @@ def tx(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], dev: str = 
     return values.get(("fmdiag_efa_tx_bytes_total", (("device", dev), ("port", "1"))))
 
 
-def test_kept_descriptors_read_fresh_values_and_follow_changes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("watch", [True, False], ids=["inotify", "stat"])
+def test_kept_descriptors_read_fresh_values_and_follow_changes(tmp_path: Path, watch: bool) -> None:
     sysfs = tmp_path / "sys"
     shutil.copytree(FIXTURE, sysfs, symlinks=True)
     settle(sysfs)
     errors = ErrorReporter()
     c = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs), errors=errors))
+    c.files.close()
+    c.files = KeptDevices(budget=10_000, watch=watch)
+    assert c.files.watching is watch  # inotify is there on Linux: both ways are tested
     before = open_fds()
     assert tx(scrape(c)) == 1_001_111
     kept = c.files.open_fds
-    assert kept == 2 * (23 + 13)  # both EFAs' port and device hw_counters files, lifespan included
-    assert open_fds() == before + kept
+    # Per EFA: its directory, the 4 under it unless inotify watches them (ports, ports/1 and
+    # both hw_counters; device/ is a symlink, checked by path), 8 attributes (vendor, numa_node,
+    # fw_ver, node_guid, the port's state, phys_state, rate, link_layer) and its port and device
+    # hw_counters files, lifespan included.
+    assert kept == 2 * (1 + (0 if c.files.watching else 4) + 8 + 23 + 13)
+    assert open_fds() == before + kept + watch  # + the inotify descriptor, made for the first kept device
 
     counters = sysfs / "class" / "infiniband" / "rdmap79s0" / "ports" / "1" / "hw_counters"
     # Rewritten in place (what sysfs does on every read): the kept descriptor sees it.
@@ -72,11 +85,11 @@ def test_kept_descriptors_read_fresh_values_and_follow_changes(tmp_path: Path) -
     values = scrape(c)
     assert values[("fmdiag_efa_devices", ())] == 1
     assert 0 < c.files.open_fds < kept
-    assert open_fds() == before + c.files.open_fds
+    assert open_fds() == before + c.files.open_fds + watch
 
     c.close()
     assert c.files.open_fds == 0
-    assert open_fds() == before
+    assert open_fds() == before  # the inotify descriptor is closed too
 
 
 def test_no_descriptors_kept_for_a_directory_just_modified(tmp_path: Path) -> None:
@@ -98,13 +111,14 @@ def test_budget_bounds_kept_descriptors(tmp_path: Path) -> None:
     shutil.copytree(FIXTURE, sysfs, symlinks=True)
     settle(sysfs)
     c = EfaCollector(CollectorContext(paths=Paths(sysfs=sysfs)))
-    c.files = CounterFiles(budget=30)
+    c.files.close()
+    c.files = KeptDevices(budget=60, watch=False)  # room for one device's 49 descriptors, not two
     before = open_fds()
     for _ in range(3):
         values = scrape(c)
         assert values[("fmdiag_efa_devices", ())] == 2
         assert tx(values) == 1_001_111 and tx(values, "rdmap151s0") == 2_001_111
-        assert c.files.open_fds <= 30
+        assert 0 < c.files.open_fds <= 60
     assert open_fds() == before + c.files.open_fds
     c.close()
     assert open_fds() == before

@@ -81,6 +81,6 @@ def test_the_readme_demo_shows_the_thermal_straggler() -> None:
         exporter_proc.value(found, "fmdiag_gpu_clocks_event_active", gpu="3", reason="hw_thermal_slowdown")
         == 1
     )
-    assert all(dict(lab)["Hostname"] == "node-000" for (n, lab) in found if n == "DCGM_FI_DEV_SM_CLOCK")
+    assert all(dict(lab)["hostname"] == "node-000" for (n, lab) in found if n == "DCGM_FI_DEV_SM_CLOCK")
     steps = {dict(lab)["rank"] for (n, lab) in found if n == "fmdiag_step_last_duration_seconds"}
     assert steps == {str(r) for r in range(8)}  # the spool was found and its records are live

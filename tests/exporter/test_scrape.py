@@ -177,3 +177,55 @@ def test_no_collectors_still_serves_self_metrics() -> None:
         assert any(name == "fmdiag_exporter_build_info" for name, _ in v)
     finally:
         scraper.close()
+
+
+class Overlap(Collector):
+    """Records how many collectors of its group run at once (the GIL makes more no faster)."""
+
+    name = "overlap"
+
+    def __init__(self, ctx: CollectorContext, name: str, group: dict[str, int], lock: threading.Lock) -> None:
+        super().__init__(ctx)
+        self.name = name  # type: ignore[misc]
+        self.group = group
+        self.lock = lock
+
+    def collect(self) -> Iterable[Metric]:
+        with self.lock:
+            self.group["running"] += 1
+            self.group["most"] = max(self.group["most"], self.group["running"])
+        sum(range(20_000))  # a little work, holding the GIL as a parser does
+        with self.lock:
+            self.group["running"] -= 1
+        return Families()
+
+
+def test_collectors_that_finish_within_their_slice_run_one_at_a_time() -> None:
+    errors = ErrorReporter()
+    group = {"running": 0, "most": 0}
+    lock = threading.Lock()
+    collectors = [Overlap(CollectorContext(errors=errors), f"c{i}", group, lock) for i in range(5)]
+    # A slice longer than any of them takes: each starts when the one before has finished.
+    scraper = Scraper(collectors, errors, timeout_s=60, stagger_s=60)
+    try:
+        for _ in range(3):
+            snap = scraper.scrape()
+            assert all(o.success for o in snap.outcomes)
+    finally:
+        scraper.close()
+    assert group["most"] == 1
+
+
+def test_a_stuck_collector_does_not_hold_back_the_ones_after_it() -> None:
+    errors = ErrorReporter()
+    ctx = CollectorContext(errors=errors)
+    blocking, counting = Blocking(ctx), Counting(ctx)
+    scraper = Scraper([blocking, counting], errors, timeout_s=1, stagger_s=0.05)
+    try:
+        snap = scraper.scrape()  # blocking never returns in time; counting starts after its slice
+        assert values(snap)[("fmdiag_efa_devices", ())] == 1
+        assert coll(snap, "fmdiag_exporter_collector_success", "counting") == 1
+        assert coll(snap, "fmdiag_exporter_collector_success", "blocking") == 0
+    finally:
+        blocking.release.set()
+        scraper.close()

@@ -23,7 +23,8 @@ def test_samples_follow_the_layout_and_schemas(sample: Path) -> None:
     layout = DumpLayout(sample)
     doc = dumpformat.read_truth(layout.truth_path)
     assert doc["scenario"] == sample.name
-    assert len(layout.step_files()) == doc["parameters"]["hardware"]["nodes"] * 4
+    hw = doc["parameters"]["hardware"]
+    assert len(layout.step_files()) == hw["nodes"] * hw["gpus_per_node"]
     files = layout.metrics_files()
     assert sorted(files) == sorted(dumpformat.METRIC_SUBSYSTEMS)
     for subsystem, path in files.items():

@@ -78,28 +78,28 @@ def collector(state_file: Path) -> Iterator[GpuCollector]:
 def test_dcgm_names_labels_and_units(collector: GpuCollector) -> None:
     found = samples(collector)
     assert value(found, "fmdiag_gpu_devices") == 4
-    labels = {"gpu": "1", "UUID": "GPU-00000001-aaaa-bbbb-cccc-dddddddddddd", "Hostname": "p5-001"}
+    labels = {"gpu": "1", "UUID": "GPU-00000001-aaaa-bbbb-cccc-dddddddddddd", "hostname": "p5-001"}
     assert value(found, "DCGM_FI_DEV_POWER_USAGE", **labels) == pytest.approx(612.345)  # mW -> W
     assert value(found, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", **labels) == 1_000_001  # mJ
     assert value(found, "DCGM_FI_DEV_GPU_UTIL", **labels) == 97
     assert value(found, "DCGM_FI_DEV_FB_USED", **labels) == 70_000  # MiB
     assert value(found, "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", **labels) == 2
-    assert value(found, "DCGM_FI_DEV_THERMAL_VIOLATION", **labels) == 1500  # us
+    assert value(found, "DCGM_FI_DEV_THERMAL_VIOLATION", **labels) == 1_500_000  # ns, as NVML counts it
     assert value(found, "fmdiag_gpu_process_memory_bytes", gpu="1", pid="4001") == 69_000 * MIB
     sample_labels = next(ls for (n, ls) in found if n == "DCGM_FI_DEV_SM_CLOCK")
-    assert {k for k, _ in sample_labels} == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
+    assert {k for k, _ in sample_labels} == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "hostname"}
     assert ("device", "nvidia0") in sample_labels or ("device", "nvidia1") in sample_labels
 
 
 def test_a_simulated_node_keeps_its_own_host_name(state_file: Path) -> None:
-    """The exporter serving a simulated node runs elsewhere: Hostname names the simulated node."""
+    """The exporter serving a simulated node runs elsewhere: hostname names the simulated node."""
     ctx = CollectorContext(options={"simulated-state": str(state_file)}, hostname="the-laptop")
     c = GpuCollector(ctx)
     try:
         found = samples(c)
     finally:
         c.close()
-    hosts = {v for (n, ls) in found if n == "DCGM_FI_DEV_SM_CLOCK" for k, v in ls if k == "Hostname"}
+    hosts = {v for (n, ls) in found if n == "DCGM_FI_DEV_SM_CLOCK" for k, v in ls if k == "hostname"}
     assert hosts == {"p5-001"}
 
 
@@ -311,7 +311,8 @@ def test_options_are_parsed_by_their_declarations(state_file: Path) -> None:
         GpuCollector(CollectorContext(options={"xid-window": "soon"}))
     with pytest.raises(OptionError, match=r"--collector\.gpu\.events='maybe': expected on or off"):
         GpuCollector(CollectorContext(options={"events": "maybe"}))
-    with pytest.raises(OptionError, match=r"--collector\.gpu: unknown option\(s\) xid_window; known: ev"):
+    unknown = r"--collector\.gpu: unknown option\(s\) xid_window; known: clock-events-window, events, "
+    with pytest.raises(OptionError, match=unknown):
         GpuCollector(CollectorContext(options={"xid_window": "60"}))
 
 

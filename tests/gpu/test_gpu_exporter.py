@@ -31,7 +31,7 @@ def test_exporter_serves_dcgm_compatible_gpu_metrics(tmp_path: Path) -> None:
     assert "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n" in text
     parsed = helpers.samples(text)
     assert helpers.value(parsed, "fmdiag_gpu_devices") == 2
-    assert helpers.value(parsed, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS", gpu="1", Hostname="p5-9") == 0x88
+    assert helpers.value(parsed, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS", gpu="1", hostname="p5-9") == 0x88
     assert (
         helpers.value(parsed, "fmdiag_gpu_clocks_event_active", gpu="1", reason="hw_power_brake_slowdown")
         == 1

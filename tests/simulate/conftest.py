@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from fmdiag.simulate.cluster.physics import DEFAULT_JOB, get_job
+from fmdiag.simulate.cluster.scenarios import SCENARIOS
 from fmdiag.simulate.dump import DumpResult, SimOptions, write_dump
 
 
@@ -24,6 +26,13 @@ def small(scenario: str, **kw: Any) -> SimOptions:
         "scrape_interval_s": 5.0,
     }
     base.update(kw)
+    job = get_job(SCENARIOS[scenario].job or DEFAULT_JOB)
+    if (base["nodes"] * base["gpus"]) % job.pp:
+        # A pipeline needs a multiple of its stages: 4 GPUs a node (stages then straddle nodes).
+        base["gpus"] = 4
+    if base["gpus"] % job.ep:
+        # Expert parallelism spans a node's GPUs: a whole group a node.
+        base["gpus"] = job.ep
     return SimOptions(**base)
 
 

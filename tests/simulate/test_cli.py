@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from fmdiag import steprecord
 from fmdiag.cli import cli
+from fmdiag.simulate.cluster.physics import JOBS
 from fmdiag.simulate.cluster.scenarios import SCENARIOS
 
 
@@ -23,6 +24,8 @@ def test_list_describes_every_scenario() -> None:
     assert code == 0
     for name in SCENARIOS:
         assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    for name in JOBS:  # the presets too, the pipeline's among them
+        assert any(line.startswith(name + " ") and "[preset]" in line for line in out.splitlines()), name
 
 
 def test_straggler_thermal_dump_names_the_throttled_gpu_and_node(tmp_path: Path) -> None:

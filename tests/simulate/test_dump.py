@@ -163,7 +163,9 @@ def test_gpu_metrics_show_the_throttled_gpu(dump_of: DumpOf) -> None:
     assert len(hot_clock) and hot_clock.between(1215, 1305).all()
     viol = _series(df, "DCGM_FI_DEV_THERMAL_VIOLATION", UUID=uuid)
     span = viol.index[-2] - viol.index[0]
-    assert (viol.iloc[-2] - viol.iloc[0]) / 1e6 == pytest.approx(span, rel=0.02)  # throttled all the time
+    assert (viol.iloc[-2] - viol.iloc[0]) / 1e9 == pytest.approx(
+        span, rel=0.02
+    )  # throttled all the time (ns)
 
 
 def test_stalls_lower_gpu_activity(dump_of: DumpOf) -> None:

@@ -15,6 +15,7 @@ from types import ModuleType
 
 import numpy as np
 
+from fmdiag.simulate.cluster.physics import DEFAULT_JOB, get_job
 from fmdiag.simulate.cluster.scenarios import SCENARIOS
 from fmdiag.simulate.dump import SimOptions, write_dump
 
@@ -38,8 +39,10 @@ def test_naive_rules_are_fooled_by_the_confounders(tmp_path: Path) -> None:
     for name in SCENARIOS:
         for seed in (0, 1):
             out = tmp_path / f"{name}-{seed}"
+            # An expert-parallel job needs its whole 8-GPU group in a node.
+            gpus = max(4, get_job(SCENARIOS[name].job or DEFAULT_JOB).ep)
             opts = SimOptions(
-                scenario=name, nodes=3, gpus=4, efa_devices=2, osts=3, steps=30, seed=seed, metrics=False
+                scenario=name, nodes=3, gpus=gpus, efa_devices=2, osts=3, steps=30, seed=seed, metrics=False
             )
             write_dump(opts, out)
             scored = nb.score_dump(out)

@@ -26,7 +26,10 @@ def test_compute_is_flops_at_a_published_mfu(name: str) -> None:
     job = JOBS[name]
     nodes = max(job.min_nodes, 2)
     m, ph = _run(SimOptions(scenario="healthy", nodes=nodes, gpus=8, efa_devices=4, osts=2, job_preset=name))
-    flops = job.tokens_per_rank * (6 * job.params + 12 * job.layers * job.hidden * job.seq_len) / job.tp
+    # Per rank: a tensor-parallel shard of one pipeline stage (the mean stage's share).
+    # A mixture of experts computes with the parameters one token uses.
+    used = job.active_params if job.experts else job.params
+    flops = job.tokens_per_rank * (6 * used + 12 * job.layers * job.hidden * job.seq_len) / job.tp / job.pp
     # The slowest rank of each step paces it; its forward + backward carry no stalls.
     pure = (m.wl.forward_s + m.wl.backward_s) * m.rank_speed.min()
     mfu = flops / (pure * H100_BF16_FLOPS)
