@@ -234,7 +234,10 @@ def analyze(
             raise
         # distributed raises these when the scheduler is gone: one line, not its traceback
         raise click.ClickException(f"cannot use the Dask scheduler at {scheduler}: {exc}") from None
-    sys.stdout.write(report_json.dumps(result) if as_json else report_text.render(result))
+    if as_json:
+        report_json.write(result, sys.stdout)
+    else:
+        sys.stdout.write(report_text.render(result))
     if html_out is not None:
         from fmdiag.analyzers.reports import report_html  # noqa: PLC0415 - loaded only when needed
 

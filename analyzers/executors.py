@@ -10,6 +10,8 @@ pyarrow's pools, a logging handler) can deadlock the child, which is one of HTA'
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -68,6 +70,28 @@ def map_items(
             results.append(r)
             tick(1)
         return results
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim, or no way to ask
+        return None
+    return trim
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    The per-file results of a map are thousands of small arrays (one step file: 8 KB a column),
+    which glibc allocates on its heap, not as separate mappings: freed, their pages stay with
+    the process. Called once they are merged, so the process' memory is what it holds (0.6 GB
+    less at 4,096 ranks), not what it once held.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _dask_map(fn: Callable[[T], R], items: Sequence[T], scheduler: str) -> list[R]:

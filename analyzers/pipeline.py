@@ -232,8 +232,9 @@ def _steps(step_files: list[str], options: Options, skipped: list[Skipped]) -> d
             )
             raise InputError.verbatim(p.source, p.errors[0] + more)
         skipped.extend(Skipped(p.source, e) for e in p.errors)
-    steps, coverage = steps_reader.merge(parts)
-    del parts  # the files' columns: the frame holds a copy, and at scale it is a gigabyte
+    steps, coverage = steps_reader.merge(parts, release=True)  # the files' columns move into the frame
+    del parts
+    executors.trim_heap()
     offsets = step_breakdown.clock_offsets(steps)
     sb = step_breakdown.breakdown(steps, offsets)
     return {

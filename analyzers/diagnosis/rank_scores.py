@@ -53,6 +53,13 @@ def _col(steps: Any, name: str, n: int) -> np.ndarray:
     return np.asarray(steps[name], dtype=np.float64) if name in steps else np.full(n, np.nan)
 
 
+def _take(column: Any, rows: np.ndarray) -> np.ndarray:
+    """``np.asarray(column)[rows]`` without converting the whole column first (a categorical
+    pandas column would become an object array of millions of references)."""
+    taken: np.ndarray = np.asarray(column.iloc[rows]) if hasattr(column, "iloc") else np.asarray(column)[rows]
+    return taken
+
+
 def compute_time(steps: Any) -> np.ndarray:
     """Each record's compute: forward + backward, or what is left of the step without them."""
     n = len(steps["step"])
@@ -98,7 +105,6 @@ def scores(steps: Any, only_steps: set[int] | None = None, threshold: float = TH
     idx = np.flatnonzero(keep)
     step = step[idx]
     rank = np.asarray(steps["rank"], dtype=np.int64)[idx]
-    node = np.asarray(steps["node"]).astype(str)[idx]
     local = (
         np.nan_to_num(np.asarray(steps["local_rank"], dtype=np.float64), nan=-1.0).astype(np.int64)[idx]
         if "local_rank" in steps
@@ -129,7 +135,8 @@ def scores(steps: Any, only_steps: set[int] | None = None, threshold: float = TH
     counts = np.bincount(np.searchsorted(ranks, rank), minlength=len(ranks))
     cols: columns.Columns = {
         "rank": ranks.astype(np.int64),
-        "node": node[first_rows].astype(object),
+        # only each rank's first row's node as text: not 4 million strings to keep 4,096
+        "node": _take(steps["node"], idx[first_rows]).astype(str).astype(object),
         "local_rank": local[first_rows].astype(np.int64),
         "steps": counts.astype(np.int64),
         "compute_median_s": np.round(med, 6),

@@ -237,7 +237,8 @@ def step_features(steps: Any) -> list[StepFeatures]:
     duration = np.asarray(steps["duration_s"], dtype=np.float64)
     end_ns = np.asarray(steps["end_ns"], dtype=np.int64)
     rank = np.asarray(steps["rank"], dtype=np.int64)
-    node = np.asarray(steps["node"]).astype(str)
+    # node names as codes into their distinct values: 4 M rows of names as strings cost ~160 MB
+    node, node_names = _codes(steps["node"])
     local = (
         np.nan_to_num(np.asarray(steps["local_rank"], dtype=np.float64), nan=-1.0).astype(np.int64)
         if "local_rank" in steps
@@ -254,7 +255,7 @@ def step_features(steps: Any) -> list[StepFeatures]:
     out = []
     for idx in np.split(order, cuts):
         late = int(idx[np.argmin(comm[idx])])
-        stage = _stage_features(idx, pp, compute, node)
+        stage = _stage_features(idx, pp, compute, node, node_names)
         # in a pipeline a rank is late against its own stage's ranks, not against other stages
         peers = idx[pp[idx] == pp[late]] if stage.get("stages", 0) >= 2 else idx
         hw_med = float(np.median(host_wait[idx]))
@@ -267,7 +268,7 @@ def step_features(steps: Any) -> list[StepFeatures]:
                 checkpoint_s=float(ckpt[idx].max()),
                 data_wait_median=float(np.median(data_wait[idx])),
                 late_rank=int(rank[late]),
-                late_node=str(node[late]),
+                late_node=node_names[node[late]],
                 late_local_rank=int(local[late]),
                 comm_min=float(comm[late]),
                 comm_median=float(np.median(comm[idx])),
@@ -284,7 +285,19 @@ def step_features(steps: Any) -> list[StepFeatures]:
     return out
 
 
-def _stage_features(idx: np.ndarray, pp: np.ndarray, compute: np.ndarray, node: np.ndarray) -> dict[str, Any]:
+def _codes(values: Any) -> tuple[np.ndarray, list[str]]:
+    """(code per row, the distinct values as strings): pandas categories as they are, else
+    factorised once."""
+    cat = getattr(values, "cat", None)
+    if cat is not None:
+        return np.asarray(cat.codes, dtype=np.int64), [str(x) for x in cat.categories]
+    uniq, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+    return codes.astype(np.int64), [str(x) for x in uniq]
+
+
+def _stage_features(
+    idx: np.ndarray, pp: np.ndarray, compute: np.ndarray, node: np.ndarray, names: list[str]
+) -> dict[str, Any]:
     """The step's pipeline stages (see :class:`StepFeatures`' ``stage_*`` fields)."""
     stages = np.unique(pp[idx])
     stages = stages[stages >= 0]
@@ -292,7 +305,7 @@ def _stage_features(idx: np.ndarray, pp: np.ndarray, compute: np.ndarray, node: 
         return {}
     med = np.array([np.median(compute[idx[pp[idx] == s]]) for s in stages])
     top = int(np.argmax(med))
-    nodes = set(node[idx[pp[idx] == stages[top]]].tolist())
+    nodes = {names[c] for c in node[idx[pp[idx] == stages[top]]].tolist()}
     return {
         "stages": int(stages.size),
         "stage_late": int(stages[top]),
@@ -468,28 +481,16 @@ class MetricView:
             out.setdefault(str(res), {})[str(inst)] = (g["timestamp"].to_numpy(), g["value"].to_numpy())
         return out
 
-    def node_pressure(self, node: str, t: float, until: float) -> tuple[str, float, float] | None:
-        """The resource (cpu, memory) on which ``node``'s tasks stall most, beside the other nodes:
-        (resource, the node's PSI ``some`` share, the median other node's), for the resource where
-        the node stands out most; None without PSI for the node and at least one other."""
-        best: tuple[str, float, float] | None = None
-        times = np.array([t])
+    def node_pressure_at(self, times: np.ndarray, until: float) -> dict[str, dict[str, np.ndarray]]:
+        """Per resource (cpu, memory) and node, the PSI ``some`` share in the scrape interval
+        holding each of ``times`` (NaN where a node has no samples around it); one pass per series."""
+        out: dict[str, dict[str, np.ndarray]] = {}
         for res in ("cpu", "memory"):
-            series = self._pressure_by_node.get(res, {})
-            if node not in series or len(series) < 2:
-                continue
-            shares = {}
-            for inst, (ts, vals) in series.items():
+            for inst, (ts, vals) in self._pressure_by_node.get(res, {}).items():
                 lo, hi, ok = _intervals(ts, times, until)
-                if ok[0]:
-                    shares[inst] = float((vals[hi[0]] - vals[lo[0]]) / (ts[hi[0]] - ts[lo[0]]))
-            if node not in shares or len(shares) < 2:
-                continue
-            own = shares.pop(node)
-            others = float(np.median(list(shares.values())))
-            if best is None or own - others > best[1] - best[2]:
-                best = (res, own, others)
-        return best
+                span = np.where(ok, ts[hi] - ts[lo], 1.0)
+                out.setdefault(res, {})[inst] = np.where(ok, (vals[hi] - vals[lo]) / span, np.nan)
+        return out
 
     def pressure_at(self, resource: str, times: np.ndarray, until: float) -> np.ndarray | None:
         """The mean node's PSI ``some`` stall share of ``resource`` (cpu, io, memory) in the scrape
@@ -626,6 +627,7 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
     ends = np.array([f.end_s for f in feats])
     cpu_at = view.cpu_fractions_at(ends, feats[-1].end_s)
     psi = {r: view.pressure_at(r, ends, feats[-1].end_s) for r in ("io", "cpu")}
+    node_psi: dict[str, dict[str, np.ndarray]] | None = None  # per node: only when a rule asks
     ref = CommReference.of(feats)
     # the run's normal checkpoints: their median, when most checkpoints are below the stall line
     ckpts = np.array([f.checkpoint_s for f in feats if f.checkpoint_s > 0])
@@ -676,7 +678,9 @@ def classify_features(feats: list[StepFeatures], view: MetricView) -> list[Verdi
         late_host = None
         consistent = same_late >= LATE_RANK_CONSISTENCY or same_node >= LATE_NODE_CONSISTENCY
         if not alone and not stage_late and not late_by_behaviour and f.late_node and consistent:
-            got = view.node_pressure(f.late_node, f.end_s, feats[-1].end_s)
+            if node_psi is None:
+                node_psi = view.node_pressure_at(ends, feats[-1].end_s)
+            got = _node_pressure(node_psi, f.late_node, i)
             if got is not None and got[1] >= NODE_PRESSURE_STALL and got[1] >= NODE_PRESSURE_RATIO * got[2]:
                 late_host = got
                 causes.append("straggler")
@@ -907,6 +911,26 @@ def _late_stage(v: Verdict, f: StepFeatures, same_stage: float, view: MetricView
         f" idle {f.stage_loss:.0%} of their time waiting for it in their p2p receives: move layers off it"
         " (repartition the pipeline)"
     )
+
+
+def _node_pressure(
+    shares: dict[str, dict[str, np.ndarray]], node: str, i: int
+) -> tuple[str, float, float] | None:
+    """The resource (cpu, memory) on which ``node``'s tasks stall most beside the other nodes at
+    step ``i``: (resource, the node's PSI ``some`` share, the median other node's); None without
+    PSI for the node and at least one other."""
+    best: tuple[str, float, float] | None = None
+    for res, by_node in shares.items():
+        mine = by_node.get(node)
+        if mine is None or not np.isfinite(mine[i]):
+            continue
+        others = [float(v[i]) for n, v in by_node.items() if n != node and np.isfinite(v[i])]
+        if not others:
+            continue
+        own, median = float(mine[i]), float(np.median(others))
+        if best is None or own - median > best[1] - best[2]:
+            best = (res, own, median)
+    return best
 
 
 def _late_host(

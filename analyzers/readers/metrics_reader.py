@@ -38,7 +38,8 @@ class MetricsSummary:
     last: float | None
 
 
-def _table(path: Any, subsystem: str) -> pa.Table:
+def _open(path: Any, subsystem: str) -> pq.ParquetFile:
+    """The file, its schema and version checked before any data is read."""
     source = str(path)
     try:
         schema = pq.read_schema(path)
@@ -52,9 +53,17 @@ def _table(path: Any, subsystem: str) -> pa.Table:
     except dumpformat.DumpFormatError as exc:
         raise InputError(source, str(exc).removeprefix(f"{source}: ")) from None
     try:
-        table = pq.read_table(path)
+        return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(source, f"cannot read the data: {exc}") from None
+
+
+def _table(path: Any, subsystem: str) -> pa.Table:
+    _open(path, subsystem)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(str(path), f"cannot read the data: {exc}") from None
     return table
 
 
@@ -67,20 +76,135 @@ def read_file(path: Any, subsystem: str) -> pd.DataFrame:
 def read_used(path: Any, subsystem: str, keep: Collection[str]) -> tuple[pd.DataFrame, MetricsSummary]:
     """The rows of the metrics in ``keep`` as a frame, and the summary of the *whole* file.
 
-    Both work on the dictionary codes of the string columns (one dictionary per column after
-    unifying the row groups'), never on the strings: a 512-node file of 40 million rows is
-    summarised and filtered in about a second, where casting to strings took half a minute.
+    Read one row group at a time: each is summarised (:class:`_Summary`) and filtered, and only
+    the kept rows stay. A 512-node dump holds ~140 million rows; read whole, its largest file
+    alone took 3 GB, more than the rest of a 4,096-rank analysis (issue 18). Both steps work on
+    the dictionary codes of the string columns, never on the strings (casting 40 million rows to
+    strings took half a minute). The frame is the one a whole-file read gives: the kept pieces
+    keep their row groups' dictionaries (a row group with nothing kept, an empty table of them),
+    so unifying them gives the categories, in their order, that unifying the whole file did.
     """
-    table = _table(path, subsystem)
+    source = str(path)
+    parquet = _open(path, subsystem)
+    schema = parquet.schema_arrow
+    labels = [c for c in schema.names if c not in ("timestamp", "value")]
+    summary = _Summary(labels)
+    kept: list[pa.Table] = []
     try:
+        for i in range(parquet.num_row_groups):
+            group = parquet.read_row_group(i).unify_dictionaries()
+            summary.add(group)
+            piece = group.filter(_is_in(group["metric"], keep))
+            # a row group with nothing kept still lends its dictionaries to the categories (an
+            # empty take holds them alone; an empty slice would hold the whole row group)
+            kept.append(piece if piece.num_rows else group.take(pa.array([], pa.int64())))
+            del group
+        rows = sum(piece.num_rows for piece in kept)
+        # as a whole-file read filtered: no rows, no chunks (and so no categories)
+        table = pa.concat_tables(kept) if rows else schema.empty_table()
+        kept.clear()  # the pieces live on in the table until their dictionaries are unified
         table = table.unify_dictionaries()
-    except pa.ArrowException as exc:
-        raise InputError(str(path), f"cannot read the data: {exc}") from None
-    summary = summarize_table(subsystem, table)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(source, f"cannot read the data: {exc}") from None
     # the categoricals keep the whole file's categories: groupby(observed=True) and value
-    # filters never see the unused ones, and dropping them cost seconds on a big dump
-    frame: pd.DataFrame = table.filter(_is_in(table["metric"], keep)).to_pandas()
-    return frame, summary
+    # filters never see the unused ones, and dropping them cost seconds on a big dump; each
+    # column's Arrow buffers are freed as soon as pandas has it (self_destruct), so the table and
+    # the frame are not both held whole
+    frame: pd.DataFrame = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    return frame, summary.result(subsystem)
+
+
+class _Summary:
+    """:func:`summarize_table` of a whole file, added up one row group at a time.
+
+    A row group's distinct series are few (a file is written series by series, or a few time
+    steps per group), so they are deduplicated together every :attr:`DEDUPE_ROWS` rows, not
+    once per row group.
+
+    Within a row group the string columns are compared by their codes; across row groups by
+    the strings those codes stand for (each row group has its own dictionaries), so the distinct
+    series, metrics and instances are those of the whole file.
+    """
+
+    DEDUPE_ROWS = 1 << 20
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self.rows = 0
+        self.lows: list[pa.Scalar] = []
+        self.highs: list[pa.Scalar] = []
+        #: Per label column: string (None for null) -> its code across the file.
+        self.ids: dict[str, dict[Any, int]] = {c: {} for c in labels}
+        #: The distinct series so far, as columns of those codes, and those of the row groups
+        #: since (deduplicated together when they add up to :attr:`DEDUPE_ROWS`).
+        self.series: pa.Table | None = None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.metrics: set[Any] = set()
+        self.instances: set[Any] = set()
+
+    def add(self, table: pa.Table) -> None:
+        """One row group, its string columns' dictionaries unified (one per column)."""
+        if not table.num_rows:
+            return
+        self.rows += table.num_rows
+        ts = pc.min_max(table["timestamp"])
+        self.lows.append(ts["min"])
+        self.highs.append(ts["max"])
+        # a column with one value and no null (most labels of a file: empty strings) cannot split a
+        # series within the row group: grouped without it, which halves the grouping's cost
+        varying = [c for c in self.labels if not _constant(table[c])]
+        keys = pa.table({c: _codes(table[c]) for c in varying or self.labels[:1]})
+        distinct = keys.group_by(varying or self.labels[:1]).aggregate([])
+        coded = {}
+        for c in self.labels:
+            strings = _dictionary(table[c])
+            ids = self.ids[c]
+            to_id = np.array([ids.setdefault(s, len(ids)) for s in strings.to_pylist()], dtype=np.int32)
+            if c not in distinct.column_names:
+                coded[c] = np.full(len(distinct), to_id[0], dtype=np.int32)
+                continue
+            local = distinct[c]
+            if pa.types.is_dictionary(table[c].type):
+                codes = local.to_numpy(zero_copy_only=False)
+            else:  # plain strings: grouped on the strings themselves
+                codes = pc.index_in(local, value_set=strings).to_numpy(zero_copy_only=False)
+            valid = ~pd.isna(codes)
+            mapped = np.full(len(codes), ids.setdefault(None, len(ids)), dtype=np.int32)
+            mapped[valid] = to_id[codes[valid].astype(np.int64)]
+            coded[c] = mapped
+        self.pending.append(pa.table(coded))
+        self.pending_rows += len(distinct)
+        if self.pending_rows > self.DEDUPE_ROWS:
+            self._dedupe()
+        for c, seen in (("metric", self.metrics), ("instance", self.instances)):
+            used = pc.unique(_codes(table[c]))
+            names = _dictionary(table[c])
+            present = names.take(used) if pa.types.is_dictionary(table[c].type) else used
+            seen.update(present.to_pylist())
+
+    def _dedupe(self) -> None:
+        tables = ([self.series] if self.series is not None else []) + self.pending
+        if tables:
+            self.series = pa.concat_tables(tables).group_by(self.labels).aggregate([])
+        self.pending, self.pending_rows = [], 0
+
+    def result(self, subsystem: str) -> MetricsSummary:
+        self._dedupe()
+        if not self.rows:
+            return MetricsSummary(subsystem, 0, 0, 0, [], None, None)
+        lows = pc.min_max(pa.array([s.as_py() for s in self.lows], self.lows[0].type))
+        highs = pc.min_max(pa.array([s.as_py() for s in self.highs], self.highs[0].type))
+        return MetricsSummary(
+            subsystem=subsystem,
+            rows=self.rows,
+            series=self.series.num_rows if self.series is not None else 0,
+            metrics=len(self.metrics),
+            instances=sorted(str(i) for i in self.instances),
+            first=float(lows["min"].as_py()),
+            last=float(highs["max"].as_py()),
+        )
 
 
 def _codes(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -88,6 +212,17 @@ def _codes(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_dictionary(column.type):
         return pa.chunked_array([c.indices for c in column.chunks], type=column.type.index_type)
     return column
+
+
+def _constant(column: pa.ChunkedArray) -> bool:
+    """Whether a dictionary column (one dictionary for all chunks) holds one value and no null."""
+    return (
+        pa.types.is_dictionary(column.type)
+        and column.num_chunks > 0
+        and len(column.chunks[0].dictionary) == 1
+        and column.null_count == 0
+        and column.chunks[0].dictionary.null_count == 0
+    )
 
 
 def _dictionary(column: pa.ChunkedArray) -> pa.Array:

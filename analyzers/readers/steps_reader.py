@@ -1,11 +1,11 @@
 """Step records (a dump's ``steps/``) into one frame, with what is missing or repeated reported.
 
-Each file is read through the core reader (``fmdiag.steprecord.read_rows``: the same validation
-the exporter's step collector uses, with a tuple instead of an object per record) into numpy
-columns — :func:`read_file` is the per-rank map step a process pool or Dask runs, and needs
-numpy alone — and :func:`merge` gathers them into the frame below, sorted, without a Python step
-per row (4,096 ranks x 1,000 steps load and break down in about 14 s on 2 idle cores:
-``benchmarks/analyze_scale.py``).
+Each file is read with the core's rules (``fmdiag.steprecord``: the same validation the
+exporter's step collector uses) into numpy columns — checked a field at a time across the file
+when it is the plain case (:func:`_fast_fields`), else through ``steprecord.read_rows``, which
+names every bad line — :func:`read_file` is the per-rank map step a process pool or Dask runs,
+and needs numpy alone — and :func:`merge` gathers them into the frame below, sorted, without a
+Python step per row (``benchmarks/analyze_scale.py`` times 4,096 ranks x 1,000 steps).
 
 The frame (one row per (job, rank, step); pandas):
 
@@ -34,7 +34,9 @@ the superseded ones are counted. A last line without a newline is a step still b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fmdiag import steprecord
+from fmdiag.analyzers import executors
 from fmdiag.analyzers.readers.coverage import StepsCoverage
 
 if TYPE_CHECKING:
@@ -98,10 +101,27 @@ def read_file(path: str | Path) -> FileSteps:
     why = steprecord.binary_content(data)
     if why is not None:
         raise BinaryStepFileError(f"{path}: {why}")
-    result = steprecord.read_rows(data, source=str(path))
-    rows = result.rows
-    # Transposed once in C: one tuple per field, then numpy columns without a Python step per value.
-    fields: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * len(_AT)
+    fields: Sequence[Sequence[Any]] | None = _fast_fields(data)
+    if fields is not None:
+        errors: list[str] = []
+        partial_tail = False
+        count = len(fields[0])
+        columns = fields
+
+        def row_of(i: int) -> steprecord.Row:
+            return tuple(column[i] for column in columns)
+    else:
+        result = steprecord.read_rows(data, source=str(path))
+        rows = result.rows
+        # Transposed once in C: one tuple per field, then numpy columns without a Python step per value.
+        fields = list(zip(*rows, strict=True)) if rows else [()] * len(_AT)
+        errors = [str(e) for e in result.errors]
+        partial_tail = result.partial_tail
+        count = len(rows)
+
+        def row_of(i: int) -> steprecord.Row:
+            return rows[i]
+
     cols: dict[str, np.ndarray] = {}
     categories: dict[str, list[str]] = {}
     for name in _CATEGORICAL:
@@ -114,7 +134,7 @@ def read_file(path: str | Path) -> FileSteps:
     cols["duration_s"] = (cols["end_ns"] - cols["start_ns"]) / 1e9
     for name in (*steprecord.PHASES, "tokens", "samples", "gpu_time"):
         cols[name] = np.array(fields[_AT[name]], dtype=np.float64)  # None -> NaN
-    implausible, examples = _implausible(str(path), rows, cols)
+    implausible, examples = _implausible(str(path), count, row_of, cols)
     keep = _latest(cols)
     if keep is not None:
         cols = {name: values[keep] for name, values in cols.items()}
@@ -127,15 +147,120 @@ def read_file(path: str | Path) -> FileSteps:
         source=str(path),
         columns={name: cols[name] for name in COLUMNS},
         categories=categories,
-        errors=[str(e) for e in result.errors],
-        partial_tail=result.partial_tail,
-        superseded=len(rows) - len(cols["step"]),
+        errors=errors,
+        partial_tail=partial_tail,
+        superseded=count - len(cols["step"]),
         implausible=implausible,
         implausible_examples=examples,
     )
 
 
-def _codes(values: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+#: The record's fields as :func:`_fast_fields` checks them: (name, default when absent, kind).
+_INT, _NUMBER, _STRING = "int", "number", "string"
+_FIELD_KINDS: tuple[tuple[str, Any, str], ...] = (
+    ("job", None, _STRING),
+    ("rank", None, _INT),
+    ("node", None, _STRING),
+    ("step", None, _INT),
+    ("start_ns", None, _INT),
+    ("end_ns", None, _INT),
+    ("v", steprecord.FORMAT_VERSION, _INT),
+    *((name, None, _INT if integer else _NUMBER) for name, integer in steprecord.OPTIONAL_NUMBERS.items()),
+    *((name, None, _NUMBER) for name in steprecord.PHASES),
+)
+_REQUIRED = frozenset((*steprecord.REQUIRED_INT_FIELDS, *steprecord.REQUIRED_STR_FIELDS, "v"))
+
+
+@functools.cache
+def _record_decoder() -> Callable[[bytes], Any] | None:
+    """A msgspec decoder of one line into a struct of the record's fields, each as decoded (any
+    JSON value, None when absent or null; ``v`` its default when absent), or None without msgspec.
+
+    It reads a line as ``steprecord``'s msgspec decoder reads it into a dict (the same parser; a
+    repeated key: the last wins; unknown keys skipped) and refuses whatever is not a JSON object;
+    it also accepts a few lines that decoder refuses and the standard library's parser then
+    accepts, with the same values (a number out of range in an unknown field). Attributes are
+    read a field at a time across the file, several times faster than a dict's ``get``.
+    """
+    try:
+        import msgspec  # noqa: PLC0415 - optional: the analyze extra has it
+    except ImportError:
+        return None
+    record = msgspec.defstruct("_StepFields", [(name, Any, default) for name, default, _ in _FIELD_KINDS])
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder(record).decode
+    return decode
+
+
+def _fast_fields(data: bytes) -> list[list[Any]] | None:
+    """The file's records as one sequence per :data:`~fmdiag.steprecord.ROW_FIELDS` entry (what
+    transposing ``steprecord.read_rows``' rows gives), checked a field at a time across all
+    records instead of a record at a time. None whenever the file is
+    not the plain case — a line that is blank, too long or not msgspec's JSON, a record that
+    fails or nearly fails any rule, a last line being written — and ``steprecord.read_rows``
+    then reads it, so what is accepted and every message stay its own. The rules are those of
+    ``steprecord._check``: a field absent or null is None; identity and times are integers in
+    0..2**63-1 (never a bool) with ``end_ns >= start_ns``; the version 1..FORMAT_VERSION; job and
+    node non-empty strings; phases and ``gpu_time`` finite non-negative numbers (integers become
+    floats); the optional integers in 0..2**63-1. Three times faster than a record at a time,
+    and the step records' reading is most of a large analysis.
+    """
+    decode = _record_decoder()
+    if decode is None or not data.endswith(b"\n"):
+        return None
+    lines = data.split(b"\n")
+    lines.pop()
+    try:
+        objs = [decode(line) for line in lines]  # blank lines fail here too
+    except Exception:  # any refusal: the exact reader decides, and words it
+        return None
+    if not objs or max(map(len, lines)) > steprecord.MAX_LINE_BYTES:
+        return None
+    values: dict[str, list[Any]] = {}
+    with_ints: set[str] = set()
+    for name, _, kind in _FIELD_KINDS:
+        column = list(map(operator.attrgetter(name), objs))
+        types = _valid_types(column, kind, required=name in _REQUIRED)
+        if types is None:
+            return None
+        values[name] = column
+        if int in types:
+            with_ints.add(name)
+    version = np.array(values["v"], dtype=np.int64)
+    if (version < 1).any() or (version > steprecord.FORMAT_VERSION).any():
+        return None
+    if (np.array(values["end_ns"], dtype=np.int64) < np.array(values["start_ns"], dtype=np.int64)).any():
+        return None
+    if None in values["dropped"]:
+        values["dropped"] = [0 if v is None else v for v in values["dropped"]]
+    for name in (*steprecord.PHASES, "gpu_time"):  # integers as floats
+        if name in with_ints:
+            values[name] = [float(v) if type(v) is int else v for v in values[name]]
+    return [values[name] for name in steprecord.ROW_FIELDS]
+
+
+def _valid_types(column: list[Any], kind: str, required: bool) -> set[type] | None:
+    """The types of one field's values when every value passes its rule (see
+    :func:`_fast_fields`), else None."""
+    types = set(map(type, column))
+    if kind == _STRING:
+        return types if types == {str} and all(column) else None
+    allowed: set[type] = {int} if kind == _INT else {int, float}
+    if not required:
+        allowed.add(type(None))
+    if not types <= allowed:
+        return None
+    if int in types:
+        ints = column if types == {int} else [v for v in column if type(v) is int]
+        if min(ints) < 0 or max(ints) > steprecord.MAX_INT:
+            return None
+    if float in types:
+        floats = np.array(column if types == {float} else [v for v in column if type(v) is float])
+        if not (np.isfinite(floats).all() and (floats >= 0).all()):
+            return None
+    return types
+
+
+def _codes(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """(distinct values in order of appearance, int32 code of each value)."""
     if values and values.count(values[0]) == len(values):  # one job, one node: the usual file
         return [values[0]], np.zeros(len(values), dtype=np.int32)
@@ -145,17 +270,17 @@ def _codes(values: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
 
 
 def _implausible(
-    source: str, rows: list[steprecord.Row], cols: dict[str, np.ndarray]
+    source: str, count: int, row_of: Callable[[int], steprecord.Row], cols: dict[str, np.ndarray]
 ) -> tuple[int, list[str]]:
     """How many records have a phase longer than the step (``steprecord.warnings``), and examples."""
-    if not rows:
+    if not count:
         return 0, []
     phases = np.column_stack([cols[name] for name in steprecord.PHASES])
     # The rule's threshold from the core, on all records at once; NaN (no phase) never exceeds it.
     flagged = np.flatnonzero((phases > steprecord.longest_phase(cols["duration_s"])[:, None]).any(axis=1))
     examples = []
     for i in flagged[:EXAMPLES]:
-        record = steprecord.from_row(rows[i])
+        record = steprecord.from_row(row_of(int(i)))
         examples.append(f"{source}: rank {record.rank} step {record.step}: {steprecord.warnings(record)[0]}")
     return int(flagged.size), examples
 
@@ -186,8 +311,13 @@ def _ranges(values: np.ndarray) -> list[list[int]]:
     return [[int(values[s]), int(values[e])] for s, e in zip(starts, ends, strict=True)]
 
 
-def merge(parts: Sequence[FileSteps]) -> tuple[pd.DataFrame, StepsCoverage]:
-    """One frame of every file's records, sorted by (step, rank), and its coverage."""
+def merge(parts: Sequence[FileSteps], *, release: bool = False) -> tuple[pd.DataFrame, StepsCoverage]:
+    """One frame of every file's records, sorted by (step, rank), and its coverage.
+
+    ``release``: take each column out of the files' parts once the frame holds it (the parts
+    are left without columns), so the files' columns and the frame are not both held whole: at
+    4,096 ranks x 1,000 steps each is 0.6 GB.
+    """
     import pandas as pd  # noqa: PLC0415 - only here: the per-file workers need numpy alone
 
     cov = StepsCoverage(files=len(parts))
@@ -230,7 +360,11 @@ def merge(parts: Sequence[FileSteps]) -> tuple[pd.DataFrame, StepsCoverage]:
         order = kept[np.lexsort((ranks[kept], steps[kept]))]
     else:
         order = np.lexsort((ranks, steps))
-    frame = _frame(nonempty, order, codes, categories)
+    if release:
+        for p in nonempty:
+            for name in _CATEGORICAL:
+                del p.columns[name]
+    frame = _frame(nonempty, order, codes, categories, release)
     _coverage(cov, steps[order], ranks[order], np.unique(np.concatenate(file_ranks)))
     cov.jobs = list(categories["job"])
     return frame, cov
@@ -241,16 +375,19 @@ def _frame(
     order: np.ndarray,
     codes: dict[str, np.ndarray],
     categories: dict[str, list[str]],
+    release: bool = False,
 ) -> pd.DataFrame:
     """The merged frame: row ``i`` is row ``order[i]`` of the files' columns end to end.
 
     Memory is the cost at this size (4 million rows, 22 columns), so each column is gathered
     straight into the frame's own 2-D block through one scratch buffer, with no intermediate
-    column and no consolidating copy by pandas afterwards.
+    column and no consolidating copy by pandas afterwards; with ``release`` (see :func:`merge`)
+    the files' copy of each column is dropped as soon as it is gathered (the block's pages are
+    only taken as they are written, so the two are not held whole at once).
     """
     import pandas as pd  # noqa: PLC0415 - see merge
 
-    scratch = np.empty(sum(p.rows for p in parts), dtype=np.int64)
+    scratch = np.empty(sum(len(p.columns["step"]) for p in parts), dtype=np.int64)
     blocks = []
     for names, dtype in ((INT_COLUMNS, np.int64), (FLOAT_COLUMNS, np.float64)):
         block = np.empty((len(names), order.size), dtype=dtype)
@@ -258,6 +395,10 @@ def _frame(
         for row, name in zip(block, names, strict=True):
             np.concatenate([p.columns[name] for p in parts], out=flat)
             np.take(flat, order, out=row, mode="clip")  # "clip": unbuffered; every index is valid
+            if release and name != "step":  # the parts' sizes are read from "step" above
+                for p in parts:
+                    del p.columns[name]
+                executors.trim_heap()
         blocks.append(pd.DataFrame(block.T, columns=list(names), copy=False))
     cats = pd.DataFrame(
         {
