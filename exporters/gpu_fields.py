@@ -74,7 +74,7 @@ PLAN: tuple[FieldPlan, ...] = (
 )
 
 
-def _number(value: Any) -> float | int:
+def number(value: Any) -> float | int:
     """The value of one ``c_nvmlFieldValue_t`` by its valueType (integers stay exact)."""
     kind = value.valueType
     if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
@@ -131,7 +131,7 @@ class FieldReader:
             entries[p.metric] = entries.get(p.metric, 0) + 1
             ret = int(value.nvmlReturn)
             if ret == pynvml.NVML_SUCCESS:
-                found[p.metric] = found.get(p.metric, 0) + _number(value)
+                found[p.metric] = found.get(p.metric, 0) + number(value)
             elif ret == pynvml.NVML_ERROR_NOT_SUPPORTED or (
                 # A link index past the GPU's last link is INVALID_ARGUMENT: absent, not an error.
                 p.per_link and ret == pynvml.NVML_ERROR_INVALID_ARGUMENT

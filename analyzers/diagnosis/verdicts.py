@@ -37,6 +37,7 @@ tell io from host) the verdict keeps the step-record answer, lowers its confiden
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -456,19 +457,6 @@ class MetricView:
         return float(np.mean(bits != 0)), uuid
 
     @functools.cached_property
-    def _pressure(self) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-        """PSI ``some`` stall seconds per resource, one series per node; built on first use."""
-        out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        if self.host is None or not len(self.host) or "resource" not in self.host:
-            return out
-        x = self.host[self.host["metric"] == "fmdiag_host_pressure_stall_seconds_total"]
-        x = x[x["kind"] == "some"] if "kind" in x else x
-        for (_inst, res), group in x.groupby(["instance", "resource"], observed=True):
-            g = group.sort_values("timestamp")
-            out.setdefault(str(res), []).append((g["timestamp"].to_numpy(), g["value"].to_numpy()))
-        return out
-
-    @functools.cached_property
     def _pressure_by_node(self) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """PSI ``some`` stall seconds per resource and node; built on first use."""
         out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -481,31 +469,31 @@ class MetricView:
             out.setdefault(str(res), {})[str(inst)] = (g["timestamp"].to_numpy(), g["value"].to_numpy())
         return out
 
-    def node_pressure_at(self, times: np.ndarray, until: float) -> dict[str, dict[str, np.ndarray]]:
-        """Per resource (cpu, memory) and node, the PSI ``some`` share in the scrape interval
-        holding each of ``times`` (NaN where a node has no samples around it); one pass per series."""
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for res in ("cpu", "memory"):
-            for inst, (ts, vals) in self._pressure_by_node.get(res, {}).items():
-                lo, hi, ok = _intervals(ts, times, until)
-                span = np.where(ok, ts[hi] - ts[lo], 1.0)
-                out.setdefault(res, {})[inst] = np.where(ok, (vals[hi] - vals[lo]) / span, np.nan)
+    def _shares_by_node(self, resource: str, times: np.ndarray, until: float) -> dict[str, np.ndarray]:
+        """Per node, the PSI ``some`` share of ``resource`` in the scrape interval holding each of
+        ``times`` (NaN where the node has no samples around it); one pass per series."""
+        out: dict[str, np.ndarray] = {}
+        for inst, (ts, vals) in self._pressure_by_node.get(resource, {}).items():
+            lo, hi, ok = _intervals(ts, times, until)
+            span = np.where(ok, ts[hi] - ts[lo], 1.0)
+            out[inst] = np.where(ok, (vals[hi] - vals[lo]) / span, np.nan)
         return out
+
+    def node_pressure_at(self, times: np.ndarray, until: float) -> dict[str, dict[str, np.ndarray]]:
+        """:meth:`_shares_by_node` for cpu and memory, the resources a straggler's host stalls on."""
+        return {res: got for res in ("cpu", "memory") if (got := self._shares_by_node(res, times, until))}
 
     def pressure_at(self, resource: str, times: np.ndarray, until: float) -> np.ndarray | None:
         """The mean node's PSI ``some`` stall share of ``resource`` (cpu, io, memory) in the scrape
         interval holding each of ``times``: how much of the time some task waited on it."""
-        series = self._pressure.get(resource)
-        if not series:
+        shares = self._shares_by_node(resource, times, until)
+        if not shares:
             return None
-        total, count = np.zeros(len(times)), np.zeros(len(times))
-        for ts, vals in series:
-            lo, hi, ok = _intervals(ts, times, until)
-            span = np.where(ok, ts[hi] - ts[lo], 1.0)
-            total += np.where(ok, (vals[hi] - vals[lo]) / span, 0.0)
-            count += ok
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        stacked = np.vstack(list(shares.values()))
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a step no node has samples around
+            mean: np.ndarray = np.nanmean(stacked, axis=0)
+        return mean
 
     def cpu_fractions(self, t: float, until: float) -> dict[str, float] | None:
         """Cluster-wide share of CPU time per mode between the samples around ``t``; ``until``

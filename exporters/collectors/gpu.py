@@ -61,6 +61,7 @@ from fmdiag.exporters.collector import (
 )
 from fmdiag.exporters.families import Families
 from fmdiag.exporters.gpu_fields import FieldReader
+from fmdiag.exporters.gpu_fields import number as field_number  # one decoder of valueType
 from fmdiag.exporters.gpu_xid import XidListener
 from fmdiag.exporters.options import Option, choice, duration, switch
 
@@ -858,14 +859,7 @@ def _field(nvml: Any, handle: Any, field_id: int) -> float:
     value = nvml.nvmlDeviceGetFieldValues(handle, [field_id])[0]
     if value.nvmlReturn != pynvml.NVML_SUCCESS:
         raise pynvml.NVMLError(value.nvmlReturn)
-    kind = value.valueType
-    if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
-        return float(value.value.dVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
-        return float(value.value.ullVal)
-    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG:
-        return float(value.value.sllVal)
-    return float(value.value.uiVal)
+    return float(field_number(value))
 
 
 def _violation_ns(nvml: Any, handle: Any, policy: int) -> int:
